@@ -1,0 +1,199 @@
+"""Open-vocabulary detector transfer (DESIGN.md §1.4) and the offline RPN it uses.
+
+    python -m regionclip_jax.main --config=configs/finetune.py            # shapes (default)
+    python -m regionclip_jax.main --config=configs/finetune.py:coco_ovd_rn50
+    python -m regionclip_jax.main --config=configs/finetune.py:rpn_shapes  # train the offline RPN
+
+Presets: shapes (default), rpn_shapes, coco_ovd_rn50, coco_ovd_rn50x4, lvis_rn50, rpn_coco,
+rpn_lvis. `task`: "finetune" (detector on base classes, proposals from a frozen RPN) or "rpn"
+(class-agnostic RPN on base boxes). Official values are the defaults; deviations say so.
+"""
+from __future__ import annotations
+
+import ml_collections as mlc
+
+
+def _base() -> mlc.ConfigDict:
+  c = mlc.ConfigDict()
+  c.task = "finetune"
+  c.seed = 0
+  c.workdir = ""
+
+  c.model = mlc.ConfigDict()
+  c.model.clip_preset = "RN50"       # architecture when no checkpoint says otherwise
+  c.model.init_checkpoint = ""       # RegionCLIP pretrain workdir / converted CLIP dir / .pt / .pth
+  c.model.init_source = ""           # force the checkpoint format (see models.checkpoints)
+  c.model.freeze_at = 2              # official FREEZE_AT 2: stem + res2 frozen
+  c.model.pooler_resolution = 14     # RoIAlign output: 14 (RN50), 18 (RN50x4), 2 * attnpool grid
+  c.model.sampling_ratio = 0         # adaptive, official
+  c.model.roi_chunk_size = 64
+  c.model.dtype = "float32"
+
+  c.rpn = mlc.ConfigDict()
+  c.rpn.checkpoint = ""              # workdir of a task="rpn" run (the frozen offline RPN)
+  c.rpn.clip_preset = ""             # RPN backbone; "" = model.clip_preset
+  c.rpn.init_checkpoint = ""         # RPN backbone init (task="rpn")
+  c.rpn.anchor_sizes = (32, 64, 128, 256, 512)
+  c.rpn.aspect_ratios = (0.5, 1.0, 2.0)
+  c.rpn.stride = 16
+  c.rpn.iou_thresholds = (0.3, 0.7)
+  c.rpn.batch_size_per_image = 256
+  c.rpn.positive_fraction = 0.5
+  c.rpn.pre_nms_topk_train = 12000
+  c.rpn.post_nms_topk_train = 2000
+  c.rpn.pre_nms_topk_test = 6000
+  c.rpn.post_nms_topk_test = 1000
+  c.rpn.nms_thresh = 0.7
+
+  c.roi_heads = mlc.ConfigDict()
+  c.roi_heads.batch_size_per_image = 512
+  c.roi_heads.positive_fraction = 0.25
+  c.roi_heads.iou_threshold = 0.5
+  c.roi_heads.temperature = 0.01
+  c.roi_heads.focal_gamma = 0.5      # COCO; LVIS: None (plain CE)
+  c.roi_heads.bg_weight = 0.2        # COCO; LVIS: 0.8
+  c.roi_heads.box_weights = (10.0, 10.0, 5.0, 5.0)
+
+  c.test = mlc.ConfigDict()
+  c.test.score_thresh = 0.001
+  c.test.nms_thresh = 0.5
+  c.test.topk = 100
+  c.test.soft_nms_enabled = False    # reported numbers used gaussian soft-NMS (sigma 0.5)
+  c.test.soft_nms_sigma = 0.5
+  c.test.soft_nms_prune = 0.001
+  c.test.max_candidates = 2000       # static-shape cap on (RoI, class) pairs entering NMS
+  c.test.rpn_fusion = ""             # "" | "raw_logit" (official MULTIPLY_RPN_SCORE) | "sigmoid"
+  c.test.eval_split = "coco_ovd"
+  c.test.batch_size = 1
+
+  c.data = mlc.ConfigDict()
+  c.data.name = "coco"               # "coco" (COCO/LVIS-format json + image dir) | "shapes_world"
+  c.data.train_annotations = ""
+  c.data.train_images = ""
+  c.data.test_annotations = ""
+  c.data.test_images = ""
+  c.data.base_classes = ""           # split name understood by data.categories ("coco_ovd", "lvis")
+  c.data.train_embeddings = ""       # .npy [K_base, D] text embeddings of the training classes
+  c.data.test_embeddings = ""        # .npy [K_all, D]; "" = compute from class names (prompts)
+  c.data.short_edge_lengths = (640, 672, 704, 736, 768, 800)
+  c.data.test_size = 800
+  c.data.max_size = 1333
+  c.data.max_boxes = 100
+  c.data.flip = True
+
+  c.optimizer = mlc.ConfigDict()
+  c.optimizer.name = "sgd"
+  c.optimizer.lr = 0.002
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.clip_norm = 0.0        # detectron2 default: no gradient clipping in the transfer
+  c.optimizer.warmup_steps = 5000
+  c.optimizer.warmup_factor = 0.001
+  c.optimizer.decay_steps = (60000, 80000)
+
+  c.train = mlc.ConfigDict()
+  c.train.batch_size = 16
+  c.train.num_steps = 90000
+  c.train.log_every = 20
+  c.train.checkpoint_every = 5000
+  c.train.eval_every = 0             # 0: evaluate at the end only
+  return c
+
+
+def _coco_ovd(preset: str = "RN50") -> mlc.ConfigDict:
+  c = _base()
+  c.model.clip_preset = preset
+  c.model.pooler_resolution = 14 if preset == "RN50" else 18
+  c.data.base_classes = "coco_ovd"
+  c.test.eval_split = "coco_ovd"
+  return c
+
+
+def coco_ovd_rn50() -> mlc.ConfigDict:
+  return _coco_ovd("RN50")
+
+
+def coco_ovd_rn50x4() -> mlc.ConfigDict:
+  return _coco_ovd("RN50x4")
+
+
+def lvis_rn50() -> mlc.ConfigDict:
+  c = _coco_ovd("RN50")
+  c.data.base_classes = "lvis"
+  c.roi_heads.focal_gamma = None
+  c.roi_heads.bg_weight = 0.8
+  c.test.score_thresh = 0.02
+  c.test.topk = 300
+  c.test.eval_split = "lvis"
+  c.data.max_boxes = 300
+  return c
+
+
+def rpn_coco() -> mlc.ConfigDict:
+  c = _coco_ovd("RN50")
+  c.task = "rpn"
+  return c
+
+
+def rpn_lvis() -> mlc.ConfigDict:
+  c = lvis_rn50()
+  c.task = "rpn"
+  return c
+
+
+def shapes() -> mlc.ConfigDict:
+  """The embedded miniature: 64 px shapes-world scenes, tiny CLIP ResNet, base-class training,
+  AP50 novel / base / all. RPN and proposal counts scaled to the 4x4 res4 map."""
+  c = _base()
+  c.model.clip_preset = "tiny_rn"
+  c.model.pooler_resolution = 4      # 2 * attnpool grid of tiny_rn (64 px -> 2x2)
+  c.rpn.anchor_sizes = (12, 20, 32, 48)
+  c.rpn.aspect_ratios = (0.5, 1.0, 2.0)
+  c.rpn.batch_size_per_image = 64
+  c.rpn.pre_nms_topk_train = 192
+  c.rpn.post_nms_topk_train = 64
+  c.rpn.pre_nms_topk_test = 192
+  c.rpn.post_nms_topk_test = 50
+  c.roi_heads.batch_size_per_image = 64
+  c.test.topk = 20
+  c.test.max_candidates = 400
+  c.test.eval_split = "shapes"
+  c.test.batch_size = 32
+  c.data.name = "shapes_world"
+  c.data.num_train = 2048
+  c.data.num_test = 256
+  c.data.image_size = 64
+  c.data.max_boxes = 8
+  c.data.flip = False
+  c.optimizer.name = "adamw"         # deviation for the miniature: fast on CPU from scratch
+  c.optimizer.lr = 1e-3
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.warmup_steps = 50
+  c.optimizer.decay_steps = (1500,)
+  c.train.batch_size = 16
+  c.train.num_steps = 2000
+  c.train.log_every = 50
+  c.train.checkpoint_every = 500
+  return c
+
+
+def rpn_shapes() -> mlc.ConfigDict:
+  c = shapes()
+  c.task = "rpn"
+  c.train.num_steps = 1000
+  c.optimizer.decay_steps = (800,)
+  return c
+
+
+PRESETS = {
+    "shapes": shapes, "rpn_shapes": rpn_shapes, "coco_ovd_rn50": coco_ovd_rn50,
+    "coco_ovd_rn50x4": coco_ovd_rn50x4, "lvis_rn50": lvis_rn50, "rpn_coco": rpn_coco,
+    "rpn_lvis": rpn_lvis,
+}
+
+
+def get_config(arg: str | None = None) -> mlc.ConfigDict:
+  name = (arg or "shapes").strip()
+  if name not in PRESETS:
+    raise ValueError(f"configs/finetune.py: unknown preset {name!r}; known: {sorted(PRESETS)}")
+  return PRESETS[name]()

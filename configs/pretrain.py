@@ -1,0 +1,176 @@
+"""RegionCLIP pretraining configs.
+
+    python -m regionclip_jax.main --config=configs/pretrain.py              # shapes world, CPU, minutes
+    python -m regionclip_jax.main --config=configs/pretrain.py:rn50_cc3m    # official RN50 / CC3M
+    ... --config.num_steps=100 --workdir=/tmp/run                           # overrides
+
+Presets: `shapes` (default: tiny CLIP ResNets on the procedural shapes world; the job first trains
+an image-level CLIP teacher into <workdir>/teacher when none is given), `rn50_cc3m`,
+`rn50x4_cc3m`, `rn50_coco` (official hyper-parameters, DESIGN.md §1.3).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import ml_collections
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import select_preset  # noqa: E402
+
+FROZEN_BN = r"(^|/)(bn\d+|downsample_bn)/"  # = models.clip.FROZEN_BN_REGEX (no jax import here)
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "pretrain"
+  c.preset = ""
+  c.seed = 0
+  c.workdir = ""            # empty: <tmp>/regionclip_jax/pretrain_<preset>, printed at start
+  c.num_steps = 600_000
+  c.batch_size = 96         # global, images per step
+  c.log_every = 50
+  c.checkpoint_every = 5000
+  c.keep_checkpoints = 3
+  c.async_checkpoints = True
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "tsv"     # "shapes_world" | "tsv" (RegionCLIP image/text TSV pairs) | "coco_captions"
+  c.data.image_tsv = ""
+  c.data.text_tsv = ""
+  c.data.coco_captions = ""
+  c.data.coco_image_dir = ""
+  c.data.short_edge_lengths = (640, 672, 704, 736, 768, 800)
+  c.data.max_size = 1333
+  c.data.flip = True
+  c.data.num_threads = 8
+  # shapes world only
+  c.data.image_size = 64
+  c.data.num_train_scenes = 20_000
+  c.data.num_eval_scenes = 512
+  c.data.max_boxes = 4
+  c.data.eval_seed = 12345
+
+  c.model = ml_collections.ConfigDict()
+  c.model.student = "RN50"          # models.clip preset name (architecture)
+  c.model.teacher = "RN50"
+  c.model.student_checkpoint = ""   # any clip.load path; empty: initialise from the teacher
+  c.model.teacher_checkpoint = ""   # empty + shapes world: trained by the CLIP stage
+  c.model.concepts_file = ""        # concept names ("name,count" rows allowed)
+  c.model.concept_embeddings = ""   # .npy [C, D] (tools/extract_concept_features); else computed
+  c.model.dtype = "float32"         # compute dtype: "float32" | "bfloat16" (params stay float32)
+  c.model.pooler_resolution = 0     # 0: 2 x attnpool grid (14 for RN50, 18 for RN50x4)
+  c.model.roi_method = "separable"
+  c.model.roi_chunk_size = 64
+  c.model.remat = False
+  c.model.trainable = (r"^visual/(layer2|layer3|layer4|attnpool)/",)  # res3, res4, layer4, attnpool
+  c.model.frozen = (FROZEN_BN,)
+
+  c.proposals = ml_collections.ConfigDict()
+  # Official: a frozen base-class RPN ("rpn"). Until it is wired in, "boxes_jitter" (shapes world)
+  # or "random" (image-text data without boxes) stand in; see pretrain/proposals.py.
+  c.proposals.kind = "random"
+  c.proposals.num = 100             # regions per image (official: 100 random of the RPN's top 300)
+  c.proposals.jitter_copies = 2
+  c.proposals.jitter_scale = 0.15
+  c.proposals.min_frac = 0.1
+  c.proposals.max_frac = 0.8
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.region_distill = 1.0       # weight; 0 switches the term off
+  c.loss.region_contrastive = 1.0
+  c.loss.image_text = 1.0
+  c.loss.temperature = 0.01
+  c.loss.concept_threshold = 0.1
+  c.loss.group_size = 3             # images per region-contrastive group (official per-GPU batch)
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "sgd"
+  c.optimizer.lr = 0.002
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.warmup_steps = 1000
+  c.optimizer.warmup_factor = 0.001
+  c.optimizer.decay_steps = (300_000, 525_000)
+  c.optimizer.decay_factor = 0.1
+  c.optimizer.clip_norm = 5.0
+  c.optimizer.clip_type = "per_tensor"  # official; "global" as an option
+
+  c.sharding = ml_collections.ConfigDict()
+  c.sharding.mode = "replicate"     # "replicate" (data parallel) | "fsdp"
+  c.sharding.fsdp_min_size = 2 ** 16
+
+  # The image-level CLIP stage that makes a teacher when none is given (shapes world).
+  c.teacher_stage = ml_collections.ConfigDict()
+  c.teacher_stage.num_steps = 0
+  c.teacher_stage.batch_size = 64
+  c.teacher_stage.lr = 1e-3
+  c.teacher_stage.weight_decay = 0.05
+  c.teacher_stage.warmup_steps = 100
+  c.teacher_stage.decay_steps = ()
+  c.teacher_stage.log_every = 50
+
+  # Matched-compute control: the teacher trained further with the image-level CLIP loss for
+  # control_steps (0 = off). Region recognition gains are judged against it (DESIGN.md §6).
+  c.control_steps = 0
+  c.eval = ml_collections.ConfigDict()
+  c.eval.enabled = True
+  c.eval.batch_size = 64
+  return c
+
+
+def shapes() -> ml_collections.ConfigDict:
+  """Embedded default: the whole job (teacher CLIP stage + RegionCLIP) in minutes on 2 CPU cores."""
+  c = base()
+  c.num_steps = 300
+  c.batch_size = 24
+  c.log_every = 25
+  c.checkpoint_every = 100
+  c.data.source = "shapes_world"
+  c.data.flip = False
+  c.data.num_threads = 2
+  c.model.student = "tiny_rn"
+  c.model.teacher = "tiny_rn"
+  c.proposals.kind = "boxes_jitter"
+  c.proposals.num = 16
+  c.proposals.jitter_copies = 2
+  c.proposals.min_frac = 0.15
+  c.optimizer.lr = 0.02
+  c.optimizer.warmup_steps = 30
+  c.optimizer.warmup_factor = 0.01
+  c.optimizer.decay_steps = (240,)
+  c.teacher_stage.num_steps = 1200
+  c.control_steps = 0
+  c.eval.batch_size = 128
+  return c
+
+
+def rn50_cc3m() -> ml_collections.ConfigDict:
+  """Official RN50 on CC3M: batch 96, 600k iterations, lr 0.002, steps 300k / 525k, 6,790 concepts."""
+  c = base()
+  c.data.source = "tsv"
+  c.model.student = "RN50"
+  c.model.teacher = "RN50"
+  return c
+
+
+def rn50x4_cc3m() -> ml_collections.ConfigDict:
+  """Official RN50x4 on CC3M (18 x 18 RoIs into layer4 -> 9 x 9 attnpool grid)."""
+  c = rn50_cc3m()
+  c.model.student = "RN50x4"
+  c.model.teacher = "RN50x4"
+  return c
+
+
+def rn50_coco() -> ml_collections.ConfigDict:
+  """Official RN50 on COCO Captions (4,764 concepts); same optimiser schedule."""
+  c = base()
+  c.data.source = "coco_captions"
+  return c
+
+
+PRESETS = {"shapes": shapes, "rn50_cc3m": rn50_cc3m, "rn50x4_cc3m": rn50x4_cc3m, "rn50_coco": rn50_coco}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  return select_preset(arg, PRESETS, "shapes", "configs/pretrain.py")

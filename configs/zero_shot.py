@@ -1,0 +1,71 @@
+"""Zero-shot open-vocabulary inference without fine-tuning (DESIGN.md §1.4, last bullet).
+
+    python -m regionclip_jax.main --config=configs/zero_shot.py:folder \
+        --config.zero_shot.checkpoint=CKPT --config.zero_shot.images=DIR \
+        --config.zero_shot.vocabulary="cat,dog"
+    python -m regionclip_jax.main --config=configs/zero_shot.py:coco_gt   # GT boxes, COCO OVD 65
+
+Presets: folder (default: your images, your words), coco_gt / coco_rpn (the paper's protocol on
+COCO OVD: GT boxes or RPN proposals, AP50 novel/base/all), lvis_gt / lvis_rpn.
+The same settings as flags: `python -m regionclip_jax.tools.zero_shot --help`.
+"""
+from __future__ import annotations
+
+import ml_collections as mlc
+
+
+def _base() -> mlc.ConfigDict:
+  c = mlc.ConfigDict()
+  c.task = "zero_shot"
+  c.seed = 0
+  z = c.zero_shot = mlc.ConfigDict()
+  z.checkpoint = ""          # CLIP checkpoint (any format) or a detector export dir
+  z.text_checkpoint = ""     # text tower, if not in `checkpoint`
+  z.embeddings = ""          # .npy [K, D] in vocabulary / category order
+  z.rpn = ""                 # frozen RPN workdir / export; "" = sliding windows
+  z.images = ""
+  z.vocabulary = ""          # "a,b,c" or "@file.txt"
+  z.output = ""              # "" = <workdir>/zero_shot
+  z.annotations = ""         # COCO / LVIS json: evaluate instead of drawing
+  z.boxes = "gt"             # "gt" | "rpn"
+  z.split = ""
+  z.max_images = 0
+  z.test_size = 800
+  z.max_size = 1333
+  z.score_thresh = 0.05
+  z.draw_threshold = 0.0
+  z.nms_thresh = 0.5
+  z.topk = 50
+  z.rpn_fusion = ""          # "" | "raw_logit" (official MULTIPLY_RPN_SCORE) | "sigmoid"
+  z.soft_nms = False
+  return c
+
+
+def folder() -> mlc.ConfigDict:
+  return _base()
+
+
+def _protocol(split: str, boxes: str) -> mlc.ConfigDict:
+  c = _base()
+  z = c.zero_shot
+  z.split, z.boxes = split, boxes
+  z.score_thresh = 0.001 if split == "coco_ovd" else 0.0001
+  z.topk = 100 if split == "coco_ovd" else 300
+  z.rpn_fusion = "raw_logit" if boxes == "rpn" else ""  # official zero-shot RPN inference fuses
+  return c
+
+
+PRESETS = {
+    "folder": folder,
+    "coco_gt": lambda: _protocol("coco_ovd", "gt"),
+    "coco_rpn": lambda: _protocol("coco_ovd", "rpn"),
+    "lvis_gt": lambda: _protocol("lvis", "gt"),
+    "lvis_rpn": lambda: _protocol("lvis", "rpn"),
+}
+
+
+def get_config(arg: str | None = None) -> mlc.ConfigDict:
+  name = (arg or "folder").strip()
+  if name not in PRESETS:
+    raise ValueError(f"configs/zero_shot.py: unknown preset {name!r}; known: {sorted(PRESETS)}")
+  return PRESETS[name]()

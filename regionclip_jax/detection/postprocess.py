@@ -1,0 +1,92 @@
+"""Detector post-processing (`fast_rcnn_inference`, official RegionCLIP semantics, static shapes)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from regionclip_jax.ops.boxes import Box2BoxTransform, clip_boxes
+from regionclip_jax.ops.nms import batched_nms, soft_nms
+
+
+def fuse_rpn_scores(probs: jax.Array, objectness: jax.Array, mode: Optional[str]) -> jax.Array:
+  """probs [..., R, C], objectness logits [..., R] -> fused [..., R, C].
+
+  "raw_logit" (official MULTIPLY_RPN_SCORE): sqrt(p * logit); a negative logit gives NaN in
+  PyTorch, and the official post-processing then drops the whole row as non-finite: here such
+  rows get NaN too and `fast_rcnn_inference` drops them. "sigmoid": sqrt(p * sigmoid(logit)).
+  None: probs unchanged.
+  """
+  if mode is None or mode == "none":
+    return probs
+  if mode == "raw_logit":
+    prod = probs * objectness[..., None]
+    return jnp.where(prod >= 0, jnp.sqrt(jnp.maximum(prod, 0.0)), jnp.nan)
+  if mode == "sigmoid":
+    return jnp.sqrt(probs * jax.nn.sigmoid(objectness)[..., None])
+  raise ValueError(f"postprocess.py: rpn fusion must be None|'raw_logit'|'sigmoid', got {mode!r}")
+
+
+def fast_rcnn_inference(logits: jax.Array, deltas: jax.Array, proposals: jax.Array,
+                        proposal_valid: jax.Array, image_sizes: jax.Array, *,
+                        objectness: Optional[jax.Array] = None, rpn_fusion: Optional[str] = None,
+                        score_thresh: float = 0.001, nms_thresh: float = 0.5, topk: int = 100,
+                        soft_nms_enabled: bool = False, soft_nms_sigma: float = 0.5,
+                        soft_nms_prune: float = 0.001, max_candidates: int = 2000,
+                        apply_deltas: bool = True, box_weights=(10.0, 10.0, 5.0, 5.0)) -> dict:
+  """Softmax over K+1, drop background, threshold, per-class NMS (or gaussian soft-NMS), top-k.
+
+  logits [N,R,K+1], deltas [N,R,4] (class-agnostic), proposals [N,R,4], proposal_valid [N,R],
+  image_sizes [N,2] (h, w) -> dict of `boxes` [N,T,4], `scores` [N,T], `classes` [N,T] int32,
+  `valid` [N,T], `roi_index` [N,T] (T = topk), sorted by score.
+  With `rpn_fusion`, ranking uses fused scores and the reported score is the un-fused
+  probability (official; soft-NMS reports its decayed fused scores).
+  Static-shape deviation: only the `max_candidates` best (RoI, class) pairs above the threshold
+  enter NMS (official: all of them); with K*R candidates this bounds memory and time.
+  """
+  n, r, k1 = logits.shape
+  k = k1 - 1
+  b2b = Box2BoxTransform(weights=tuple(box_weights))
+  probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
+  unfused = probs
+  if objectness is not None:
+    probs = fuse_rpn_scores(probs, objectness, rpn_fusion)
+  if apply_deltas:
+    boxes = b2b.apply_deltas(deltas.reshape(-1, 4).astype(jnp.float32),
+                             proposals.reshape(-1, 4).astype(jnp.float32)).reshape(n, r, 4)
+  else:
+    boxes = proposals.astype(jnp.float32)
+  num_cand = min(max_candidates, r * k)
+
+  def one_image(p, pu, b, v, hw):
+    b = clip_boxes(b, hw[0], hw[1])
+    finite = jnp.all(jnp.isfinite(b), -1) & jnp.all(jnp.isfinite(p), -1) & v
+    s = p[:, :k]
+    keep = (s > score_thresh) & finite[:, None]
+    flat = jnp.where(keep, s, -1.0).reshape(-1)
+    top_s, top_i = jax.lax.top_k(flat, num_cand)
+    cvalid = top_s > score_thresh
+    roi = top_i // k
+    cls = (top_i % k).astype(jnp.int32)
+    cb = jnp.where(cvalid[:, None], b[roi], 0.0)
+    cs = jnp.where(cvalid, top_s, 0.0)
+    cu = jnp.where(cvalid, pu[:, :k].reshape(-1)[top_i], 0.0)
+    if soft_nms_enabled:
+      idx, new_s, ovalid = soft_nms(cb, cs, sigma=soft_nms_sigma, score_threshold=soft_nms_prune,
+                                    max_output=topk, valid=cvalid, classes=cls)
+      out_s = new_s  # official: soft-NMS scores replace the reported ones
+    else:
+      idx, ovalid = batched_nms(cb, cs, cls, nms_thresh, topk, valid=cvalid)
+      # official: with RPN fusion, NMS and top-k rank fused scores but the reported score is
+      # the un-fused class probability
+      out_s = cu[idx]
+    return {
+        "boxes": jnp.where(ovalid[:, None], cb[idx], 0.0),
+        "scores": jnp.where(ovalid, out_s, 0.0),
+        "classes": jnp.where(ovalid, cls[idx], -1),
+        "valid": ovalid,
+        "roi_index": jnp.where(ovalid, roi[idx], -1),
+    }
+
+  return jax.vmap(one_image)(probs, unfused, boxes, proposal_valid, image_sizes)

@@ -1,0 +1,70 @@
+"""Inference wrapper: proposals (frozen RPN or given boxes) -> region features -> detections.
+
+Two jitted programs: `regions` (backbone + RoI head + box deltas; independent of the vocabulary)
+and `classify` (text-embedding classifier + post-processing; cheap). Swapping the vocabulary
+re-runs / recompiles only the second one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from regionclip_jax.detection.heads import OpenVocabFasterRCNN, RPNModel
+from regionclip_jax.detection.settings import InferenceSettings, RPNSettings
+from regionclip_jax.detection.train_lib import make_classify_fn, make_proposal_fn, make_region_fn
+
+
+@dataclasses.dataclass
+class DetectorPredictor:
+  det: OpenVocabFasterRCNN
+  variables: Any
+  inference: InferenceSettings = InferenceSettings()
+  rpn: Optional[RPNModel] = None
+  rpn_variables: Any = None
+  anchor_generator: Any = None
+  rpn_settings: RPNSettings = RPNSettings()
+
+  @functools.cached_property
+  def _regions(self):
+    return make_region_fn(self.det)
+
+  @functools.cached_property
+  def _classify(self):
+    return make_classify_fn(self.inference)
+
+  @functools.cached_property
+  def _proposals(self):
+    if self.rpn is None:
+      raise ValueError("DetectorPredictor: no RPN given; pass boxes (e.g. ground truth) instead")
+    return make_proposal_fn(self.rpn, self.anchor_generator, self.rpn_settings, training=False)
+
+  def proposals(self, images, image_sizes):
+    """-> (boxes [N,P,4], objectness logits [N,P], valid [N,P]) from the frozen RPN."""
+    return self._proposals(self.rpn_variables, jnp.asarray(images), jnp.asarray(image_sizes))
+
+  def region_outputs(self, images, boxes):
+    """-> (region_feats [N,R,D], deltas [N,R,4]) for given boxes."""
+    return self._regions(self.variables, jnp.asarray(images), jnp.asarray(boxes, jnp.float32))
+
+  def __call__(self, images, image_sizes, text_emb, boxes=None, box_valid=None) -> dict:
+    """images [N,S,S,3] CLIP-normalised, image_sizes [N,2] (h, w), text_emb [K,D]; boxes [N,R,4]
+    + box_valid [N,R] to classify given regions (e.g. GT, zero-shot protocol), else RPN proposals.
+    -> numpy dict `boxes` [N,T,4], `scores`, `classes`, `valid`, `roi_index` [N,T]."""
+    images = jnp.asarray(images)
+    image_sizes = jnp.asarray(image_sizes, jnp.float32)
+    objectness = None
+    if boxes is None:
+      boxes, objectness, box_valid = self.proposals(images, image_sizes)
+      if self.inference.rpn_fusion is None:
+        objectness = None
+    elif box_valid is None:
+      box_valid = jnp.ones(jnp.shape(boxes)[:2], bool)
+    feats, deltas = self.region_outputs(images, boxes)
+    out = self._classify(feats, deltas, jnp.asarray(boxes, jnp.float32), jnp.asarray(box_valid),
+                         image_sizes, jnp.asarray(text_emb, jnp.float32), objectness)
+    return jax.tree.map(np.asarray, out)

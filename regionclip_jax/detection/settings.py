@@ -1,0 +1,47 @@
+"""Static settings of the RPN, the RoI heads and inference (hashable; unpacked from configs)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class RPNSettings:
+  """detectron2 C4 RPN defaults."""
+  iou_thresholds: tuple = (0.3, 0.7)
+  batch_size_per_image: int = 256
+  positive_fraction: float = 0.5
+  pre_nms_topk_train: int = 12000
+  post_nms_topk_train: int = 2000
+  pre_nms_topk_test: int = 6000
+  post_nms_topk_test: int = 1000
+  nms_thresh: float = 0.7
+  min_box_size: float = 0.0
+  loss_weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RoIHeadSettings:
+  """RegionCLIP COCO fine-tuning defaults (LVIS: focal_gamma None, bg_weight 0.8)."""
+  batch_size_per_image: int = 512
+  positive_fraction: float = 0.25
+  iou_threshold: float = 0.5
+  temperature: float = 0.01
+  focal_gamma: Optional[float] = 0.5
+  bg_weight: Optional[float] = 0.2
+  box_weights: tuple = (10.0, 10.0, 5.0, 5.0)
+  box_loss_weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings:
+  score_thresh: float = 0.001
+  nms_thresh: float = 0.5
+  topk: int = 100
+  soft_nms_enabled: bool = False
+  soft_nms_sigma: float = 0.5
+  soft_nms_prune: float = 0.001
+  max_candidates: int = 2000
+  rpn_fusion: Optional[str] = None  # None | "raw_logit" (official) | "sigmoid"
+  apply_deltas: bool = True
+  temperature: float = 0.01

@@ -1,0 +1,52 @@
+"""Entry point: `python -m regionclip_jax.main --config=configs/<task>.py[:preset] [--workdir=DIR]`.
+
+Dispatches on `config.task` to a module exposing `run(config, workdir)`.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+TASKS = {
+    "pretrain": "regionclip_jax.pretrain.run",
+    "detection": "regionclip_jax.detection.run",
+}
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<task>.py[:preset]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: printed, under the temp dir).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
+                                 "Call jax.distributed.initialize() (multi-host; env/cluster auto-detected).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required, e.g. --config=configs/pretrain.py")
+  if _DISTRIBUTED.value:
+    import jax
+    jax.distributed.initialize()
+  task = config.get("task")
+  if task not in TASKS:
+    raise app.UsageError(f"config.task={task!r} is not one of {sorted(TASKS)}")
+  module = importlib.import_module(TASKS[task])
+  from regionclip_jax.train.loop import NonFiniteLossError
+  try:
+    module.run(config, _WORKDIR.value)
+  except NonFiniteLossError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def run_main():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run_main()

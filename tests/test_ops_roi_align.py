@@ -1,0 +1,206 @@
+"""RoIAlign against a slow numpy port of torchvision's CPU kernel (roi_align_kernel.cpp)."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from regionclip_jax.ops.roi_align import roi_align
+
+F32 = np.float32
+
+
+def _bilinear(f, y, x):
+  """torchvision bilinear_interpolate, float32 geometry as in the kernel with T = float."""
+  height, width = f.shape[:2]
+  if y < -1.0 or y > height or x < -1.0 or x > width:
+    return np.zeros(f.shape[-1])
+  y = F32(0) if y <= 0 else y
+  x = F32(0) if x <= 0 else x
+  y_low, x_low = int(y), int(x)
+  if y_low >= height - 1:
+    y_high = y_low = height - 1
+    y = F32(y_low)
+  else:
+    y_high = y_low + 1
+  if x_low >= width - 1:
+    x_high = x_low = width - 1
+    x = F32(x_low)
+  else:
+    x_high = x_low + 1
+  ly, lx = F32(y - F32(y_low)), F32(x - F32(x_low))
+  hy, hx = F32(1) - ly, F32(1) - lx
+  f = f.astype(np.float64)
+  return (hy * hx * f[y_low, x_low] + hy * lx * f[y_low, x_high]
+          + ly * hx * f[y_high, x_low] + ly * lx * f[y_high, x_high])
+
+
+def ref_roi_align(feats, boxes, out_hw, scale, sampling_ratio, aligned):
+  """feats [N, H, W, C], boxes [N, R, 4] -> [N, R, oh, ow, C] float64, loop for loop like the kernel."""
+  oh, ow = out_hw
+  n_img, _, _, ch = feats.shape
+  out = np.zeros((n_img, boxes.shape[1], oh, ow, ch))
+  offset = F32(0.5) if aligned else F32(0.0)
+  for n in range(n_img):
+    for r in range(boxes.shape[1]):
+      x1, y1, x2, y2 = (F32(v) for v in boxes[n, r])
+      sx, sy = x1 * F32(scale) - offset, y1 * F32(scale) - offset
+      ex, ey = x2 * F32(scale) - offset, y2 * F32(scale) - offset
+      rw, rh = F32(ex - sx), F32(ey - sy)
+      if not aligned:
+        rw, rh = max(rw, F32(1)), max(rh, F32(1))
+      bh, bw = F32(rh / F32(oh)), F32(rw / F32(ow))
+      gh = sampling_ratio if sampling_ratio > 0 else int(np.ceil(F32(rh / F32(oh))))
+      gw = sampling_ratio if sampling_ratio > 0 else int(np.ceil(F32(rw / F32(ow))))
+      count = max(gh * gw, 1)
+      for ph in range(oh):
+        for pw in range(ow):
+          acc = np.zeros(ch)
+          for iy in range(gh):
+            y = F32(sy + F32(ph) * bh) + F32(F32(iy + 0.5) * bh) / F32(gh)
+            for ix in range(gw):
+              x = F32(sx + F32(pw) * bw) + F32(F32(ix + 0.5) * bw) / F32(gw)
+              acc += _bilinear(feats[n], F32(y), F32(x))
+          out[n, r, ph, pw] = acc / count
+  return out
+
+
+def _boxes(rng, n_img, img_h, img_w, inside_only=False):
+  """A mix of in-image, tiny, huge, partly / wholly outside and degenerate boxes [N, R, 4]."""
+  out = []
+  for _ in range(n_img):
+    b = []
+    for _ in range(6):  # ordinary boxes inside the image
+      x1, x2 = np.sort(rng.uniform(0, img_w, 2))
+      y1, y2 = np.sort(rng.uniform(0, img_h, 2))
+      b.append([x1, y1, x2, y2])
+    cx, cy = rng.uniform(0, img_w), rng.uniform(0, img_h)
+    b.append([cx, cy, cx + 0.05, cy + 0.08])                       # tiny
+    b.append([cx, cy, cx, cy + 3.0])                               # zero width
+    b.append([0, 0, img_w, img_h])                                 # whole image
+    if not inside_only:
+      b.append([-2.5 * img_w, -1.7 * img_h, 3.1 * img_w, 2.2 * img_h])  # huge
+      b.append([-0.4 * img_w, 0.3 * img_h, 0.5 * img_w, 1.6 * img_h])   # partly outside
+      b.append([1.3 * img_w, 1.2 * img_h, 1.9 * img_w, 1.5 * img_h])    # wholly outside
+      b.append([0.7 * img_w, 0.6 * img_h, 0.2 * img_w, 0.1 * img_h])    # x2 < x1, y2 < y1
+    out.append(b)
+  return np.asarray(out, np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(out_hw, scale, sampling_ratio, aligned, method, chunk):
+  return jax.jit(lambda f, b: roi_align(f, b, out_hw, scale, sampling_ratio, aligned,
+                                        chunk_size=chunk, method=method))
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+@pytest.mark.parametrize("hw", [(7, 9), (9, 6)])
+def test_separable_matches_kernel(aligned, sampling_ratio, hw):
+  rng = np.random.default_rng(hash((aligned, sampling_ratio, hw)) % 2**32)
+  scale = 0.25
+  feats = rng.normal(size=(2, *hw, 3)).astype(np.float32)
+  boxes = _boxes(rng, 2, hw[0] / scale, hw[1] / scale)
+  out = _jitted((3, 4), scale, sampling_ratio, aligned, "separable", 5)(feats, boxes)
+  ref = ref_roi_align(feats, boxes, (3, 4), scale, sampling_ratio, aligned)
+  assert out.shape == ref.shape and out.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=1e-5)
+  assert np.abs(ref).max() > 0.1  # the comparison is not vacuous
+
+
+def test_huge_boxes_many_samples():
+  """Bins far bigger than the map (gh ~ 40): the static window must still find every sample."""
+  rng = np.random.default_rng(1)
+  feats = rng.normal(size=(1, 5, 6, 2)).astype(np.float32)
+  boxes = np.array([[[-300, -200, 260, 310], [-50.3, 2.1, 90.7, 11.9], [3, -400, 9, 500]]], F32)
+  out = _jitted((2, 2), 0.5, 0, True, "separable", 64)(feats, boxes)
+  ref = ref_roi_align(feats, boxes, (2, 2), 0.5, 0, True)
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=1e-5)
+  assert np.abs(ref).max() > 0.01
+
+
+@pytest.mark.parametrize("method", ["separable", "gather"])
+def test_exact_bin_boundaries(method):
+  """Sizes that are exact multiples of the bin count (ceil and the [-1, H] test sit on the edge);
+  XLA's x / broadcast(y) -> x * (1 / y) rewrite breaks these unless guarded."""
+  rng = np.random.default_rng(2)
+  feats = rng.normal(size=(1, 22, 23, 2)).astype(np.float32)
+  # 21 / 7 = 3 exactly, but 21 * float32(1 / 7) = 3.0000002 -> ceil 4
+  boxes = np.array([[[0.5, 0.5, 21.5, 21.5], [1.5, 0.5, 22.5, 21.5], [-3.5, -2.5, 17.5, 18.5],
+                     [0, 0, 21, 21], [-30, -40, 47, 37]]], F32)
+  if method == "gather":  # exact only for boxes no larger than the image (module doc)
+    boxes = boxes[:, :4]
+  for aligned in (True, False):
+    out = _jitted((7, 7), 1.0, 0, aligned, method, 64)(feats, boxes)
+    ref = ref_roi_align(feats, boxes, (7, 7), 1.0, 0, aligned)
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampling_ratio", [0, 3])
+def test_gather_matches_kernel_inside_image(sampling_ratio):
+  rng = np.random.default_rng(7 + sampling_ratio)
+  feats = rng.normal(size=(2, 8, 7, 3)).astype(np.float32)
+  boxes = _boxes(rng, 2, 8 / 0.5, 7 / 0.5, inside_only=True)
+  out = _jitted((3, 2), 0.5, sampling_ratio, True, "gather", 4)(feats, boxes)
+  ref = ref_roi_align(feats, boxes, (3, 2), 0.5, sampling_ratio, True)
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=1e-5)
+
+
+def test_bfloat16_features():
+  rng = np.random.default_rng(3)
+  feats = rng.normal(size=(1, 7, 9, 4)).astype(np.float32)
+  boxes = _boxes(rng, 1, 28, 36)
+  f16 = jnp.asarray(feats, jnp.bfloat16)
+  out = _jitted((3, 4), 0.25, 0, True, "separable", 64)(f16, boxes)
+  assert out.dtype == jnp.bfloat16
+  ref = ref_roi_align(np.asarray(f16.astype(jnp.float32)), boxes, (3, 4), 0.25, 0, True)
+  # only the final rounding to bfloat16 (8 mantissa bits) separates us from the reference
+  np.testing.assert_allclose(np.asarray(out.astype(jnp.float32)), ref, rtol=2 ** -8, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["separable", "gather"])
+def test_gradients_wrt_features(method):
+  rng = np.random.default_rng(11)
+  boxes = jnp.asarray(_boxes(rng, 1, 20, 24, inside_only=(method == "gather")))[:, :8]
+  with jax.enable_x64(True):
+    feats = jnp.asarray(rng.normal(size=(1, 5, 6, 2)), jnp.float64)
+    f = jax.jit(lambda x: roi_align(x, boxes, (2, 3), 0.25, 0, True, chunk_size=3, method=method))
+    check_grads(f, (feats,), order=1, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
+
+
+def test_nan_boxes_give_zeros_and_finite_grads():
+  rng = np.random.default_rng(5)
+  feats = jnp.asarray(rng.normal(size=(1, 6, 6, 2)), jnp.float32)
+  boxes = np.array([[[1, 1, 10, 12], [np.nan, 2, 8, 9], [1, 2, np.inf, 9]]], F32)
+  fn = jax.jit(lambda f: roi_align(f, boxes, 2, 0.5, 0, True))
+  out = fn(feats)
+  assert np.all(np.asarray(out[0, 1:]) == 0) and np.abs(np.asarray(out[0, 0])).max() > 0
+  cot = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+  g = jax.grad(lambda f: jnp.sum(fn(f) * cot))(feats)
+  g_first = jax.grad(lambda f: jnp.sum(fn(f)[:, :1] * cot[:, :1]))(feats)
+  assert np.all(np.isfinite(np.asarray(g)))
+  np.testing.assert_allclose(np.asarray(g), np.asarray(g_first), atol=1e-6)  # NaN rows add nothing
+
+
+def test_empty_and_bad_shapes():
+  feats = jnp.zeros((2, 4, 4, 3))
+  assert roi_align(feats, jnp.zeros((2, 0, 4)), (2, 3), 1.0).shape == (2, 0, 2, 3, 3)
+  with pytest.raises(ValueError, match="batch mismatch"):
+    roi_align(feats, jnp.zeros((3, 5, 4)), 2, 1.0)
+  with pytest.raises(ValueError, match=r"\[N, R, 4\]"):
+    roi_align(feats, jnp.zeros((2, 5, 5)), 2, 1.0)
+  with pytest.raises(ValueError, match=r"\[N, H, W, C\]"):
+    roi_align(jnp.zeros((4, 4, 3)), jnp.zeros((2, 5, 4)), 2, 1.0)
+  with pytest.raises(ValueError, match="method"):
+    roi_align(feats, jnp.zeros((2, 5, 4)), 2, 1.0, method="fast")
+
+
+def test_chunking_does_not_change_result():
+  rng = np.random.default_rng(9)
+  feats = rng.normal(size=(2, 6, 7, 3)).astype(np.float32)
+  boxes = _boxes(rng, 2, 24, 28)
+  a = _jitted((2, 2), 0.25, 0, True, "separable", 64)(feats, boxes)
+  b = _jitted((2, 2), 0.25, 0, True, "separable", 3)(feats, boxes)
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
