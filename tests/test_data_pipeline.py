@@ -104,3 +104,18 @@ def test_cached_source_same_batches_and_reads_once():
     assert sorted(set(calls)) == list(range(10)) and len(calls) <= 10 + 4  # a race may read twice, no more
     world = CachedSource(ShapesWorld(5))
     assert world.concepts == ShapesWorld(5).concepts and np.array_equal(world[2]["image"], world[2]["image"])
+
+
+def test_default_tokenizer_integration():
+    """Shapes-world captions through the models area's OpenAI-id tokenizer (skipped until it exists)."""
+    tok = pytest.importorskip("regionclip_jax.models.tokenizer")
+    try:
+        tok.tokenize(["a star."])
+    except ImportError as e:  # the tokenizer's own dependencies, owned by the models area
+        pytest.skip(f"models tokenizer not usable here: {e}")
+    tr = T.shapes_world_transforms(tokenize_fn=None)
+    batch = next(make_pipeline(ShapesWorld(8, seed=0), tr, 4, seed=0, shard_by_process=False, num_epochs=1))
+    tokens = batch["caption_tokens"]
+    assert tokens.shape == (4, 77) and tokens.dtype == np.int32
+    assert np.all(tokens[:, 0] == 49406) and np.all(tokens.max(axis=1) == 49407)
+    del tok
