@@ -43,10 +43,10 @@ def _temp_gib(fn, args):
   return mem.temp_size_in_bytes / 2**30 if mem is not None else float("nan")
 
 
-def bench(name, pool, feats, boxes, out_shape, repeats, rows):
+def bench(name, pool, feats, boxes, out_shape, repeats, rows, methods=("separable", "gather")):
   rng = np.random.default_rng(0)
   cot = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
-  for method in ("separable", "gather"):
+  for method in methods:
     fwd = jax.jit(lambda f, b, m=method: pool(f, b, m))
     def bwd_fn(f, b, c, m=method):  # returns the output too, so the forward is not dead code
       y, vjp = jax.vjp(lambda x: pool(x, b, m), f)
@@ -67,6 +67,7 @@ def main():
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--chunk", type=int, default=64)
   ap.add_argument("--skip-fpn", action="store_true")
+  ap.add_argument("--methods", default="separable,gather")
   args = ap.parse_args()
   rng = np.random.default_rng(0)
   rows = []
@@ -83,7 +84,7 @@ def main():
   s = c4["s"]
   pool = lambda f, b, m: roi_align(f, b, (s, s), 1 / 16, 0, True, chunk_size=args.chunk, method=m)
   bench(f"C4 {c4['n']}x{c4['h']}x{c4['w']}x{c4['c']} R={c4['r']} {s}x{s} sr=0", pool, feats, boxes,
-        (c4["n"], c4["r"], s, s, c4["c"]), args.repeats, rows)
+        (c4["n"], c4["r"], s, s, c4["c"]), args.repeats, rows, args.methods.split(","))
 
   if not args.skip_fpn:
     # FPN P2-P5 of an 800 x 1344 image; sampling_ratio 2 because the gather method's static
@@ -96,7 +97,7 @@ def main():
     s = fpn["s"]
     pool = lambda f, b, m: multilevel_roi_align(f, b, (s, s), scales, 2, chunk_size=args.chunk, method=m)
     bench(f"FPN P2-P5 {img_h}x{img_w} C={fpn['c']} R={fpn['r']} {s}x{s} sr=2", pool, feats, boxes,
-          (fpn["n"], fpn["r"], s, s, fpn["c"]), args.repeats, rows)
+          (fpn["n"], fpn["r"], s, s, fpn["c"]), args.repeats, rows, args.methods.split(","))
 
   print("\n| shapes | method | fwd s | fwd temp GiB | fwd+bwd s | fwd+bwd temp GiB |")
   print("|---|---|---|---|---|---|")

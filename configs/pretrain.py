@@ -44,6 +44,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.max_size = 1333
   c.data.flip = True
   c.data.num_threads = 8
+  c.data.context_length = 77        # caption / prompt tokens (shapes world: 16 suffices)
   # shapes world only
   c.data.image_size = 64
   c.data.num_train_scenes = 20_000
@@ -129,6 +130,7 @@ def shapes() -> ml_collections.ConfigDict:
   c.data.source = "shapes_world"
   c.data.flip = False
   c.data.num_threads = 2
+  c.data.context_length = 16
   c.model.student = "tiny_rn"
   c.model.teacher = "tiny_rn"
   c.proposals.kind = "boxes_jitter"

@@ -59,17 +59,21 @@ def test_pickle_that_runs_code_is_refused_and_never_runs(tmp_path):
     assert control.exists()
 
 
-def test_legacy_pickle_that_runs_code_is_refused(tmp_path):
+def test_legacy_and_raw_pickles_that_run_code_are_refused(tmp_path):
     marker = tmp_path / "marker_legacy"
-    path = str(tmp_path / "legacy.pt")
-    with open(path, "wb") as f:
-        pickle.dump({"w": _Payload(str(marker))}, f)
-    _raises(lambda: ck.read_state_dict(path, source="openai"), path)
+    legacy = str(tmp_path / "legacy.pt")  # torch's pre-1.6 (non-zip) serialization
+    torch.save({"w": _Payload(str(marker))}, legacy, _use_new_zipfile_serialization=False)
+    _raises(lambda: ck.read_state_dict(legacy, source="openai"), legacy, "refused to unpickle")
+    raw = str(tmp_path / "raw.pt")  # a bare pickle.dump
+    with open(raw, "wb") as f:
+        pickle.dump({"w": _Payload(str(marker))}, f, protocol=2)
+    _raises(lambda: ck.read_state_dict(raw, source="openai"), raw, "weights_only=True")
     assert not marker.exists()
 
 
 def test_truncated_and_garbage_files(tmp_path, rn_file):
-    data = open(rn_file, "rb").read()
+    with open(rn_file, "rb") as f:
+        data = f.read()
     cut = tmp_path / "cut.pt"
     cut.write_bytes(data[: len(data) // 2])
     _raises(lambda: ck.load(str(cut)), str(cut), "unreadable or truncated")
@@ -78,7 +82,8 @@ def test_truncated_and_garbage_files(tmp_path, rn_file):
     _raises(lambda: ck.read_state_dict(str(junk)), str(junk))
     hub = u.save_open_clip_hub(u.torch_clip("rn"), str(tmp_path / "hub"))
     st = os.path.join(hub, "open_clip_model.safetensors")
-    st_data = open(st, "rb").read()
+    with open(st, "rb") as f:
+        st_data = f.read()
     with open(st, "wb") as f:
         f.write(st_data[: len(st_data) - 1000])
     _raises(lambda: ck.read_state_dict(hub), st, "truncated")
@@ -111,11 +116,14 @@ def test_missing_key_is_named(tmp_path):
 
 def test_without_torch_pt_files_name_the_extra_but_safetensors_still_read(tmp_path, rn_file, monkeypatch):
     hub = u.save_open_clip_hub(u.torch_clip("rn"), str(tmp_path / "hub"))
+    archive = u.save_openai_torchscript(u.torch_clip("rn"), str(tmp_path / "RN.pt"))
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
     _raises(lambda: ck.read_state_dict(rn_file), rn_file, "needs PyTorch",
             "pip install regionclip_jax[torch]")
     sd, source = ck.read_state_dict(hub)  # safetensors needs no torch
     assert source == "open_clip" and sd["visual.conv1.weight"].shape == (8, 3, 3, 3)
+    sd, source = ck.read_state_dict(archive)  # OpenAI's TorchScript archives neither
+    assert source == "openai" and sd["visual.conv1.weight"].shape == (8, 3, 3, 3)
 
 
 def test_converted_directory_errors(tmp_path):
@@ -130,3 +138,57 @@ def test_converted_directory_errors(tmp_path):
         f.write('{"format": "something else"}')
     _raises(lambda: ck.load(out), "not a regionclip_jax converted checkpoint")
     assert np.isfinite(np.asarray(params["logit_scale"]))
+
+
+def test_torchscript_archive_with_code_is_refused(tmp_path):
+    """A zip laid out as a TorchScript archive whose data.pkl calls exec: refused, never run."""
+    import zipfile
+
+    marker = tmp_path / "marker_ts"
+    path = str(tmp_path / "evil_ts.pt")
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"w": _Payload(str(marker))}, protocol=2))
+        z.writestr("archive/constants.pkl", pickle.dumps((), protocol=2))
+        z.writestr("archive/version", "3\n")
+    _raises(lambda: ck.load(path), path, "refused to unpickle", "exec")
+    assert not marker.exists()
+    ok = u.save_openai_torchscript(u.torch_clip("rn"), str(tmp_path / "ok.pt"))
+    with open(ok, "rb") as f:
+        data = f.read()
+    cut = tmp_path / "cut_ts.pt"
+    cut.write_bytes(data[: len(data) // 2])
+    _raises(lambda: ck.load(str(cut)), str(cut))
+
+
+def _tensor_archive(path, size, stride, numel=4):
+    """A TorchScript-style zip whose data.pkl rebuilds one float tensor of the given layout from a
+    storage of `numel` floats (written the way torch writes them: persistent ids + rebuild)."""
+    import io
+    import zipfile
+
+    storage = object()
+
+    class Tensor:
+        def __reduce__(self):
+            return (torch._utils._rebuild_tensor_v2, (storage, 0, size, stride, False, {}))
+
+    class P(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", numel) if obj is storage else None
+
+    buf = io.BytesIO()
+    P(buf, protocol=2).dump({"w": Tensor()})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", buf.getvalue())
+        z.writestr("archive/constants.pkl", pickle.dumps((), protocol=2))
+        z.writestr("archive/data/0", np.arange(numel, dtype=np.float32).tobytes())
+    return path
+
+
+def test_torchscript_tensor_layout_is_bounds_checked(tmp_path):
+    ok = _tensor_archive(str(tmp_path / "ok.pt"), (2, 2), (1, 2))
+    np.testing.assert_array_equal(ck.read_torchscript_archive(ok)["w"], [[0, 2], [1, 3]])
+    bad = _tensor_archive(str(tmp_path / "oob.pt"), (1000,), (1,))  # would read past the storage
+    _raises(lambda: ck.read_torchscript_archive(bad), bad, "reads past its storage")
+    neg = _tensor_archive(str(tmp_path / "neg.pt"), (2,), (-1,))
+    _raises(lambda: ck.read_torchscript_archive(neg), neg, "invalid tensor layout")

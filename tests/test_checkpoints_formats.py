@@ -8,6 +8,8 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import test_checkpoints_util as u
 from regionclip_jax.models import checkpoints as ck
@@ -94,6 +96,16 @@ def test_hf_clip_directory_parity_with_transformers(tmp_path):
     sd_dir, _ = ck.read_state_dict(folder)
     sd_file, source = ck.read_state_dict(os.path.join(folder, "model.safetensors"))
     assert source == "hf" and sorted(sd_dir) == sorted(sd_file)
+    # the older pytorch_model.bin layout, read with weights_only=True
+    legacy = tmp_path / "hf_bin"
+    legacy.mkdir()
+    torch.save(model.state_dict(), legacy / "pytorch_model.bin")
+    with open(os.path.join(folder, "config.json")) as f:
+        (legacy / "config.json").write_text(f.read())
+    sd_bin, source = ck.read_state_dict(str(legacy))
+    assert source == "hf" and sorted(sd_bin) == sorted(sd_dir)
+    for k in sd_dir:
+        np.testing.assert_array_equal(sd_bin[k], sd_dir[k], err_msg=k)
 
 
 def test_open_clip_hub_files_and_training_checkpoint(tmp_path, rn_model, rn_inputs):
@@ -185,3 +197,35 @@ def test_full_size_openai_archive(tmp_path, name):
     assert loaded.config == clip.PRESETS[name]
     images, tokens = u.random_images(1, 224, seed=0), u.random_tokens(2, seed=0)
     _parity(loaded, *u.torch_embeddings(model, images, tokens), images, tokens, f"full-size {name}")
+
+
+def test_torchscript_reader_matches_torch_jit_load(tmp_path, vit_model):
+    """Our torch-free archive reader against torch's own loader, on the same archive."""
+    path = u.save_openai_torchscript(vit_model, str(tmp_path / "ViT.pt"))
+    ours = ck.read_torchscript_archive(path)
+    ref = {k: v.detach().numpy() for k, v in torch.jit.load(path, map_location="cpu").state_dict().items()}
+    assert set(ref) <= set(ours)
+    for k in ref:
+        np.testing.assert_array_equal(ours[k], ref[k], err_msg=k)
+    assert set(ours) - set(ref) <= {"transformer.resblocks.0.attn_mask", "transformer.resblocks.1.attn_mask"}
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([np.float32, np.float16, np.int64, np.int32, np.uint8,
+                                           np.bool_]),
+                          st.lists(st.integers(0, 4), min_size=0, max_size=3)),
+                min_size=1, max_size=5))
+def test_safetensors_reader_round_trips_any_layout(tmp_path_factory, specs):
+    """Against the safetensors library's own writer: every dtype / shape (0-d and empty too)."""
+    import safetensors.numpy
+
+    rng = np.random.default_rng(len(specs))
+    arrays = {f"t{i}": np.asarray(rng.normal(size=shape) * 10).astype(dt)
+              for i, (dt, shape) in enumerate(specs)}
+    path = str(tmp_path_factory.mktemp("st") / "x.safetensors")
+    safetensors.numpy.save_file(arrays, path)
+    out = ck.read_safetensors(path)
+    assert sorted(out) == sorted(arrays)
+    for k, v in arrays.items():
+        assert out[k].dtype == v.dtype and out[k].shape == v.shape
+        np.testing.assert_array_equal(out[k], v)

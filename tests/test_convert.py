@@ -23,7 +23,11 @@ def test_convert_openai_archive_and_load_without_torch(tmp_path):
     model = u.torch_clip("rn", seed=2)
     src = u.save_openai_torchscript(model, str(tmp_path / "RN.pt"))
     out = str(tmp_path / "converted")
-    assert convert.main([f"--input={src}", f"--output={out}"]) == 0
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    run = subprocess.run([sys.executable, "-m", "regionclip_jax.tools.convert", f"--input={src}",
+                          f"--output={out}"], env=env, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "wrote" in run.stdout
     assert sorted(os.listdir(out)) == ["config.json", "params.safetensors"]
     assert ck.detect_source(out) == "converted"
     direct = ck.load(src)
@@ -45,11 +49,12 @@ def test_convert_openai_archive_and_load_without_torch(tmp_path):
         import numpy as np
         from regionclip_jax.models import clip
         m = clip.load({out!r})
-        np.save({str(tmp_path / "img.npy")!r}, np.asarray(m.encode_image(np.load({str(tmp_path / "images.npy")!r}))))
-        np.save({str(tmp_path / "txt.npy")!r}, np.asarray(m.encode_text(np.load({str(tmp_path / "tokens.npy")!r}))))
+        images = np.load({str(tmp_path / "images.npy")!r})
+        tokens = np.load({str(tmp_path / "tokens.npy")!r})
+        np.save({str(tmp_path / "img.npy")!r}, np.asarray(m.encode_image(images)))
+        np.save({str(tmp_path / "txt.npy")!r}, np.asarray(m.encode_text(tokens)))
         assert "torch" not in sys.modules or sys.modules["torch"] is None
     """)
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
     subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=str(tmp_path))
     err_img = np.abs(np.load(tmp_path / "img.npy") - ref_img).max()
     err_txt = np.abs(np.load(tmp_path / "txt.npy") - ref_txt).max()
@@ -64,7 +69,7 @@ def test_convert_cli_regionclip_teacher_and_errors(tmp_path, capsys):
     out = str(tmp_path / "teacher")
     assert convert.main([f"--input={src}", f"--output={out}", "--part=teacher",
                          "--source=regionclip", "--arch=resnet"]) == 0
-    cfg, params = ck.read_converted(out)
+    _, params = ck.read_converted(out)
     np.testing.assert_array_equal(params["visual"]["conv1"]["kernel"],
                                   teacher.visual.conv1.weight.detach().numpy().transpose(2, 3, 1, 0))
     assert "wrote" in capsys.readouterr().out

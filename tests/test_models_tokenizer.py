@@ -41,6 +41,7 @@ TEXTS = [
     "Fish &amp; chips &lt;3", "日本語のテキスト", "123 4567 3.14 1e-5", "emoji 😀👍🏽", "A   b\tc\nd  ",
     "hyphen-ated_words (with) parens+plus", "", "   ", "a" * 300, "!!!???...", "<|endoftext|> inside",
     "a photo of a {}.".format("traffic light"), "itap of a hot dog.", "Mr. O'Neil's ＦＵＬＬＷＩＤＴＨ",
+    "sep\x1cchars\x1d and\u00a0nbsp\u3000ideographic\u2028line", "İstanbul ß ǅ",
 ]
 
 

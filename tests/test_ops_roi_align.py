@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from regionclip_jax.ops.roi_align import roi_align
+from regionclip_jax.ops.roi_align import _auto_method, roi_align
 
 F32 = np.float32
 
@@ -148,6 +148,17 @@ def test_gather_matches_kernel_inside_image(sampling_ratio):
   np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("aligned", [True, False])
+def test_gather_fixed_ratio_exact_for_all_boxes(aligned):
+  rng = np.random.default_rng(21)
+  feats = rng.normal(size=(2, 6, 9, 3)).astype(np.float32)
+  boxes = _boxes(rng, 2, 6 / 0.25, 9 / 0.25)
+  out = _jitted((2, 3), 0.25, 2, aligned, "auto", 64)(feats, boxes)  # auto -> gather here
+  ref = ref_roi_align(feats, boxes, (2, 3), 0.25, 2, aligned)
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=1e-5)
+  assert _auto_method(6, 9, 2, 3, 2) == "gather" and _auto_method(6, 9, 2, 3, 0) == "separable"
+
+
 def test_bfloat16_features():
   rng = np.random.default_rng(3)
   feats = rng.normal(size=(1, 7, 9, 4)).astype(np.float32)
@@ -187,6 +198,10 @@ def test_nan_boxes_give_zeros_and_finite_grads():
 def test_empty_and_bad_shapes():
   feats = jnp.zeros((2, 4, 4, 3))
   assert roi_align(feats, jnp.zeros((2, 0, 4)), (2, 3), 1.0).shape == (2, 0, 2, 3, 3)
+  # x2 < x1: torchvision gives zeros for aligned + adaptive, a 1-px box for aligned=False
+  rev = jnp.asarray([[[9.0, 9.0, 3.0, 3.0]]] * 2)
+  assert np.all(np.asarray(roi_align(feats + 1, rev, 2, 0.5, 0, True)) == 0)
+  assert np.all(np.asarray(roi_align(feats + 1, rev, 2, 0.5, 0, False)) == 1)
   with pytest.raises(ValueError, match="batch mismatch"):
     roi_align(feats, jnp.zeros((3, 5, 4)), 2, 1.0)
   with pytest.raises(ValueError, match=r"\[N, R, 4\]"):

@@ -8,8 +8,15 @@ from regionclip_jax.models import clip
 from regionclip_jax.models.region_encoder import global_boxes, region_features
 
 
+_TEXT = clip.TextConfig(context_length=8, vocab_size=64, width=16, heads=1, layers=1)
+CONFIGS = {  # smaller than the tiny presets: fast to compile, same code paths
+    "rn": clip.CLIPConfig(16, clip.ResNetConfig((1, 1, 1, 1), 8, 2, 64), _TEXT),
+    "vit": clip.CLIPConfig(16, clip.ViTConfig(32, 8, 32, 1, 1), _TEXT),
+}
+
+
 def _setup(name, n=2):
-  cfg = clip.PRESETS[name]
+  cfg = CONFIGS[name]
   params = clip.init_params(cfg, seed=1)
   module = clip.CLIP(cfg)
   s = cfg.image_size
@@ -18,14 +25,14 @@ def _setup(name, n=2):
 
 
 def test_resnet_whole_image_box_equals_encode_image():
-  module, params, images = _setup("tiny_rn")
+  module, params, images = _setup("rn")
   s = images.shape[1]
   boxes = jnp.concatenate([global_boxes(images),
                            jnp.asarray([[[8.0, 4.0, 40.0, 30.0]]] * 2)], axis=1)  # [2, 2, 4]
   f = jax.jit(lambda p, x, b: region_features(module, p, x, b))
   got = f(params, images, boxes)
   want = module.apply({"params": params}, images, method=clip.CLIP.encode_image)
-  assert got.shape == (2, 2, clip.PRESETS["tiny_rn"].embed_dim)
+  assert got.shape == (2, 2, CONFIGS["rn"].embed_dim)
   np.testing.assert_allclose(got[:, 0], want, rtol=2e-4, atol=2e-5)
   # a region is independent of the other boxes in the batch (padding boxes change nothing)
   alone = f(params, images, boxes[:, 1:])
@@ -34,8 +41,8 @@ def test_resnet_whole_image_box_equals_encode_image():
 
 
 def test_vit_patch_box_reads_out_that_token():
-  module, params, images = _setup("tiny_vit")
-  cfg = clip.PRESETS["tiny_vit"]
+  module, params, images = _setup("vit")
+  cfg = CONFIGS["vit"]
   p = cfg.vision.patch_size
   cls, grid = module.apply({"params": params}, images, method=clip.CLIP.image_tokens)
   i, j = 1, 2

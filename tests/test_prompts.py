@@ -23,7 +23,8 @@ def test_clean_concept_name(raw, clean):
 
 
 def test_prompt_filling_drops_commas_and_splits_plus():
-    assert prompts.apply_template("a photo of a {}.", "salt,pepper+shaker") == "a photo of a saltpepper shaker."
+    filled = prompts.apply_template("a photo of a {}.", "salt,pepper+shaker")
+    assert filled == "a photo of a saltpepper shaker."
     p = prompts.prompts_for("bow_(weapon)")
     assert len(p) == 81 and p[0] == "bow weapon." and p[1] == "a photo of a bow weapon."
     assert len(prompts.prompts_for(["cup", "mug"])) == 162

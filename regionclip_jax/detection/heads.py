@@ -38,7 +38,8 @@ class OpenVocabFasterRCNN(nn.Module):
     """res4 [N,h,w,C], boxes [N,R,4] image px -> [N,R,D]."""
     n, r = boxes.shape[:2]
     s = self.pooler_resolution
-    pooled = roi_align(res4, boxes.astype(res4.dtype), (s, s), 1.0 / self.feature_stride,
+    # boxes stay float32 whatever the compute dtype: bf16 coordinates are off by pixels at 800 px
+    pooled = roi_align(res4, boxes.astype(jnp.float32), (s, s), 1.0 / self.feature_stride,
                        sampling_ratio=self.sampling_ratio, aligned=True,
                        chunk_size=self.roi_chunk_size)
     feats = self.backbone.image_region_head(pooled.reshape((n * r,) + pooled.shape[2:]))

@@ -105,15 +105,14 @@ def make_detector_step(det: OpenVocabFasterRCNN, rpn: RPNModel, anchor_gen, roi:
   """-> `step(state, batch, frozen) -> (state, metrics)`, frozen = {"rpn": RPN variables,
   "text_emb": [K, D] base-class embeddings}. The frozen RPN runs inside the step (train top-k),
   unless the batch carries precomputed `proposals` [B,P,4] and `proposal_valid` [B,P]."""
-  pre, post = rpn_settings.pre_nms_topk_train, rpn_settings.post_nms_topk_train
-
   def step(state: TrainState, batch: dict, frozen: dict):
     key = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
     if "proposals" in batch:
       props, pvalid = batch["proposals"], batch["proposal_valid"]
     else:
       props, _, pvalid = rpn_proposals(rpn, anchor_gen, rpn_settings, frozen["rpn"], batch["image"],
-                                       batch["image_size"], pre, post)
+                                       batch["image_size"], rpn_settings.pre_nms_topk_train,
+                                       rpn_settings.post_nms_topk_train)
     (loss, parts), grads = masked_value_and_grad(
         lambda p: detector_loss(det, roi, p, batch, props, pvalid, frozen["text_emb"], key),
         state.params, mask)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import struct
 import zipfile
 from typing import Any
@@ -54,7 +55,7 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------------------------------------
 def _import_torch(path: str, what: str):
     try:
-        import torch  # noqa: PLC0415 - optional dependency
+        import torch  # optional dependency: only .pt/.pth/.bin files need it
     except ImportError:
         raise CheckpointError(
             f"{path}: reading {what} needs PyTorch (CPU is enough); install it with "
@@ -88,11 +89,8 @@ _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np
               "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
 
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """Numpy arrays of a `.safetensors` file (bf16 widened to float32), no framework needed.
-
-    Parsed directly so that truncated files give a clear error and bf16 needs no torch/jax.
-    """
+def _safetensors_header(path: str) -> tuple[dict, int]:
+    """(header dict, byte offset of the data) of a `.safetensors` file; one-line errors."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
@@ -106,26 +104,44 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path}: unreadable safetensors header ({e})") from None
-        data = f.read()
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: unreadable safetensors header (not a JSON object)")
+    return header, 8 + n
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """Numpy arrays of a `.safetensors` file (bf16 widened to float32), no framework needed.
+
+    Parsed directly (memory-mapped, one copy per tensor) so that truncated files give a clear
+    error and bf16 needs neither torch nor jax.
+    """
+    header, offset = _safetensors_header(path)
+    size = os.path.getsize(path)
+    data = (np.memmap(path, dtype=np.uint8, mode="r", offset=offset) if size > offset
+            else np.zeros(0, np.uint8))
     out = {}
     for key, info in header.items():
         if key == "__metadata__":
             continue
         start, end = info["data_offsets"]
-        if end > len(data):
+        if end > data.size or start > end:
             raise CheckpointError(f"{path}: truncated safetensors file (tensor {key!r} needs bytes "
-                                  f"up to {end + 8 + n}, file has {size})")
+                                  f"up to {end + offset}, file has {size})")
         dt = info["dtype"]
         raw = data[start:end]
         shape = tuple(info["shape"])
         if dt == "BF16":
             # bf16 is the top half of a float32
-            arr = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+            arr = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
         elif dt in _ST_DTYPES:
-            arr = np.frombuffer(raw, _ST_DTYPES[dt])
+            arr = np.array(raw.view(_ST_DTYPES[dt]))
         else:
             raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {dt}")
-        out[key] = arr.reshape(shape).copy()
+        if arr.size != int(np.prod(shape)):
+            raise CheckpointError(f"{path}: tensor {key!r} holds {arr.size} values, shape {shape} needs "
+                                  f"{int(np.prod(shape))}")
+        out[key] = arr.reshape(shape)
+    del data
     return out
 
 
@@ -140,35 +156,159 @@ def _is_torchscript(path: str) -> bool:
 def read_torch_file(path: str) -> dict[str, Any]:
     """A `.pt/.pth/.bin` file -> flat dict of numpy arrays (nested dicts joined with '.').
 
-    TorchScript archives go through `torch.jit.load` (their pickle is read by TorchScript's own
-    restricted unpickler); every other pickle through `torch.load(weights_only=True)`, which
-    refuses pickles that would import or call anything but tensors and containers.
+    TorchScript archives (OpenAI's releases) are read by `read_torchscript_archive`, without
+    PyTorch and without running any of their code; every other pickle goes through
+    `torch.load(weights_only=True)`, which refuses pickles that would import or call anything
+    but tensors and containers.
     """
-    torch = _import_torch(path, "a PyTorch checkpoint")
     if _is_torchscript(path):
-        try:
-            module = torch.jit.load(path, map_location="cpu")
-        except Exception as e:  # noqa: BLE001 - report any reader failure as one line
-            raise CheckpointError(f"{path}: unreadable TorchScript archive: "
-                                  f"{_first_line(e)}") from None
-        return {k: _tensor_to_numpy(v) for k, v in module.state_dict().items()}
+        return read_torchscript_archive(path)
+    torch = _import_torch(path, "a PyTorch checkpoint")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        msg = _first_line(e)
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "Unpickling" in type(e).__name__:
-            raise CheckpointError(
-                f"{path}: refused to unpickle: the file would run code beyond tensors and "
-                f"containers (weights_only=True): {msg}") from None
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint: {msg}") from None
+    except Exception as e:
+        text = str(e)
+        i = text.find("WeightsUnpickler error:")
+        if i >= 0:
+            detail = " ".join(text[i + len("WeightsUnpickler error:"):].split())
+            detail = detail.split(" Please use")[0].split(" Check the documentation")[0][:200]
+            if "Unsupported global" in detail:
+                raise CheckpointError(
+                    f"{path}: refused to unpickle: it would import or call code that is not a tensor "
+                    f"or container (weights_only=True): {detail}") from None
+            raise CheckpointError(f"{path}: unreadable, or not a weights-only PyTorch pickle "
+                                  f"(refused with weights_only=True): {detail}") from None
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint: {_first_line(e)}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return _flatten_tensors(obj, torch)
 
 
+# --- TorchScript archives, read with an allow-list unpickler -----------------------------------
+# `torch.jit.load` would compile the archive's code and run its `__setstate__` methods; the weights
+# only need the pickle `data.pkl` (module objects holding attribute dicts) and the raw storages
+# under `data/`. This unpickler builds inert stand-ins for TorchScript classes and refuses every
+# other global, so a crafted archive can neither import nor call anything.
+_STORAGE_DTYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+                   "BFloat16Storage": "bf16", "LongStorage": np.int64, "IntStorage": np.int32,
+                   "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+                   "BoolStorage": np.bool_}
+
+
+class _ScriptObject:
+    """Stand-in for a TorchScript module / class instance: keeps its pickled attribute dict."""
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _StorageType:
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_):
+    size, stride, offset = tuple(int(s) for s in size), tuple(int(s) for s in stride), int(offset)
+    if len(size) != len(stride) or any(s < 0 for s in size + stride) or offset < 0:
+        raise CheckpointError(f"invalid tensor layout (offset {offset}, size {size}, stride {stride})")
+    last = offset + sum((n - 1) * st for n, st in zip(size, stride, strict=True)) if all(size) else offset - 1
+    if last >= storage.size:
+        raise CheckpointError(f"tensor of size {size} reads past its storage ({storage.size} elements)")
+    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
+                                           strides=[st * storage.itemsize for st in stride])
+    return np.array(view)
+
+
+def _identity_first(*args):
+    return args[0] if args else None
+
+
+class _ArchiveUnpickler(pickle.Unpickler):
+    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, where: str):
+        super().__init__(file)
+        self._archive, self._prefix, self._where = archive, prefix, where
+        self._storages: dict[str, np.ndarray] = {}
+
+    def find_class(self, module, name):
+        if module == "__torch__" or module.startswith("__torch__."):
+            return _ScriptObject
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        if module == "torch._utils" and name == "_rebuild_tensor_v2":
+            return _rebuild_tensor
+        if module == "torch._utils" and name == "_rebuild_parameter":
+            return _identity_first
+        if module == "torch.jit._pickle" and name.startswith(("build_", "restore_type_tag")):
+            return _identity_first
+        if module == "collections" and name == "OrderedDict":
+            return dict
+        raise CheckpointError(f"{self._where}: refused to unpickle: the TorchScript archive "
+                              f"references {module}.{name}, which is not a weight container")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) >= 4 and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType)):
+            raise CheckpointError(f"{self._where}: unsupported storage reference {pid!r:.80}")
+        kind, key = pid[1], str(pid[2])
+        if key not in self._storages:
+            try:
+                raw = self._archive.read(f"{self._prefix}/data/{key}")
+            except KeyError:
+                raise CheckpointError(f"{self._where}: storage data/{key} missing from the archive") from None
+            if kind.dtype == "bf16":
+                arr = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+            else:
+                arr = np.frombuffer(raw, kind.dtype)
+            self._storages[key] = arr
+        return self._storages[key]
+
+
+def _collect_arrays(obj, prefix: str, out: dict):
+    if isinstance(obj, _ScriptObject):
+        obj = getattr(obj, "state", {})
+    if isinstance(obj, np.ndarray):
+        out[prefix.rstrip(".")] = obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _collect_arrays(v, f"{prefix}{k}.", out)
+    elif isinstance(obj, (list, tuple)) and len(obj) == 2 and isinstance(obj[0], dict):
+        _collect_arrays(obj[0], prefix, out)  # (state dict, training flag) style states
+
+
+def read_torchscript_archive(path: str) -> dict[str, np.ndarray]:
+    """Weights of a TorchScript archive as a flat {dotted attribute name: array} dict.
+
+    No PyTorch needed and no archive code run. Every tensor attribute of every module appears
+    (parameters, buffers and tensor attributes alike); callers drop the non-weights by name.
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            pkl = [n for n in z.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+            if not pkl:
+                raise CheckpointError(f"{path}: TorchScript archive without data.pkl")
+            prefix = pkl[0].split("/")[0]
+            with z.open(pkl[0]) as f:
+                root = _ArchiveUnpickler(f, z, prefix, path).load()
+    except CheckpointError as e:
+        if str(e).startswith(path):
+            raise
+        raise CheckpointError(f"{path}: {e}") from None
+    except Exception as e:  # zip / pickle corruption of any kind
+        raise CheckpointError(f"{path}: unreadable or truncated TorchScript archive: "
+                              f"{_first_line(e)}") from None
+    out: dict[str, np.ndarray] = {}
+    _collect_arrays(root, "", out)
+    if not out:
+        raise CheckpointError(f"{path}: the TorchScript archive holds no tensors")
+    return out
+
+
 def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+    """`Type: first sentence` of an exception (library messages run to paragraphs)."""
+    lines = str(e).strip().splitlines()
+    first = lines[0] if lines else ""
+    cut = first.find(". ", 20)
+    return f"{type(e).__name__}: {first[:cut + 1] if cut > 0 else first}"[:300]
 
 
 def _read_weights_file(path: str) -> dict[str, Any]:
@@ -224,8 +364,8 @@ def _open_clip_to_openai(sd: dict[str, Any], where: str) -> dict[str, Any]:
             continue  # SigLIP-style loss bias, not part of the encoders
         out[k] = v
     unsupported = [k for k in out if k.startswith(("visual.trunk.", "transformer.embeddings.",
-                                                   "visual.attn_pool.", "text_decoder."))
-                   or ".ls_1." in k or ".ls_2." in k or k.startswith("text.")]
+                                                   "visual.attn_pool.", "text_decoder.", "text."))
+                   or ".ls_1." in k or ".ls_2." in k]
     if unsupported:
         raise CheckpointError(f"{where}: open_clip architecture not supported by our CLIP "
                               f"(key {unsupported[0]!r}: timm/HF towers, CoCa, LayerScale)")
@@ -284,7 +424,7 @@ def detect_source(path: str | os.PathLike) -> str:
     if base == PARAMS_NAME and os.path.exists(os.path.join(os.path.dirname(path), CONFIG_NAME)):
         return "converted"
     if path.endswith(".safetensors"):
-        return _source_from_keys(read_safetensors(path), path)
+        return _source_from_keys(dict.fromkeys(_safetensors_header(path)[0]), path)
     if _is_torchscript(path):
         return "openai"
     return _source_from_keys(_peek_torch_keys(path), path)
@@ -297,7 +437,7 @@ def _peek_torch_keys(path: str) -> dict[str, None]:
         return dict.fromkeys(read_torch_file(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - let the full reader produce the precise error
+    except Exception:  # let the full reader produce the precise error
         return dict.fromkeys(read_torch_file(path))
     keys: dict[str, None] = {}
 
@@ -470,8 +610,9 @@ def load(path: str | os.PathLike, source: str | None = None, *, arch: str | None
       part, text_from: see `read_state_dict` (RegionCLIP).
       dtype: compute dtype of the returned model (float32 by default).
     """
-    from regionclip_jax.models import clip as clip_lib  # lazy: clip.load imports this module
     import jax.numpy as jnp
+
+    from regionclip_jax.models import clip as clip_lib  # lazy: clip.load imports this module
 
     path = os.fspath(path)
     dtype = jnp.float32 if dtype is None else dtype

@@ -188,7 +188,7 @@ def interpolate_pos_grid(pos, grid_hw: tuple[int, int]):
     """Bicubically resize a square positional-embedding grid.
 
     pos: [s*s, C] -> [gh*gw, C]. Uses `jax.image.resize(method="bicubic")` (Keys a=-0.5, half-pixel
-    centres), which differs slightly from torch's bicubic (a=-0.75). Only called when the feature
+    centres, no antialiasing), which differs slightly from torch's bicubic (a=-0.75). Only called when the feature
     grid differs from the native one; the official RegionCLIP path never interpolates.
     """
     s = int(round(pos.shape[0] ** 0.5))
@@ -198,5 +198,6 @@ def interpolate_pos_grid(pos, grid_hw: tuple[int, int]):
     if (gh, gw) == (s, s):
         return pos
     grid = pos.reshape(s, s, pos.shape[-1]).astype(jnp.float32)
-    grid = jax.image.resize(grid, (gh, gw, pos.shape[-1]), method="bicubic")
+    # antialias off: a plain cubic resample, as torch's F.interpolate(mode="bicubic") does.
+    grid = jax.image.resize(grid, (gh, gw, pos.shape[-1]), method="bicubic", antialias=False)
     return grid.reshape(gh * gw, pos.shape[-1]).astype(pos.dtype)

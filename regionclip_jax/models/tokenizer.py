@@ -15,17 +15,17 @@ import hashlib
 import html
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import regex  # transformers' own dependency; its \s is the Unicode class OpenAI's cleaner uses
 
 SOT_ID = 49406
 EOT_ID = 49407
 BPE_PATH = Path(__file__).resolve().parent.parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
 _NUM_MERGES = 49152 - 256 - 2  # OpenAI keeps the first 48,894 merges of the file
-_WS = re.compile(r"\s+")
+_WS = regex.compile(r"\s+")
 
 
 def _byte_unicode_table() -> list[str]:
@@ -116,10 +116,11 @@ def tokenize(texts, context_length: int = 77) -> np.ndarray:
     """
     if isinstance(texts, str):
         texts = [texts]
-    if context_length < 2:
-        raise ValueError(f"tokenize: context_length must be >= 2, got {context_length}")
+    if context_length < 3:
+        raise ValueError(f"tokenize: context_length must be >= 3 (SOT, a token, EOT), got {context_length}")
     tok = get_tokenizer()
-    ids = tok([clean_text(t) for t in texts], add_special_tokens=False)["input_ids"]
+    ids = tok([clean_text(t) for t in texts], add_special_tokens=False, truncation=True,
+              max_length=context_length - 2)["input_ids"]
     out = np.zeros((len(texts), context_length), np.int32)
     for i, row in enumerate(ids):
         row = [SOT_ID] + list(row)[: context_length - 2] + [EOT_ID]

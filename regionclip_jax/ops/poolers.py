@@ -35,12 +35,14 @@ def assign_boxes_to_levels(boxes, min_level: int, max_level: int, canonical_box_
 
 def multilevel_roi_align(features, boxes, output_size, scales: Sequence[float], sampling_ratio: int = 0,
                          canonical_box_size: float = 224.0, canonical_level: int = 4, *,
-                         aligned: bool = True, chunk_size: int = 64, method: str = "separable"):
+                         aligned: bool = True, chunk_size: int = 64, method: str = "auto"):
   """features: list of [N, Hl, Wl, C] (finest first), boxes [N, R, 4] -> [N, R, oh, ow, C].
 
   Each box is pooled from the level chosen by `assign_boxes_to_levels`. Static shapes: every
   level pools every box and the right one is selected, so the cost is len(features) RoIAligns
   (cheap next to the box head at FPN's 7x7 x 256 shapes). One level = plain roi_align.
+  method "auto" (default) takes the gather form with a fixed sampling_ratio on large maps and the
+  separable form for adaptive sampling (see roi_align).
   """
   if len(features) != len(scales) or not features:
     raise ValueError(f"ops/poolers.py: got {len(features)} feature maps for {len(scales)} scales")
@@ -67,7 +69,7 @@ class ROIPooler:
 
   def __init__(self, output_size, scales: Sequence[float], sampling_ratio: int = 0,
                canonical_box_size: float = 224.0, canonical_level: int = 4, aligned: bool = True,
-               chunk_size: int = 64, method: str = "separable"):
+               chunk_size: int = 64, method: str = "auto"):
     self.output_size = output_size
     self.scales = tuple(scales)
     if len(self.scales) > 1:

@@ -27,8 +27,9 @@ Edge cases (all documented behaviour, tested in tests/test_ops_roi_align.py):
 - Shape problems (rank, last dim != 4, batch mismatch): ValueError at trace time.
 - Coordinates are float32 (float64 features: float64); |coordinate * spatial_scale| beyond ~2^22
   loses the kernel's integer sample indexing precision (torchvision overflows there too).
-- method="gather" is exact only when every RoI's adaptive grid fits ceil(H/oh) x ceil(W/ow),
-  which holds for boxes inside the image; use it for benchmarking, not for huge boxes.
+- method="gather" with adaptive sampling is exact only when every RoI's grid fits
+  ceil(H/oh) x ceil(W/ow), which holds for boxes inside the image; with sampling_ratio > 0 it is
+  exact for every box and is the cheaper choice on large maps ("auto" picks it then).
 Gradients flow to `features` only (boxes are stop_gradient'ed, like torchvision's backward).
 """
 from __future__ import annotations
@@ -37,7 +38,6 @@ import functools
 import math
 from typing import Sequence, Union
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -56,7 +56,7 @@ def _div(a, b):
   """a / b, computed as a true division like the C++ kernel.
 
   XLA rewrites `x / broadcast(y)` into `x * broadcast(1 / y)`, which moves samples by an ulp and
-  flips `ceil` and the [-1, H] validity test at exact boundaries (e.g. a 14-cell box in 7 bins);
+  flips `ceil` and the [-1, H] validity test at exact boundaries (e.g. a 21-cell box in 7 bins);
   the barrier hides the broadcast from that rewrite.
   """
   a = jnp.asarray(a)
@@ -125,19 +125,20 @@ def _axis_samples(start, size, out: int, length: int, sampling_ratio: int):
 
 
 def _separable_chunk(feats, y0, hh, x0, ww, ok, out_hw, sampling_ratio):
-  """feats [N, H, W, C]; y0, hh, x0, ww, ok [N, c] -> [N, c, oh, ow, C]."""
-  oh, ow = out_hw
-  _, height, width, _ = feats.shape
-  wy = _axis_weights(y0, hh, oh, height, sampling_ratio) * ok[..., None, None]
-  wx = _axis_weights(x0, ww, ow, width, sampling_ratio) * ok[..., None, None]
-  wy = wy.astype(feats.dtype)
-  wx = wx.astype(feats.dtype)
-  # contract the longer spatial axis first: smaller intermediate and fewer second-stage flops
-  if width >= height:
-    t = jnp.einsum("nrqw,nhwc->nrhqc", wx, feats, precision=_HIGHEST)
-    return jnp.einsum("nrph,nrhqc->nrpqc", wy, t, precision=_HIGHEST)
-  t = jnp.einsum("nrph,nhwc->nrpwc", wy, feats, precision=_HIGHEST)
-  return jnp.einsum("nrqw,nrpwc->nrpqc", wx, t, precision=_HIGHEST)
+  """feats [N, A, B, C] (A = the axis contracted first); y0, hh / x0, ww: geometry along A / B;
+  ok [N, c] -> [N, c, oa, ob, C].
+
+  Both contractions are laid out as plain matmuls on row-major operands: t = Wa @ F[A, (B C)],
+  then per (RoI, bin row) Wb @ t[B, C]. Neither the forward nor its transpose (the backward)
+  needs a transposed copy of a large intermediate, which on CPU cost ~2x the matmuls.
+  """
+  oa, ob = out_hw
+  _, len_a, len_b, _ = feats.shape
+  wa = (_axis_weights(y0, hh, oa, len_a, sampling_ratio) * ok[..., None, None]).astype(feats.dtype)
+  wb = (_axis_weights(x0, ww, ob, len_b, sampling_ratio) * ok[..., None, None]).astype(feats.dtype)
+  t = jnp.einsum("nrpa,nabc->nrpbc", wa, feats, precision=_HIGHEST)           # [N, c, oa, B, C]
+  wb = jnp.broadcast_to(wb[:, :, None], wb.shape[:2] + (oa,) + wb.shape[2:])  # [N, c, oa, ob, B]
+  return jnp.einsum("nrpqb,nrpbc->nrpqc", wb, t, precision=_HIGHEST)
 
 
 def _gather_chunk(feats, y0, hh, x0, ww, ok, out_hw, sampling_ratio):
@@ -172,6 +173,22 @@ def _gather_chunk(feats, y0, hh, x0, ww, ok, out_hw, sampling_ratio):
   return lax.fori_loop(0, gy * gx, body, acc)
 
 
+def _auto_method(height: int, width: int, oh: int, ow: int, sampling_ratio: int) -> str:
+  """Cheaper exact method by multiply-adds per RoI and channel.
+
+  Adaptive sampling always takes "separable" (the only one exact for every box). With a fixed
+  sampling_ratio both are exact; the gather costs 4 * sr^2 per bin, the separable form a dense
+  pass over the map, so gather wins on large maps with small outputs (FPN P2 at 7x7).
+  """
+  if sampling_ratio == 0:
+    return "separable"
+  long_, short = max(height, width), min(height, width)
+  o_long, o_short = (oh, ow) if height >= width else (ow, oh)
+  separable = o_long * long_ * short + o_long * o_short * short
+  gather = 4 * sampling_ratio ** 2 * oh * ow
+  return "gather" if gather < separable else "separable"
+
+
 def roi_align(features, boxes, output_size, spatial_scale: float, sampling_ratio: int = 0,
               aligned: bool = True, *, chunk_size: int = 64, method: str = "separable"):
   """RoIAlign: features [N, H, W, C], boxes [N, R, 4] (x1, y1, x2, y2, image px) -> [N, R, oh, ow, C].
@@ -182,7 +199,9 @@ def roi_align(features, boxes, output_size, spatial_scale: float, sampling_ratio
     sampling_ratio: samples per bin per axis; 0 = adaptive ceil(roi_size / output_size).
     aligned: True = detectron2 ROIAlignV2 (-0.5 pixel shift); False = legacy (sizes floored at 1).
     chunk_size: RoIs per image processed at once (bounds temporary memory; `lax.map` over chunks).
-    method: "separable" (default, exact for every box) or "gather" (see module doc).
+    method: "separable" (default, exact for every box), "gather" (exact for every box when
+      sampling_ratio > 0, otherwise only for boxes inside the image; see module doc) or "auto"
+      (separable for adaptive sampling, else whichever needs fewer multiply-adds).
   Returns features.dtype; accumulation in float32 (float64 for float64 features).
   """
   features = jnp.asarray(features)
@@ -194,8 +213,8 @@ def roi_align(features, boxes, output_size, spatial_scale: float, sampling_ratio
   if boxes.shape[0] != features.shape[0]:
     raise ValueError(f"ops/roi_align.py: batch mismatch: features {tuple(features.shape)} vs "
                      f"boxes {tuple(boxes.shape)}")
-  if method not in ("separable", "gather"):
-    raise ValueError(f"ops/roi_align.py: method must be 'separable' or 'gather', got {method!r}")
+  if method not in ("separable", "gather", "auto"):
+    raise ValueError(f"ops/roi_align.py: method must be 'separable', 'gather' or 'auto', got {method!r}")
   if sampling_ratio < 0 or chunk_size < 1:
     raise ValueError(f"ops/roi_align.py: need sampling_ratio >= 0 and chunk_size >= 1, got "
                      f"{sampling_ratio}, {chunk_size}")
@@ -205,6 +224,8 @@ def roi_align(features, boxes, output_size, spatial_scale: float, sampling_ratio
   if num_rois == 0 or height == 0 or width == 0:
     return jnp.zeros((n_img, num_rois, oh, ow, channels), features.dtype)
 
+  if method == "auto":
+    method = _auto_method(height, width, oh, ow, sampling_ratio)
   geo = jnp.float64 if features.dtype == jnp.float64 else jnp.float32
   boxes = lax.stop_gradient(boxes.astype(geo))
   ok = jnp.all(jnp.isfinite(boxes), axis=-1)
@@ -219,8 +240,16 @@ def roi_align(features, boxes, output_size, spatial_scale: float, sampling_ratio
     hh = jnp.maximum(hh, 1.0)
 
   feats = features.astype(jnp.promote_types(features.dtype, jnp.float32))
+  out_hw = (oh, ow)
+  swap = method == "separable" and width > height
+  if swap:
+    # contracting the longer axis first makes the intermediate and the second matmul smaller;
+    # one transpose of the map (and of the output) is cheap next to the per-chunk work
+    feats = feats.transpose(0, 2, 1, 3)
+    y0, hh, x0, ww = x0, ww, y0, hh
+    out_hw = (ow, oh)
   chunk = functools.partial(_separable_chunk if method == "separable" else _gather_chunk,
-                            out_hw=(oh, ow), sampling_ratio=int(sampling_ratio))
+                            out_hw=out_hw, sampling_ratio=int(sampling_ratio))
   c = min(chunk_size, num_rois)
   n_chunks = -(-num_rois // c)
   if n_chunks == 1:
@@ -233,6 +262,8 @@ def roi_align(features, boxes, output_size, spatial_scale: float, sampling_ratio
       return a.reshape(n_img, n_chunks, c).transpose(1, 0, 2)
 
     outs = lax.map(lambda a: chunk(feats, *a), tuple(split(a) for a in (y0, hh, x0, ww, ok)))
-    out = outs.transpose(1, 0, 2, 3, 4, 5).reshape(n_img, n_chunks * c, oh, ow, channels)
+    out = outs.transpose(1, 0, 2, 3, 4, 5).reshape((n_img, n_chunks * c) + out_hw + (channels,))
     out = out[:, :num_rois]
+  if swap:
+    out = out.transpose(0, 1, 3, 2, 4)
   return out.astype(features.dtype)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 # The official list: "{}." followed by CLIP's 80 ImageNet templates, in RegionCLIP's order
 # (the order only changes float summation order, kept for bit-closeness to the official tool).
@@ -97,7 +99,7 @@ TEMPLATES: tuple[str, ...] = (
     "a tattoo of the {}.",
 )
 
-Concept = Union[str, Sequence[str]]  # one name, or synonyms whose prompts are pooled together
+Concept = str | Sequence[str]  # one name, or synonyms whose prompts are pooled together
 
 
 def clean_concept_name(name: str) -> str:
@@ -187,7 +189,7 @@ def concept_embeddings(
         # accumulate in float64: with hundreds of prompts per class the order of the sum matters
         np.add.at(sums, owner_arr[b * batch_size:b * batch_size + n], emb)
         if progress:
-            logging.info("concept_embeddings: batch %d/%d (%d prompts)", b + 1, num_batches,
+            log.info("concept_embeddings: batch %d/%d (%d prompts)", b + 1, num_batches,
                          min((b + 1) * batch_size, len(prompts)))
     counts = np.bincount(owner_arr, minlength=len(names)).astype(np.float64)
     return (sums / counts[:, None]).astype(np.float32)

@@ -79,15 +79,26 @@ def _word_tokenize(texts, context_length: int = 77) -> np.ndarray:
 
 
 def _tokenizer(source: str):
+  """The OpenAI BPE tokenizer, built once here in the main thread (transformers' lazy imports
+  are not safe to trigger first from grain's reader threads)."""
   try:
     from regionclip_jax.models.tokenizer import tokenize  # models area; OpenAI BPE ids
+    tokenize(["warm up"], context_length=77)
     return tokenize
-  except ImportError:
+  except Exception as e:  # noqa: BLE001 - any failure: fall back for the shapes world only
     if source != "shapes_world":
       raise
-    _log("[pretrain] warning: regionclip_jax.models.tokenizer unavailable; using a word-hash "
-         "tokenizer (fine for the shapes world, which has its own vocabulary)")
+    _log(f"[pretrain] warning: BPE tokenizer unavailable ({type(e).__name__}: {e}); using a "
+         "word-hash tokenizer (fine for the shapes world, which has its own small vocabulary)")
     return _word_tokenize
+
+
+def _with_context(tokenize, context_length: int):
+  """Tokens of a fixed length (<= 77; short captions need no 77-token text pass)."""
+  def fn(texts, context_length_ignored: int = 77, **kw):
+    del context_length_ignored, kw
+    return tokenize(list(texts), context_length=context_length)
+  return fn
 
 
 def _to_host(tree):
@@ -248,7 +259,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
   _log(f"[pretrain] workdir: {workdir}")
   t0 = time.time()
   MESH[:] = [make_mesh()]
-  tokenize = _tokenizer(config.data.source)
+  tokenize = _with_context(_tokenizer(config.data.source), config.data.context_length)
   if config.data.source == "shapes_world":
     train_source, eval_source = _shapes_sources(config)
     names = list(train_source.concepts)

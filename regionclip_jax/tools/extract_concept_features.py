@@ -20,6 +20,8 @@ import numpy as np
 from regionclip_jax.models import checkpoints
 from regionclip_jax.pretrain import prompts
 
+log = logging.getLogger(__name__)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m regionclip_jax.tools.extract_concept_features",
@@ -41,7 +43,7 @@ def extract(checkpoint: str, concepts: str, output: str, batch_size: int = 256,
     names = prompts.read_concepts_file(concepts)
     model = checkpoints.load(checkpoint, source=source, part=part, text_from=text_from)
     total = len(names) * len(prompts.TEMPLATES)
-    logging.info("extract_concept_features: %d concepts x %d templates = %d prompts",
+    log.info("extract_concept_features: %d concepts x %d templates = %d prompts",
                  len(names), len(prompts.TEMPLATES), total)
     emb = prompts.concept_embeddings(model.encode_text, names, model.tokenize, batch_size,
                                      progress=progress)

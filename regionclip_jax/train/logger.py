@@ -10,6 +10,9 @@ from typing import Mapping
 import jax
 
 
+LOSS_TERMS = ("region_distill", "region_contrastive", "image_text")
+
+
 def format_eta(seconds: float) -> str:
   seconds = max(0, int(seconds))
   h, rem = divmod(seconds, 3600)
@@ -70,7 +73,8 @@ class Progress:
     sec_per_step = dt / ds if ds > 0 else float("nan")
     img_s = self.ips / sec_per_step if ds > 0 and dt > 0 else float("nan")
     parts = [f"[{self.name}] step {step}/{self.total}"]
-    parts += [f"{k} {v:.4g}" for k, v in scalars.items()]
+    order = sorted(scalars, key=lambda k: (k != "loss", k not in LOSS_TERMS, k))
+    parts += [f"{k} {scalars[k]:.4g}" for k in order]
     parts += [f"{img_s:.1f} img/s", f"ETA {format_eta((self.total - step) * sec_per_step) if ds > 0 else '?'}"]
     return " | ".join(parts), img_s
 

@@ -20,7 +20,8 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
   between two batch-sharded arrays is a sharding type error; Auto lets XLA insert the gather.
   """
   n = num_devices or jax.device_count()
-  return jax.make_mesh((n,), (DATA,), axis_types=(AxisType.Auto,))
+  devices = jax.devices()[:n]
+  return jax.make_mesh((n,), (DATA,), axis_types=(AxisType.Auto,), devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

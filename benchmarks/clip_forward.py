@@ -1,0 +1,119 @@
+"""CLIP tower timings: Flax (fp32 / bf16 compute) vs OpenAI's PyTorch `model.py`, side by side.
+
+  python benchmarks/clip_forward.py --preset RN50 --batch 8 --text_batch 32 --repeats 5
+
+Reports the median of `repeats` timed calls after one warm-up (compile) call, and ratios
+Flax / torch. Also the res4 trunk forward + backward (random cotangent) with freeze_at 0 vs 2.
+Variants are timed interleaved (one call of each per round), so load from other processes on
+a shared machine hits all of them alike and the ratios stay meaningful.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from regionclip_jax.models import clip
+
+
+def _interleaved_medians(fns: dict, repeats: int) -> dict:
+    for fn in fns.values():
+        fn()  # warm-up / compile
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _torch_model(cfg):
+    import torch
+    spec = importlib.util.find_spec("clip")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "model.py")
+    mspec = importlib.util.spec_from_file_location("_openai_clip_model", path)
+    mod = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(mod)
+    v, t = cfg.vision, cfg.text
+    layers = tuple(v.layers) if cfg.is_resnet else v.layers
+    patch = None if cfg.is_resnet else v.patch_size
+    torch.manual_seed(0)
+    return mod.CLIP(cfg.embed_dim, v.image_size, layers, v.width, patch, t.context_length, t.vocab_size,
+                    t.width, t.heads, t.layers).eval()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="RN50")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--text_batch", type=int, default=32)
+    ap.add_argument("--trunk_batch", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no_torch", action="store_true")
+    args = ap.parse_args()
+    cfg = clip.get_config(args.preset)
+    params = clip.init_params(cfg)
+    s = cfg.image_size
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(args.batch, s, s, 3)).astype(np.float32)
+    tokens = clip.LoadedCLIP(cfg, params).tokenize(["a photo of a red circle next to a star"] * args.text_batch)
+    rows = []
+
+    def flax_fn(method, x, dtype):
+        f = jax.jit(lambda p, a: clip.CLIP(cfg, dtype=dtype).apply({"params": p}, a, method=method))
+        xj = jnp.asarray(x)
+        return lambda: jax.block_until_ready(f(params, xj))
+
+    fns = {
+        "img32": flax_fn(clip.CLIP.encode_image, images, jnp.float32),
+        "img16": flax_fn(clip.CLIP.encode_image, images, jnp.bfloat16),
+        "txt32": flax_fn(clip.CLIP.encode_text, tokens, jnp.float32),
+        "txt16": flax_fn(clip.CLIP.encode_text, tokens, jnp.bfloat16),
+    }
+    if not args.no_torch:
+        import torch
+        model = _torch_model(cfg)
+        ti = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        tt = torch.from_numpy(tokens.astype(np.int64))
+
+        def no_grad(f):
+            def g():
+                with torch.no_grad():
+                    f()
+            return g
+        fns["timg"] = no_grad(lambda: model.encode_image(ti))
+        fns["ttxt"] = no_grad(lambda: model.encode_text(tt))
+    if cfg.is_resnet:
+        trunk_images = jnp.asarray(images[: args.trunk_batch])
+        cot_shape = (args.trunk_batch, s // 16, s // 16, cfg.vision.res4_channels)
+        cot = jnp.asarray(rng.normal(size=cot_shape).astype(np.float32))
+        for freeze_at in (0, 2):
+            def fwd_bwd(p, x, freeze_at=freeze_at):
+                _, vjp = jax.vjp(lambda q: clip.CLIP(cfg, freeze_at=freeze_at).apply(
+                    {"params": q}, x, method=clip.CLIP.image_res4), p)
+                return vjp(cot)[0]
+            f = jax.jit(fwd_bwd)
+            fns[f"trunk{freeze_at}"] = lambda f=f: jax.block_until_ready(f(params, trunk_images))
+    t = _interleaved_medians(fns, args.repeats)
+    nan = float("nan")
+    rows.append((f"image forward, batch {args.batch}, {s} px", t.get("timg", nan), t["img32"], t["img16"]))
+    rows.append((f"text forward, batch {args.text_batch}", t.get("ttxt", nan), t["txt32"], t["txt16"]))
+    if cfg.is_resnet:
+        rows.append((f"res4 trunk fwd+bwd, batch {args.trunk_batch}: freeze_at 0 / freeze_at 2 (fp32)",
+                     nan, t["trunk0"], t["trunk2"]))
+
+    print(f"| what ({args.preset}) | torch | flax fp32 | flax bf16 (trunk: freeze_at 2) | fp32 / torch |")
+    print("|---|---|---|---|---|")
+    for name, t, a, b in rows:
+        print(f"| {name} | {t:.3f} s | {a:.3f} s | {b:.3f} s | {a / t:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
