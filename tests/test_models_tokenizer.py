@@ -52,8 +52,10 @@ def test_ids_match_openai(reference):
         np.testing.assert_array_equal(row, reference(text), err_msg=repr(text))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=60))
+@settings(max_examples=100, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Unassigned code points (Cn) are left out: whether one counts as a letter depends on the Unicode
+# version of each regex engine (OpenAI's `regex` package vs the Rust `tokenizers`), not on us.
+@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cn")), max_size=60))
 def test_ids_match_openai_random_text(reference, text):
     np.testing.assert_array_equal(tokenizer.tokenize([text])[0], reference(text), err_msg=repr(text))
 

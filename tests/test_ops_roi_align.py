@@ -199,7 +199,7 @@ def test_empty_and_bad_shapes():
   feats = jnp.zeros((2, 4, 4, 3))
   assert roi_align(feats, jnp.zeros((2, 0, 4)), (2, 3), 1.0).shape == (2, 0, 2, 3, 3)
   # x2 < x1: torchvision gives zeros for aligned + adaptive, a 1-px box for aligned=False
-  rev = jnp.asarray([[[9.0, 9.0, 3.0, 3.0]]] * 2)
+  rev = jnp.asarray([[[5.0, 5.0, 2.0, 2.0]]] * 2)
   assert np.all(np.asarray(roi_align(feats + 1, rev, 2, 0.5, 0, True)) == 0)
   assert np.all(np.asarray(roi_align(feats + 1, rev, 2, 0.5, 0, False)) == 1)
   with pytest.raises(ValueError, match="batch mismatch"):

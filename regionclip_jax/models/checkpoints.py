@@ -13,8 +13,15 @@ Formats (`source`):
 - "converted": a directory written by `save_converted` / `tools/convert.py`
   (`config.json` + `params.safetensors`), read without PyTorch.
 
-Pickles are only ever opened with `torch.load(weights_only=True)`: a checkpoint whose pickle
-would import or call arbitrary code is refused. Only `.pt/.pth/.bin` files need PyTorch.
+Safety: pickles are only ever opened with `torch.load(weights_only=True)`, and TorchScript
+archives with an allow-list unpickler of our own (no PyTorch, none of the archive's code run): a
+checkpoint whose pickle would import or call arbitrary code is refused. PyTorch is needed only for
+non-TorchScript `.pt/.pth/.bin` pickles; safetensors, TorchScript and converted directories read
+without it.
+
+Layout: low-level readers (safetensors, TorchScript, torch pickles) -> per-format renaming to
+OpenAI names (`hf_names`, `regionclip_names`, open_clip below) -> `read_state_dict` / `load`,
+and the converted directory format (`save_converted` / `read_converted`).
 """
 from __future__ import annotations
 

@@ -6,6 +6,10 @@ is expanded into `vocab.json` + `merges.txt`, loaded with `from_pretrained(dir)`
 the file-argument constructor silently yields wrong ids) and re-saved with `tokenizer.json`, in a
 cache dir (`$REGIONCLIP_JAX_CACHE`, else `$XDG_CACHE_HOME/regionclip_jax`, else
 `~/.cache/regionclip_jax`), so later processes load in well under a second.
+
+Known limit: for code points that one regex engine's Unicode tables list as unassigned and the
+other's as letters (OpenAI uses the `regex` package, HF the Rust `tokenizers`), pre-tokenisation
+can differ; OpenAI's own ids then depend on the installed `regex` version too.
 """
 from __future__ import annotations
 
@@ -26,6 +30,10 @@ EOT_ID = 49407
 BPE_PATH = Path(__file__).resolve().parent.parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
 _NUM_MERGES = 49152 - 256 - 2  # OpenAI keeps the first 48,894 merges of the file
 _WS = regex.compile(r"\s+")
+# OpenAI's pre-tokeniser pattern. Under IGNORECASE a few characters (e.g. U+0345, whose case fold
+# is a letter) match none of its branches and OpenAI silently drops them; HF keeps them.
+_OPENAI_PAT = regex.compile(r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]"
+                            r"|[^\s\p{L}\p{N}]+", regex.IGNORECASE)
 
 
 def _byte_unicode_table() -> list[str]:
@@ -98,14 +106,24 @@ def get_tokenizer(bpe_path: str | None = None):
 
 
 def clean_text(text: str) -> str:
-    """OpenAI's pre-cleaning: ftfy (if installed), HTML unescape twice, whitespace collapse."""
+    """OpenAI's pre-cleaning: ftfy (if installed), HTML unescape twice, whitespace collapse,
+    lower case, and the characters OpenAI's pre-tokeniser drops replaced by a space."""
     try:
         import ftfy
         text = ftfy.fix_text(text)
     except ImportError:
         pass
     text = html.unescape(html.unescape(text)).strip()
-    return _WS.sub(" ", text).strip()
+    text = _WS.sub(" ", text).strip().lower()
+    # Replace what OpenAI's pattern skips by a space: a skipped character separates the pieces
+    # around it (as whitespace does) and contributes no id.
+    pieces, end = [], 0
+    for m in _OPENAI_PAT.finditer(text):
+        if m.start() > end and pieces:
+            pieces.append(" ")
+        pieces.append(m.group())
+        end = m.end()
+    return "".join(pieces)
 
 
 def tokenize(texts, context_length: int = 77) -> np.ndarray:

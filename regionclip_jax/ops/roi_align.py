@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from jax import lax
 
 _WINDOW = 11  # candidate samples per (bin, row) in the adaptive separable path; see module doc
+_TIER_FRACTIONS = (0.25, 0.5)  # crop windows (fractions of the map) for small RoIs, see below
 _HIGHEST = lax.Precision.HIGHEST  # keep fp32 exact on GPU/TPU (TF32 / bf16 passes otherwise)
 
 
@@ -124,21 +125,63 @@ def _axis_samples(start, size, out: int, length: int, sampling_ratio: int):
   return low.astype(jnp.int32), high.astype(jnp.int32), (1.0 - frac) * scale, frac * scale
 
 
-def _separable_chunk(feats, y0, hh, x0, ww, ok, out_hw, sampling_ratio):
-  """feats [N, A, B, C] (A = the axis contracted first); y0, hh / x0, ww: geometry along A / B;
-  ok [N, c] -> [N, c, oa, ob, C].
+def _support(w):
+  """w [N, R, o, L] -> (first nonzero column, number of columns from first to last nonzero) [N, R]."""
+  nz = jnp.any(w != 0, axis=-2)
+  length = nz.shape[-1]
+  first = jnp.argmax(nz, axis=-1)
+  last = length - 1 - jnp.argmax(nz[..., ::-1], axis=-1)
+  return first.astype(jnp.int32), jnp.where(jnp.any(nz, axis=-1), last - first + 1, 0)
 
-  Both contractions are laid out as plain matmuls on row-major operands: t = Wa @ F[A, (B C)],
-  then per (RoI, bin row) Wb @ t[B, C]. Neither the forward nor its transpose (the backward)
-  needs a transposed copy of a large intermediate, which on CPU cost ~2x the matmuls.
+
+def _tiers(len_a: int, len_b: int) -> list[tuple[int, int]]:
+  """Static crop windows (Ka, Kb), smallest first; the last one is the whole map."""
+  tiers = []
+  for frac in _TIER_FRACTIONS:
+    t = (max(1, math.ceil(len_a * frac)), max(1, math.ceil(len_b * frac)))
+    if t[0] < len_a and t[1] < len_b and t not in tiers:
+      tiers.append(t)
+  return tiers + [(len_a, len_b)]
+
+
+def _contract(wa, wb, f):
+  """wa [N, c, oa, A], wb [N, c, ob, B], f [N, A, B, C] or per RoI [N, c, A, B, C] -> [N, c, oa, ob, C].
+
+  Both contractions are plain matmuls on row-major operands (t = Wa @ F[A, (B C)], then per
+  (RoI, bin row) Wb @ t[B, C]); neither they nor their transposes (the backward) need a
+  transposed copy of a large intermediate, which on CPU cost as much as the matmuls.
   """
-  oa, ob = out_hw
-  _, len_a, len_b, _ = feats.shape
-  wa = (_axis_weights(y0, hh, oa, len_a, sampling_ratio) * ok[..., None, None]).astype(feats.dtype)
-  wb = (_axis_weights(x0, ww, ob, len_b, sampling_ratio) * ok[..., None, None]).astype(feats.dtype)
-  t = jnp.einsum("nrpa,nabc->nrpbc", wa, feats, precision=_HIGHEST)           # [N, c, oa, B, C]
-  wb = jnp.broadcast_to(wb[:, :, None], wb.shape[:2] + (oa,) + wb.shape[2:])  # [N, c, oa, ob, B]
+  spec = "nrpa,nabc->nrpbc" if f.ndim == 4 else "nrpa,nrabc->nrpbc"
+  t = jnp.einsum(spec, wa, f, precision=_HIGHEST)                              # [N, c, oa, B, C]
+  wb = jnp.broadcast_to(wb[:, :, None], wb.shape[:2] + (wa.shape[2],) + wb.shape[2:])
   return jnp.einsum("nrpqb,nrpbc->nrpqc", wb, t, precision=_HIGHEST)
+
+
+def _separable_chunk(feats, wa, wb, first_a, first_b, tier, tiers):
+  """feats [N, A, B, C]; wa [N, c, oa, A], wb [N, c, ob, B]; first_*, tier [N, c] -> [N, c, oa, ob, C].
+
+  RoIs whose weights fit a smaller window are computed on a per-RoI crop of the map (exact: the
+  crop holds every nonzero weight). The caller sorts RoIs by tier, so most chunks of small boxes
+  take a cheap branch; `lax.switch` runs only the branch of the chunk's largest tier.
+  """
+  n_img, len_a, len_b, _ = feats.shape
+
+  def crop(ka, kb):
+    def branch(wa, wb, first_a, first_b):
+      ia = jnp.clip(first_a, 0, len_a - ka)[..., None] + jnp.arange(ka)       # [N, c, Ka]
+      ib = jnp.clip(first_b, 0, len_b - kb)[..., None] + jnp.arange(kb)
+      wa_c = jnp.take_along_axis(wa, ia[:, :, None, :], axis=-1)
+      wb_c = jnp.take_along_axis(wb, ib[:, :, None, :], axis=-1)
+      nidx = jnp.arange(n_img)[:, None, None, None]
+      f = feats[nidx, ia[..., :, None], ib[..., None, :]]                     # [N, c, Ka, Kb, C]
+      return _contract(wa_c, wb_c, f)
+    return branch
+
+  full = lambda wa, wb, first_a, first_b: _contract(wa, wb, feats)
+  if len(tiers) == 1:
+    return full(wa, wb, first_a, first_b)
+  branches = [crop(ka, kb) for ka, kb in tiers[:-1]] + [full]
+  return lax.switch(jnp.max(tier), branches, wa, wb, first_a, first_b)
 
 
 def _gather_chunk(feats, y0, hh, x0, ww, ok, out_hw, sampling_ratio):
@@ -248,22 +291,39 @@ def roi_align(features, boxes, output_size, spatial_scale: float, sampling_ratio
     feats = feats.transpose(0, 2, 1, 3)
     y0, hh, x0, ww = x0, ww, y0, hh
     out_hw = (ow, oh)
-  chunk = functools.partial(_separable_chunk if method == "separable" else _gather_chunk,
-                            out_hw=out_hw, sampling_ratio=int(sampling_ratio))
+  if method == "separable":
+    wa = _axis_weights(y0, hh, out_hw[0], feats.shape[1], sampling_ratio) * ok[..., None, None]
+    wb = _axis_weights(x0, ww, out_hw[1], feats.shape[2], sampling_ratio) * ok[..., None, None]
+    first_a, span_a = _support(wa)
+    first_b, span_b = _support(wb)
+    tiers = _tiers(feats.shape[1], feats.shape[2])
+    tier = sum(((span_a > ka) | (span_b > kb)).astype(jnp.int32) for ka, kb in tiers[:-1])
+    tier = jnp.asarray(tier, jnp.int32) + jnp.zeros_like(first_a)
+    order = jnp.argsort(tier, axis=1, stable=True)  # group RoIs of one tier into the same chunks
+    per_roi = [jnp.take_along_axis(a, order.reshape(order.shape + (1,) * (a.ndim - 2)), axis=1)
+               for a in (wa.astype(feats.dtype), wb.astype(feats.dtype), first_a, first_b, tier)]
+    chunk = functools.partial(_separable_chunk, tiers=tiers)
+  else:
+    per_roi = [y0, hh, x0, ww, ok]
+    chunk = functools.partial(_gather_chunk, out_hw=out_hw, sampling_ratio=int(sampling_ratio))
   c = min(chunk_size, num_rois)
   n_chunks = -(-num_rois // c)
   if n_chunks == 1:
-    out = chunk(feats, y0, hh, x0, ww, ok)
+    out = chunk(feats, *per_roi)
   else:
     pad = n_chunks * c - num_rois
 
-    def split(a):  # [N, R] -> [n_chunks, N, c]
-      a = jnp.pad(a, ((0, 0), (0, pad)))
-      return a.reshape(n_img, n_chunks, c).transpose(1, 0, 2)
+    def split(a):  # [N, R, ...] -> [n_chunks, N, c, ...]
+      a = jnp.pad(a, ((0, 0), (0, pad)) + ((0, 0),) * (a.ndim - 2))
+      a = a.reshape((n_img, n_chunks, c) + a.shape[2:])
+      return jnp.moveaxis(a, 1, 0)
 
-    outs = lax.map(lambda a: chunk(feats, *a), tuple(split(a) for a in (y0, hh, x0, ww, ok)))
+    outs = lax.map(lambda a: chunk(feats, *a), tuple(split(a) for a in per_roi))
     out = outs.transpose(1, 0, 2, 3, 4, 5).reshape((n_img, n_chunks * c) + out_hw + (channels,))
     out = out[:, :num_rois]
+  if method == "separable":
+    inverse = jnp.argsort(order, axis=1)
+    out = jnp.take_along_axis(out, inverse[:, :, None, None, None], axis=1)
   if swap:
     out = out.transpose(0, 1, 3, 2, 4)
   return out.astype(features.dtype)
