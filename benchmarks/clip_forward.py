@@ -37,7 +37,7 @@ def _interleaved_medians(fns: dict, repeats: int) -> dict:
 def _torch_model(cfg):
     import torch
     spec = importlib.util.find_spec("clip")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "model.py")
+    path = os.path.join(next(iter(spec.submodule_search_locations)), "model.py")
     mspec = importlib.util.spec_from_file_location("_openai_clip_model", path)
     mod = importlib.util.module_from_spec(mspec)
     mspec.loader.exec_module(mod)

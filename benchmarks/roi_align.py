@@ -67,6 +67,7 @@ def main():
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--chunk", type=int, default=64)
   ap.add_argument("--skip-fpn", action="store_true")
+  ap.add_argument("--skip-c4", action="store_true")
   ap.add_argument("--methods", default="separable,gather")
   args = ap.parse_args()
   rng = np.random.default_rng(0)
@@ -83,10 +84,12 @@ def main():
   boxes = jnp.asarray(_boxes(rng, c4["n"], c4["r"], c4["h"] * 16, c4["w"] * 16))
   s = c4["s"]
   pool = lambda f, b, m: roi_align(f, b, (s, s), 1 / 16, 0, True, chunk_size=args.chunk, method=m)
-  bench(f"C4 {c4['n']}x{c4['h']}x{c4['w']}x{c4['c']} R={c4['r']} {s}x{s} sr=0", pool, feats, boxes,
-        (c4["n"], c4["r"], s, s, c4["c"]), args.repeats, rows, args.methods.split(","))
+  if not args.skip_c4:
+    bench(f"C4 {c4['n']}x{c4['h']}x{c4['w']}x{c4['c']} R={c4['r']} {s}x{s} sr=0", pool, feats, boxes,
+          (c4["n"], c4["r"], s, s, c4["c"]), args.repeats, rows, args.methods.split(","))
 
   if not args.skip_fpn:
+    rng = np.random.default_rng(1)
     # FPN P2-P5 of an 800 x 1344 image; sampling_ratio 2 because the gather method's static
     # adaptive grid on P2 (ceil(200/7) x ceil(336/7) samples per bin) is prohibitive.
     img_h, img_w = fpn["img"], fpn["img"] * 336 // 200
@@ -98,6 +101,10 @@ def main():
     pool = lambda f, b, m: multilevel_roi_align(f, b, (s, s), scales, 2, chunk_size=args.chunk, method=m)
     bench(f"FPN P2-P5 {img_h}x{img_w} C={fpn['c']} R={fpn['r']} {s}x{s} sr=2", pool, feats, boxes,
           (fpn["n"], fpn["r"], s, s, fpn["c"]), args.repeats, rows, args.methods.split(","))
+    # detectron2's FPN default (adaptive): only the separable form is exact (and affordable) here
+    pool0 = lambda f, b, m: multilevel_roi_align(f, b, (s, s), scales, 0, chunk_size=args.chunk, method=m)
+    bench(f"FPN P2-P5 {img_h}x{img_w} C={fpn['c']} R={fpn['r']} {s}x{s} sr=0", pool0, feats, boxes,
+          (fpn["n"], fpn["r"], s, s, fpn["c"]), args.repeats, rows, ["separable"])
 
   print("\n| shapes | method | fwd s | fwd temp GiB | fwd+bwd s | fwd+bwd temp GiB |")
   print("|---|---|---|---|---|---|")

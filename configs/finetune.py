@@ -5,8 +5,8 @@
     python -m regionclip_jax.main --config=configs/finetune.py:rpn_shapes  # train the offline RPN
 
 Presets: shapes (default), rpn_shapes, coco_ovd_rn50, coco_ovd_rn50x4, lvis_rn50, rpn_coco,
-rpn_lvis. `task`: "finetune" (detector on base classes, proposals from a frozen RPN) or "rpn"
-(class-agnostic RPN on base boxes). Official values are the defaults; deviations say so.
+rpn_lvis. `task` "detection" (main.py -> detection.run), `stage`: "finetune" (detector on base classes,
+proposals from a frozen RPN) or "rpn" (class-agnostic RPN on base boxes). Official values are the defaults; deviations say so.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import ml_collections as mlc
 
 def _base() -> mlc.ConfigDict:
   c = mlc.ConfigDict()
-  c.task = "finetune"
+  c.task = "detection"                # main.py -> regionclip_jax.detection.run
+  c.stage = "finetune"                # "finetune" | "rpn"
   c.seed = 0
   c.workdir = ""
 
@@ -23,6 +24,7 @@ def _base() -> mlc.ConfigDict:
   c.model.clip_preset = "RN50"       # architecture when no checkpoint says otherwise
   c.model.init_checkpoint = ""       # RegionCLIP pretrain workdir / converted CLIP dir / .pt / .pth
   c.model.init_source = ""           # force the checkpoint format (see models.checkpoints)
+  c.model.text_checkpoint = ""       # CLIP whose text tower embeds class names; "" = init_checkpoint
   c.model.freeze_at = 2              # official FREEZE_AT 2: stem + res2 frozen
   c.model.pooler_resolution = 14     # RoIAlign output: 14 (RN50), 18 (RN50x4), 2 * attnpool grid
   c.model.sampling_ratio = 0         # adaptive, official
@@ -30,9 +32,9 @@ def _base() -> mlc.ConfigDict:
   c.model.dtype = "float32"
 
   c.rpn = mlc.ConfigDict()
-  c.rpn.checkpoint = ""              # workdir of a task="rpn" run (the frozen offline RPN)
+  c.rpn.checkpoint = ""              # workdir of a stage="rpn" run (the frozen offline RPN)
   c.rpn.clip_preset = ""             # RPN backbone; "" = model.clip_preset
-  c.rpn.init_checkpoint = ""         # RPN backbone init (task="rpn")
+  c.rpn.init_checkpoint = ""         # RPN backbone init (stage="rpn"); "" = model.init_checkpoint
   c.rpn.anchor_sizes = (32, 64, 128, 256, 512)
   c.rpn.aspect_ratios = (0.5, 1.0, 2.0)
   c.rpn.stride = 16
@@ -131,13 +133,13 @@ def lvis_rn50() -> mlc.ConfigDict:
 
 def rpn_coco() -> mlc.ConfigDict:
   c = _coco_ovd("RN50")
-  c.task = "rpn"
+  c.stage = "rpn"
   return c
 
 
 def rpn_lvis() -> mlc.ConfigDict:
   c = lvis_rn50()
-  c.task = "rpn"
+  c.stage = "rpn"
   return c
 
 
@@ -154,7 +156,7 @@ def shapes() -> mlc.ConfigDict:
   c.rpn.post_nms_topk_train = 64
   c.rpn.pre_nms_topk_test = 192
   c.rpn.post_nms_topk_test = 50
-  c.roi_heads.batch_size_per_image = 64
+  c.roi_heads.batch_size_per_image = 32
   c.test.topk = 20
   c.test.max_candidates = 400
   c.test.eval_split = "shapes"
@@ -169,9 +171,9 @@ def shapes() -> mlc.ConfigDict:
   c.optimizer.lr = 1e-3
   c.optimizer.weight_decay = 1e-4
   c.optimizer.warmup_steps = 50
-  c.optimizer.decay_steps = (1500,)
+  c.optimizer.decay_steps = (800,)
   c.train.batch_size = 16
-  c.train.num_steps = 2000
+  c.train.num_steps = 1000
   c.train.log_every = 50
   c.train.checkpoint_every = 500
   return c
@@ -179,7 +181,7 @@ def shapes() -> mlc.ConfigDict:
 
 def rpn_shapes() -> mlc.ConfigDict:
   c = shapes()
-  c.task = "rpn"
+  c.stage = "rpn"
   c.train.num_steps = 1000
   c.optimizer.decay_steps = (800,)
   return c

@@ -16,7 +16,8 @@ import ml_collections as mlc
 
 def _base() -> mlc.ConfigDict:
   c = mlc.ConfigDict()
-  c.task = "zero_shot"
+  c.task = "detection"       # main.py -> regionclip_jax.detection.run
+  c.stage = "zero_shot"
   c.seed = 0
   z = c.zero_shot = mlc.ConfigDict()
   z.checkpoint = ""          # CLIP checkpoint (any format) or a detector export dir

@@ -183,3 +183,19 @@ def test_inference_without_deltas_returns_proposals():
       logits, jnp.full((1, 1, 4), 0.7), jnp.asarray(props, jnp.float32)[None], jnp.ones((1, 1), bool),
       jnp.array([[100.0, 100.0]]), apply_deltas=False, topk=2))
   np.testing.assert_allclose(out["boxes"][0, 0], props[0])
+
+
+def test_with_backbone_checks_shapes_and_names():
+  det = builders.build_detector(get_config("tiny_rn"), pooler_resolution=4)
+  v = builders.init_detector(det, 64)
+  src = jax.tree.map(lambda x: x + 1.0, v["params"]["backbone"])
+  out = builders.with_backbone(v, {"wrapper": src})  # nested anywhere in a checkpoint tree
+  np.testing.assert_allclose(np.asarray(out["params"]["backbone"]["visual"]["conv1"]["kernel"]),
+                             np.asarray(v["params"]["backbone"]["visual"]["conv1"]["kernel"]) + 1.0)
+  assert out["params"]["bbox_pred"] is v["params"]["bbox_pred"]
+  bad = jax.tree.map(lambda x: x, src)
+  bad["visual"] = dict(bad["visual"], conv1={"kernel": jnp.zeros((3, 3, 3, 5))})
+  with pytest.raises(ValueError, match="conv1.*shape"):
+    builders.with_backbone(v, bad)
+  with pytest.raises(ValueError, match="no 'visual'"):
+    builders.with_backbone(v, {"x": 1})

@@ -171,3 +171,28 @@ def test_loaded_clip_and_forward(tiny_params):
     np.testing.assert_allclose(logits_txt, logits_img.T)
     assert float(loaded.logit_scale) == pytest.approx(1 / 0.07, rel=1e-5)
     assert loaded.encode_image(images).shape == (2, 64) and loaded.encode_text(toks).shape == (2, 64)
+
+
+def test_avg_pool_floors_like_torch():
+    from regionclip_jax.models.resnet import _avg_pool
+    x = np.random.default_rng(0).normal(size=(2, 9, 11, 3)).astype(np.float32)
+    ref = np.zeros((2, 4, 5, 3), np.float32)  # AvgPool2d(2): windows inside the image only
+    for i in range(4):
+        for j in range(5):
+            ref[:, i, j] = x[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean(axis=(1, 2))
+    np.testing.assert_allclose(_avg_pool(jnp.asarray(x), 2), ref, atol=1e-6)
+
+
+def test_remat_same_gradients():
+    cfg = TINY_VIT
+    params = clip.init_params(cfg, seed=4)
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
+
+    def grads(remat):
+        def loss(p):
+            return jnp.sum(clip.CLIP(cfg, remat=remat).apply({"params": p}, images,
+                                                             method=clip.CLIP.encode_image) ** 2)
+        return jax.jit(jax.grad(loss))(params)
+
+    for a, b in zip(jax.tree.leaves(grads(False)), jax.tree.leaves(grads(True))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

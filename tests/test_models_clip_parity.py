@@ -7,7 +7,6 @@ import importlib.util
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -20,7 +19,7 @@ def _openai_model_py():
     spec = importlib.util.find_spec("clip")
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("clip-anytorch is not installed (pip install --no-deps clip-anytorch)")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "model.py")
+    path = os.path.join(next(iter(spec.submodule_search_locations)), "model.py")
     # Imported by path: the package __init__ pulls torchvision, which does not import here.
     mspec = importlib.util.spec_from_file_location("_openai_clip_model", path)
     mod = importlib.util.module_from_spec(mspec)
@@ -155,6 +154,6 @@ def test_rn50_full_size_parity():
 @pytest.mark.slow
 def test_vit_b32_full_size_parity():
     cfg = clip.PRESETS["ViT-B/32"]
-    img_err, txt_err, _, _ = _compare(cfg, batch=2, text=False)
+    img_err, _, _, _ = _compare(cfg, batch=2, text=False)
     print(f"\n[parity ViT-B/32] image max|diff| {img_err:.2e}")
     assert img_err < 1e-4

@@ -16,7 +16,7 @@ def reference():
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("clip-anytorch is not installed (pip install --no-deps clip-anytorch)")
     pytest.importorskip("ftfy")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "simple_tokenizer.py")
+    path = os.path.join(next(iter(spec.submodule_search_locations)), "simple_tokenizer.py")
     mspec = importlib.util.spec_from_file_location("_openai_simple_tokenizer", path)
     mod = importlib.util.module_from_spec(mspec)
     mspec.loader.exec_module(mod)
@@ -41,7 +41,7 @@ TEXTS = [
     "Fish &amp; chips &lt;3", "日本語のテキスト", "123 4567 3.14 1e-5", "emoji 😀👍🏽", "A   b\tc\nd  ",
     "hyphen-ated_words (with) parens+plus", "", "   ", "a" * 300, "!!!???...", "<|endoftext|> inside",
     "a photo of a {}.".format("traffic light"), "itap of a hot dog.", "Mr. O'Neil's ＦＵＬＬＷＩＤＴＨ",
-    "sep\x1cchars\x1d and\u00a0nbsp\u3000ideographic\u2028line", "İstanbul ß ǅ",
+    "sep\x1cchars\x1d and\u00a0nbsp\u3000ideographic\u2028line", "İstanbul ß ǅ", "a\u0345b \u0345 dropped by OpenAI",
 ]
 
 

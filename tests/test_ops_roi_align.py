@@ -121,6 +121,20 @@ def test_huge_boxes_many_samples():
   assert np.abs(ref).max() > 0.01
 
 
+def test_crop_tiers_at_map_edges():
+  """Small RoIs take per-RoI crops of the map (tiers); crops clipped at the edges stay exact."""
+  rng = np.random.default_rng(4)
+  feats = rng.normal(size=(2, 20, 24, 2)).astype(np.float32)
+  corners = np.array([[0, 0], [90, 0], [0, 75], [90, 75], [45, 40]], np.float32)
+  small = np.concatenate([corners, corners + rng.uniform(3, 14, size=(5, 2))], 1)
+  mid = np.array([[5, 5, 50, 40], [40, 30, 95, 79]], np.float32)
+  boxes = np.stack([np.concatenate([small, mid, _boxes(rng, 1, 80, 96)[0]])] * 2)
+  boxes[1] = boxes[1, ::-1]
+  out = _jitted((3, 3), 0.25, 0, True, "separable", 4)(feats, boxes)
+  ref = ref_roi_align(feats, boxes, (3, 3), 0.25, 0, True)
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("method", ["separable", "gather"])
 def test_exact_bin_boundaries(method):
   """Sizes that are exact multiples of the bin count (ceil and the [-1, H] test sit on the edge);

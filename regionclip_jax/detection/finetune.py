@@ -1,10 +1,10 @@
-"""Entry points for `main.py`: task "rpn" (offline class-agnostic RPN on base boxes) and task
+"""Entry points behind `detection.run`: stage "rpn" (offline class-agnostic RPN on base boxes) and stage
 "finetune" (open-vocabulary detector on base classes, proposals from the frozen RPN), both on the
 shared training infrastructure (train.loop / train.sharding / train.checkpoint), then evaluation
 (AP50 novel / base / all with pycocotools).
 
-    main: if config.task == "rpn": detection.finetune.train_rpn(config, workdir)
-          if config.task == "finetune": detection.finetune.train_detector(config, workdir)
+    main.py (task "detection") -> detection.run.run -> config.stage "rpn": train_rpn(config, workdir)
+                                                     config.stage "finetune": train_detector(config, workdir)
 """
 from __future__ import annotations
 
@@ -91,9 +91,9 @@ def data_for(cfg, train: bool):
 
 # ----------------------------------------------------------------------------- models
 
-def _clip_config(cfg, preset: str = "") -> tuple[CLIPConfig, Any]:
-  """Architecture + (optional) CLIP params from model.init_checkpoint."""
-  path = cfg.model.init_checkpoint
+def _clip_config(cfg, preset: str = "", path: str = "") -> tuple[CLIPConfig, Any]:
+  """Architecture + (optional) CLIP params from `path` (default model.init_checkpoint)."""
+  path = path or cfg.model.init_checkpoint
   if path and builders.is_export(path):
     _, variables, meta = builders.load_export(path)
     return CLIPConfig.from_dict(meta["clip_config"]), variables["params"]["backbone"]
@@ -148,7 +148,7 @@ def _train(cfg, workdir, step, state, data, frozen, name):
 def train_rpn(cfg, workdir: str) -> dict:
   """Class-agnostic RPN on base-class boxes; exports `<workdir>/export` for later stages."""
   src, tf, names, base, _ = data_for(cfg, train=True)
-  clip_cfg, clip_params = _clip_config(cfg, cfg.rpn.clip_preset)
+  clip_cfg, clip_params = _clip_config(cfg, cfg.rpn.clip_preset, cfg.rpn.init_checkpoint)
   rpn, gen = builders.build_rpn(clip_cfg, anchor_sizes=tuple(cfg.rpn.anchor_sizes),
                                 aspect_ratios=tuple(cfg.rpn.aspect_ratios), stride=cfg.rpn.stride,
                                 freeze_at=cfg.model.freeze_at, dtype=cfg.model.dtype)
@@ -189,7 +189,7 @@ def train_detector(cfg, workdir: str) -> dict:
   classes (novel embeddings swapped in) and write `<workdir>/metrics.json`."""
   if not cfg.rpn.checkpoint:
     raise ValueError("detection/finetune.py: rpn.checkpoint is empty; train the offline RPN first "
-                     "(task='rpn', e.g. configs/finetune.py:rpn_shapes) and point rpn.checkpoint at it")
+                     "(stage='rpn', e.g. configs/finetune.py:rpn_shapes) and point rpn.checkpoint at it")
   src, tf, train_names, _, _ = data_for(cfg, train=True)
   test_src, test_tf, names, base, novel = data_for(cfg, train=False)
   clip_cfg, clip_params = _clip_config(cfg)

@@ -1,8 +1,24 @@
 """CLIP towers (ModifiedResNet, ViT, text), OpenAI state-dict conversion, tokenizer."""
-from regionclip_jax.models.clip import (CLIP, CLIP_MEAN, CLIP_STD, FROZEN_BN_REGEX, PRESETS, CLIPConfig,
-                                        LoadedCLIP, ResNetConfig, TextConfig, ViTConfig, config_from_state_dict,
-                                        get_config, init_params, load, normalize_images, param_shapes,
-                                        params_from_state_dict, state_dict_from_params)
+from regionclip_jax.models.clip import (
+    CLIP,
+    CLIP_MEAN,
+    CLIP_STD,
+    FROZEN_BN_REGEX,
+    PRESETS,
+    CLIPConfig,
+    LoadedCLIP,
+    ResNetConfig,
+    TextConfig,
+    ViTConfig,
+    config_from_state_dict,
+    get_config,
+    init_params,
+    load,
+    normalize_images,
+    param_shapes,
+    params_from_state_dict,
+    state_dict_from_params,
+)
 
 __all__ = [
     "CLIP", "CLIP_MEAN", "CLIP_STD", "FROZEN_BN_REGEX", "PRESETS", "CLIPConfig", "LoadedCLIP", "ResNetConfig",

@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Union
+from typing import Any
 
 import flax.linen as nn
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from regionclip_jax.models.layers import LayerNorm, Transformer
 from regionclip_jax.models.resnet import ModifiedResNet
@@ -75,7 +75,7 @@ class TextConfig:
 @dataclasses.dataclass(frozen=True)
 class CLIPConfig:
     embed_dim: int
-    vision: Union[ResNetConfig, ViTConfig]
+    vision: ResNetConfig | ViTConfig
     text: TextConfig
 
     @property
@@ -94,7 +94,7 @@ class CLIPConfig:
         return {"embed_dim": self.embed_dim, "vision": vision, "text": dataclasses.asdict(self.text)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CLIPConfig":
+    def from_dict(cls, d: dict) -> CLIPConfig:
         try:
             vision = dict(d["vision"])
             kind = vision.pop("kind")
@@ -167,7 +167,7 @@ class CLIP(nn.Module):
 
     def setup(self):
         cfg, v, t = self.config, self.config.vision, self.config.text
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         if isinstance(v, ResNetConfig):
             self.visual = ModifiedResNet(tuple(v.layers), v.width, v.heads, cfg.embed_dim, v.image_size,
                                          freeze_at=self.freeze_at, remat=self.remat, **kw)
@@ -270,7 +270,7 @@ def init_params(config: CLIPConfig, seed: int = 0):
 
 def _init_leaf(config: CLIPConfig, path: tuple[str, ...], shape: tuple, rng) -> np.ndarray:
     leaf, parent = path[-1], (path[-2] if len(path) > 1 else "")
-    normal = lambda std: (rng.standard_normal(shape) * std).astype(np.float32)  # noqa: E731
+    normal = lambda std: (rng.standard_normal(shape) * std).astype(np.float32)
     if leaf == "logit_scale":
         return np.full(shape, math.log(1 / 0.07), np.float32)
     if leaf in ("scale", "var"):
@@ -365,7 +365,7 @@ class LoadedCLIP:
         return jnp.exp(self.params["logit_scale"])
 
     @classmethod
-    def from_state_dict(cls, sd, config: CLIPConfig | None = None, dtype=jnp.float32) -> "LoadedCLIP":
+    def from_state_dict(cls, sd, config: CLIPConfig | None = None, dtype=jnp.float32) -> LoadedCLIP:
         config = config or config_from_state_dict(sd)
         return cls(config, params_from_state_dict(sd, config), dtype)
 

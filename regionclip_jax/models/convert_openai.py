@@ -17,7 +17,13 @@ import re
 import numpy as np
 from flax import traverse_util
 
-from regionclip_jax.models.clip import CLIPConfig, ResNetConfig, TextConfig, ViTConfig, param_shapes
+from regionclip_jax.models.clip import (
+    CLIPConfig,
+    ResNetConfig,
+    TextConfig,
+    ViTConfig,
+    param_shapes,
+)
 
 # Entries of OpenAI's TorchScript archives that are not parameters.
 NON_PARAM_KEYS = frozenset({"input_resolution", "context_length", "vocab_size"})
@@ -180,10 +186,10 @@ def params_from_state_dict(sd, config: CLIPConfig | None = None, strict: bool = 
             continue
         flat[path] = _torch_to_flax(arr, kind).astype(np.float32)
         seen.add(path)
-    for path in expected:
+    for path, shape in expected.items():
         if path not in seen:
             key, kind = flax_path_to_openai(path)
-            problems.append(f"missing key {key!r} (expected shape {_torch_shape(expected[path], kind)})")
+            problems.append(f"missing key {key!r} (expected shape {_torch_shape(shape, kind)})")
     if problems:
         head = f"params_from_state_dict: {len(problems)} problem(s) loading into {_describe(config)}:\n  "
         raise ValueError(head + "\n  ".join(problems))

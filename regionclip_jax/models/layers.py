@@ -138,7 +138,7 @@ class ResidualAttentionBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask=None):
-        kw = dict(proj_std=self.proj_std, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = {"proj_std": self.proj_std, "dtype": self.dtype, "param_dtype": self.param_dtype}
         h = LayerNorm(param_dtype=self.param_dtype, name="ln_1")(x)
         x = x + MultiheadAttention(self.num_heads, name="attn", **kw)(h, mask)
         h = LayerNorm(param_dtype=self.param_dtype, name="ln_2")(x)
@@ -191,7 +191,7 @@ def interpolate_pos_grid(pos, grid_hw: tuple[int, int]):
     centres, no antialiasing), which differs slightly from torch's bicubic (a=-0.75). Only called when the feature
     grid differs from the native one; the official RegionCLIP path never interpolates.
     """
-    s = int(round(pos.shape[0] ** 0.5))
+    s = round(pos.shape[0] ** 0.5)
     if s * s != pos.shape[0]:
         raise ValueError(f"interpolate_pos_grid: {pos.shape[0]} positions are not a square grid")
     gh, gw = grid_hw

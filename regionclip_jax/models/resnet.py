@@ -5,20 +5,35 @@ RoI through `head` (layer4 + attnpool). Images are NHWC.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from regionclip_jax.models.layers import FrozenBatchNorm, attention, conv_init, interpolate_pos_grid
+from regionclip_jax.models.layers import (
+    FrozenBatchNorm,
+    attention,
+    conv_init,
+    interpolate_pos_grid,
+)
 
 Dtype = Any
 
 
 def _avg_pool(x, k: int):
-    # torch AvgPool2d(k): kernel = stride = k, no padding, floor.
-    return nn.avg_pool(x, (k, k), strides=(k, k), padding="VALID") if k > 1 else x
+    """torch AvgPool2d(k) (kernel = stride = k, no padding, floor) on [N, H, W, C].
+
+    Written as crop + reshape + mean: on CPU its backward is a broadcast, ~17% faster for the
+    RN50 trunk forward + backward than `reduce_window` (benchmarks/results/models.md).
+    """
+    if k == 1:
+        return x
+    n, h, w, c = x.shape
+    h2, w2 = h // k, w // k
+    x = x[:, : h2 * k, : w2 * k]
+    return x.reshape(n, h2, k, w2, k, c).mean(axis=(2, 4), dtype=jnp.float32).astype(x.dtype)
 
 
 class Bottleneck(nn.Module):
@@ -34,8 +49,8 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=conv_init)
-        bn = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = {"use_bias": False, "dtype": self.dtype, "param_dtype": self.param_dtype, "kernel_init": conv_init}
+        bn = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         out_ch = self.planes * 4
         out = nn.relu(FrozenBatchNorm(name="bn1", **bn)(nn.Conv(self.planes, (1, 1), name="conv1", **kw)(x)))
         out = nn.Conv(self.planes, (3, 3), padding=((1, 1), (1, 1)), name="conv2", **kw)(out)
@@ -93,7 +108,7 @@ class AttentionPool2d(nn.Module):
         pos = jnp.concatenate([pos[:1], interpolate_pos_grid(pos[1:], (h, w))], axis=0)
         tokens = tokens + pos.astype(self.dtype)[None]
         proj_init = nn.initializers.normal(c ** -0.5)
-        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=proj_init)
+        dense = {"dtype": self.dtype, "param_dtype": self.param_dtype, "kernel_init": proj_init}
         q = nn.Dense(c, name="q_proj", **dense)(tokens[:, :1])
         k = nn.Dense(c, name="k_proj", **dense)(tokens)
         v = nn.Dense(c, name="v_proj", **dense)(tokens)
@@ -123,8 +138,8 @@ class ModifiedResNet(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def setup(self):
-        kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=conv_init)
-        bn = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = {"use_bias": False, "dtype": self.dtype, "param_dtype": self.param_dtype, "kernel_init": conv_init}
+        bn = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         w = self.width
         self.conv1 = nn.Conv(w // 2, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), **kw)
         self.bn1 = FrozenBatchNorm(**bn)
@@ -132,7 +147,7 @@ class ModifiedResNet(nn.Module):
         self.bn2 = FrozenBatchNorm(**bn)
         self.conv3 = nn.Conv(w, (3, 3), padding=((1, 1), (1, 1)), **kw)
         self.bn3 = FrozenBatchNorm(**bn)
-        lk = dict(remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype)
+        lk = {"remat": self.remat, "dtype": self.dtype, "param_dtype": self.param_dtype}
         self.layer1 = ResLayer(w, self.layers[0], 1, **lk)
         self.layer2 = ResLayer(w * 2, self.layers[1], 2, **lk)
         self.layer3 = ResLayer(w * 4, self.layers[2], 2, **lk)

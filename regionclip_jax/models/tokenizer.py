@@ -51,7 +51,8 @@ def _byte_unicode_table() -> list[str]:
 
 
 def _vocab_and_merges(bpe_path: Path) -> tuple[dict[str, int], list[str]]:
-    lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_path) as f:
+        lines = f.read().decode("utf-8").split("\n")
     merges = lines[1:1 + _NUM_MERGES]
     chars = _byte_unicode_table()
     tokens = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges]
@@ -91,7 +92,7 @@ def _build_dir(bpe_path: Path) -> Path:
     return target if (target / "tokenizer.json").exists() else tmp
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_tokenizer(bpe_path: str | None = None):
     """The cached `CLIPTokenizerFast` for the shipped (or given) BPE file."""
     from transformers import CLIPTokenizerFast

@@ -10,7 +10,12 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from regionclip_jax.models.layers import LayerNorm, Transformer, conv_init, interpolate_pos_grid
+from regionclip_jax.models.layers import (
+    LayerNorm,
+    Transformer,
+    conv_init,
+    interpolate_pos_grid,
+)
 
 Dtype = Any
 

@@ -39,8 +39,8 @@ def multilevel_roi_align(features, boxes, output_size, scales: Sequence[float], 
   """features: list of [N, Hl, Wl, C] (finest first), boxes [N, R, 4] -> [N, R, oh, ow, C].
 
   Each box is pooled from the level chosen by `assign_boxes_to_levels`. Static shapes: every
-  level pools every box and the right one is selected, so the cost is len(features) RoIAligns
-  (cheap next to the box head at FPN's 7x7 x 256 shapes). One level = plain roi_align.
+  level sees every RoI slot, with the boxes of other levels replaced by NaN (zero output; with the
+  separable form they cost only a tiny crop). One level = plain roi_align.
   method "auto" (default) takes the gather form with a fixed sampling_ratio on large maps and the
   separable form for adaptive sampling (see roi_align).
   """
@@ -50,17 +50,19 @@ def multilevel_roi_align(features, boxes, output_size, scales: Sequence[float], 
   if len(channels) != 1 or any(f.shape[0] != features[0].shape[0] for f in features):
     raise ValueError("ops/poolers.py: feature maps must share batch and channels, got "
                      f"{[tuple(f.shape) for f in features]}")
-  pool = lambda f, s: roi_align(f, boxes, output_size, s, sampling_ratio, aligned,
-                                chunk_size=chunk_size, method=method)
+  pool = lambda f, s, b: roi_align(f, b, output_size, s, sampling_ratio, aligned,
+                                   chunk_size=chunk_size, method=method)
   if len(features) == 1:
-    return pool(features[0], scales[0])
+    return pool(features[0], scales[0], boxes)
   min_level, max_level = _levels(scales)
   lvl = assign_boxes_to_levels(boxes, min_level, max_level, canonical_box_size, canonical_level)
   out = None
   for i, (f, s) in enumerate(zip(features, scales)):
-    pooled = pool(f, s)
-    sel = (lvl == i)[..., None, None, None]
-    out = jnp.where(sel, pooled, 0).astype(pooled.dtype) if out is None else jnp.where(sel, pooled, out)
+    sel = lvl == i
+    # boxes of other levels become NaN: exact zeros, and the separable form's smallest crop tier,
+    # so each level costs about what its own boxes need
+    pooled = pool(f, s, jnp.where(sel[..., None], boxes, jnp.nan))
+    out = pooled if out is None else jnp.where(sel[..., None, None, None], pooled, out)
   return out
 
 

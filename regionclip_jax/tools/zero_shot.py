@@ -10,7 +10,7 @@ CKPT: any CLIP checkpoint `models.clip.load` reads (OpenAI .pt, HF / open_clip, 
 official RegionCLIP .pth) — the paper's zero-shot protocol: region embeddings (RoIAlign on res4
 -> layer4 -> attnpool) of proposals, classified against the vocabulary's 81-prompt text embeddings
 — or a fine-tuned detector's `export/` directory (then its box regressor is applied too).
-Proposals: a frozen RPN (`--rpn`, a task="rpn" workdir or its export) or, without one, a
+Proposals: a frozen RPN (`--rpn`, a stage="rpn" workdir or its export) or, without one, a
 multi-scale sliding window (a weak fallback: scores then come from CLIP alone). With
 `--annotations=GT.json` the images' ground-truth boxes (`--boxes=gt`) or the RPN proposals are
 classified and scored with pycocotools (AP50 novel / base / all with `--split`).
@@ -207,7 +207,7 @@ def evaluate_annotations(detector: ZeroShotDetector, annotations: str, images_di
 
 
 def run(config, workdir: str) -> dict:
-  """`main.py` entry for task="zero_shot" (configs/zero_shot.py)."""
+  """Entry for stage="zero_shot" (configs/zero_shot.py, via detection.run)."""
   z = config.zero_shot
   det = ZeroShotDetector(z.checkpoint, rpn=z.rpn, text_checkpoint=z.text_checkpoint,
                          test_size=z.test_size, max_size=z.max_size, score_thresh=z.score_thresh,
@@ -256,7 +256,7 @@ def _define_flags() -> None:
   flags.DEFINE_string("images", None, "folder of images")
   flags.DEFINE_string("vocabulary", "", "comma-separated class names, or @file.txt")
   flags.DEFINE_string("output", "zero_shot_out", "output folder (PNGs + detections.json)")
-  flags.DEFINE_string("rpn", "", "frozen RPN (task='rpn' workdir or export); '' = sliding windows")
+  flags.DEFINE_string("rpn", "", "frozen RPN (stage='rpn' workdir or export); '' = sliding windows")
   flags.DEFINE_string("text_checkpoint", "", "CLIP checkpoint for the text tower")
   flags.DEFINE_string("embeddings", "", ".npy [K, D] vocabulary embeddings")
   flags.DEFINE_string("source", "", "force the checkpoint format")
