@@ -68,9 +68,13 @@ def base() -> ml_collections.ConfigDict:
   c.model.frozen = (FROZEN_BN,)
 
   c.proposals = ml_collections.ConfigDict()
-  # Official: a frozen base-class RPN ("rpn"). Until it is wired in, "boxes_jitter" (shapes world)
-  # or "random" (image-text data without boxes) stand in; see pretrain/proposals.py.
-  c.proposals.kind = "random"
+  # Official: a frozen base-class RPN ("rpn": train one with the detection task's stage "rpn").
+  # "boxes_jitter" (shapes world: jittered copies of all GT boxes + random boxes) and "random"
+  # stand in without one; see pretrain/proposals.py.
+  c.proposals.kind = "rpn"
+  c.proposals.rpn_checkpoint = ""
+  c.proposals.rpn_post_nms_topk = 300
+  c.proposals.rpn_nms_thresh = 0.5
   c.proposals.num = 100             # regions per image (official: 100 random of the RPN's top 300)
   c.proposals.jitter_copies = 2
   c.proposals.jitter_scale = 0.15

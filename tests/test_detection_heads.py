@@ -40,8 +40,9 @@ def test_find_top_rpn_proposals_nms_clip_pad():
   anchors = jnp.array([[0, 0, 20, 20], [1, 1, 21, 21], [30, 30, 80, 80], [5, 40, 15, 50]], jnp.float32)
   obj = jnp.array([[2.0, 1.0, 3.0, -1.0]])
   deltas = jnp.zeros((1, 4, 4))
-  boxes, logits, valid = find_top_rpn_proposals([anchors], [obj], [deltas], jnp.array([[60.0, 64.0]]),
-                                                pre_nms_topk=4, post_nms_topk=5, nms_thresh=0.7)
+  top = jax.jit(find_top_rpn_proposals, static_argnames=("pre_nms_topk", "post_nms_topk", "nms_thresh"))
+  boxes, logits, valid = top([anchors], [obj], [deltas], jnp.array([[60.0, 64.0]]),
+                             pre_nms_topk=4, post_nms_topk=5, nms_thresh=0.7)
   assert boxes.shape == (1, 5, 4) and logits.shape == (1, 5) and valid.shape == (1, 5)
   # anchor 1 overlaps anchor 0 at IoU 0.82 > 0.7: suppressed; anchor 2 clipped to (64, 60)
   np.testing.assert_array_equal(np.asarray(valid[0]), [True, True, True, False, False])
@@ -50,8 +51,8 @@ def test_find_top_rpn_proposals_nms_clip_pad():
   np.testing.assert_allclose(np.asarray(boxes[0, 3:]), 0.0)
   assert np.all(np.isneginf(np.asarray(logits[0, 3:])))
   # pre-NMS top-k keeps only the 2 best before NMS
-  _, _, valid2 = find_top_rpn_proposals([anchors], [obj], [deltas], jnp.array([[60.0, 64.0]]),
-                                        pre_nms_topk=2, post_nms_topk=5, nms_thresh=0.7)
+  _, _, valid2 = top([anchors], [obj], [deltas], jnp.array([[60.0, 64.0]]),
+                      pre_nms_topk=2, post_nms_topk=5, nms_thresh=0.7)
   assert int(valid2.sum()) == 2
 
 
@@ -63,10 +64,11 @@ def test_label_anchors_thresholds_low_quality_and_empty():
                       jnp.float32)
   gt = jnp.array([[0, 0, 10, 10], [30, 30, 50, 50], [0, 0, 0, 0]], jnp.float32)
   gt_valid = jnp.array([True, True, False])
-  labels, matched = label_anchors(jax.random.PRNGKey(0), anchors, gt, gt_valid, batch_size_per_image=4)
+  lab4 = jax.jit(lambda k, v: label_anchors(k, anchors, gt, v, batch_size_per_image=4))
+  labels, matched = lab4(jax.random.PRNGKey(0), gt_valid)
   np.testing.assert_array_equal(np.asarray(labels), [1, -1, 0, 1])
   np.testing.assert_allclose(np.asarray(matched[3]), [30, 30, 50, 50])
-  labels, _ = label_anchors(jax.random.PRNGKey(0), anchors, gt, jnp.zeros(3, bool), batch_size_per_image=4)
+  labels, _ = lab4(jax.random.PRNGKey(0), jnp.zeros(3, bool))
   np.testing.assert_array_equal(np.asarray(labels), [0, 0, 0, 0])
   # subsampling: 2 samples at most half positive
   labels, _ = label_anchors(jax.random.PRNGKey(1), anchors, gt, gt_valid, batch_size_per_image=2)
@@ -118,9 +120,9 @@ def test_detector_outputs_shapes():
 def _infer(logits, proposals, **kw):
   logits = jnp.asarray(logits, jnp.float32)[None]
   r = logits.shape[1]
-  return jax.tree.map(np.asarray, fast_rcnn_inference(
-      logits, jnp.zeros((1, r, 4)), jnp.asarray(proposals, jnp.float32)[None], jnp.ones((1, r), bool),
-      jnp.array([[100.0, 100.0]]), **kw))
+  fn = jax.jit(lambda l, p: fast_rcnn_inference(l, jnp.zeros((1, r, 4)), p, jnp.ones((1, r), bool),
+                                                jnp.array([[100.0, 100.0]]), **kw))
+  return jax.tree.map(np.asarray, fn(logits, jnp.asarray(proposals, jnp.float32)[None]))
 
 
 def test_inference_per_class_nms_threshold_topk():

@@ -43,6 +43,8 @@ def test_validate_names_bad_choices():
     c.proposals.kind = "rpnn"
   with pytest.raises(ValueError, match=r"proposals.kind='rpnn' is not one of"):
     run.validate(c)
+  with pytest.raises(ValueError, match="needs proposals.rpn_checkpoint"):
+    run.validate(pretrain_config.get_config("rn50_cc3m"))
   c = pretrain_config.get_config()
   c.batch_size = 25
   with pytest.raises(ValueError, match="multiple of loss.group_size"):

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from regionclip_jax.models.layers import (
+    Conv1x1,
     FrozenBatchNorm,
     attention,
     conv_init,
@@ -52,15 +53,15 @@ class Bottleneck(nn.Module):
         kw = {"use_bias": False, "dtype": self.dtype, "param_dtype": self.param_dtype, "kernel_init": conv_init}
         bn = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         out_ch = self.planes * 4
-        out = nn.relu(FrozenBatchNorm(name="bn1", **bn)(nn.Conv(self.planes, (1, 1), name="conv1", **kw)(x)))
+        out = nn.relu(FrozenBatchNorm(name="bn1", **bn)(Conv1x1(self.planes, name="conv1", **bn)(x)))
         out = nn.Conv(self.planes, (3, 3), padding=((1, 1), (1, 1)), name="conv2", **kw)(out)
         out = nn.relu(FrozenBatchNorm(name="bn2", **bn)(out))
         out = _avg_pool(out, self.stride)
-        out = FrozenBatchNorm(name="bn3", **bn)(nn.Conv(out_ch, (1, 1), name="conv3", **kw)(out))
+        out = FrozenBatchNorm(name="bn3", **bn)(Conv1x1(out_ch, name="conv3", **bn)(out))
         identity = x
         if self.stride > 1 or x.shape[-1] != out_ch:
             identity = _avg_pool(x, self.stride)
-            identity = nn.Conv(out_ch, (1, 1), name="downsample_conv", **kw)(identity)
+            identity = Conv1x1(out_ch, name="downsample_conv", **bn)(identity)
             identity = FrozenBatchNorm(name="downsample_bn", **bn)(identity)
         return nn.relu(out + identity)
 

@@ -20,9 +20,10 @@ re-evaluated with the kernel's own arithmetic and validity test. The divisor sta
 
 The dense product touches the whole map for every RoI although Wy / Wx are zero outside the box.
 So RoIs are sorted by how many rows / columns their weights span, and a chunk whose RoIs all fit
-a window of 1/4 (or 0.4) of the map in both axes contracts a per-RoI crop instead (`lax.switch`
-on the chunk's largest tier; the crop provably holds every nonzero weight, so it stays exact).
-At C4 shapes this halves the forward time; the output is un-permuted at the end.
+a small window (16 or 32 cells, 1/4 or 0.4 of the map, in both axes) contracts a per-RoI crop
+instead, and a chunk of RoIs without any nonzero weight (NaN, empty, outside) is skipped
+(`lax.switch` on the chunk's largest tier; the crop provably holds every nonzero weight, so it
+stays exact). At C4 shapes this halves the forward time; the output is un-permuted at the end.
 
 Edge cases (all documented behaviour, tested in tests/test_ops_roi_align.py):
 - x2 < x1 or y2 < y1: exactly torchvision. aligned=True + adaptive: zero output (gh <= 0);
@@ -48,7 +49,8 @@ import jax.numpy as jnp
 from jax import lax
 
 _WINDOW = 11  # candidate samples per (bin, row) in the adaptive separable path; see module doc
-_TIER_FRACTIONS = (0.25, 0.4)  # crop windows (fractions of the map) for small RoIs, see below
+_TIER_FRACTIONS = (0.25, 0.4)  # crop windows for small RoIs (fractions of the map), see below
+_TIER_CELLS = (16, 32)  # ... and absolute sizes in cells (large maps such as FPN P2)
 _HIGHEST = lax.Precision.HIGHEST  # keep fp32 exact on GPU/TPU (TF32 / bf16 passes otherwise)
 
 
@@ -141,12 +143,15 @@ def _support(w):
 
 
 def _tiers(len_a: int, len_b: int) -> list[tuple[int, int]]:
-  """Static crop windows (Ka, Kb), smallest first; the last one is the whole map."""
+  """Static crop windows (Ka, Kb), nested (each contains the previous), the last = the whole map."""
+  cands = [(min(k, len_a), min(k, len_b)) for k in _TIER_CELLS]
+  cands += [(max(1, math.ceil(len_a * f)), max(1, math.ceil(len_b * f))) for f in _TIER_FRACTIONS]
   tiers = []
-  for frac in _TIER_FRACTIONS:
-    t = (max(1, math.ceil(len_a * frac)), max(1, math.ceil(len_b * frac)))
-    if t[0] < len_a and t[1] < len_b and t not in tiers:
-      tiers.append(t)
+  for ka, kb in sorted(set(cands), key=lambda t: (t[0] * t[1], t)):
+    if (ka, kb) == (len_a, len_b) or (ka >= len_a and kb >= len_b):
+      continue
+    if not tiers or (ka >= tiers[-1][0] and kb >= tiers[-1][1]):
+      tiers.append((ka, kb))
   return tiers + [(len_a, len_b)]
 
 
@@ -184,9 +189,9 @@ def _separable_chunk(feats, wa, wb, first_a, first_b, tier, tiers):
     return branch
 
   full = lambda wa, wb, first_a, first_b: _contract(wa, wb, feats)
-  if len(tiers) == 1:
-    return full(wa, wb, first_a, first_b)
-  branches = [crop(ka, kb) for ka, kb in tiers[:-1]] + [full]
+  zeros = lambda wa, wb, first_a, first_b: jnp.zeros(
+      wa.shape[:3] + wb.shape[2:3] + feats.shape[3:], feats.dtype)
+  branches = [zeros] + [crop(ka, kb) for ka, kb in tiers[:-1]] + [full]
   return lax.switch(jnp.max(tier), branches, wa, wb, first_a, first_b)
 
 
@@ -303,8 +308,9 @@ def roi_align(features, boxes, output_size, spatial_scale: float, sampling_ratio
     first_a, span_a = _support(wa)
     first_b, span_b = _support(wb)
     tiers = _tiers(feats.shape[1], feats.shape[2])
-    tier = sum(((span_a > ka) | (span_b > kb)).astype(jnp.int32) for ka, kb in tiers[:-1])
-    tier = jnp.asarray(tier, jnp.int32) + jnp.zeros_like(first_a)
+    # 0: no nonzero weight (NaN, empty or outside boxes: output 0); 1 + i: fits crop tier i
+    tier = 1 + sum(((span_a > ka) | (span_b > kb)).astype(jnp.int32) for ka, kb in tiers[:-1])
+    tier = jnp.where((span_a == 0) | (span_b == 0), 0, tier).astype(jnp.int32)
     order = jnp.argsort(tier, axis=1, stable=True)  # group RoIs of one tier into the same chunks
     per_roi = [jnp.take_along_axis(a, order.reshape(order.shape + (1,) * (a.ndim - 2)), axis=1)
                for a in (wa.astype(feats.dtype), wb.astype(feats.dtype), first_a, first_b, tier)]

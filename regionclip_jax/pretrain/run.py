@@ -52,6 +52,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.batch_size % (config.loss.group_size * n_proc):
     raise ValueError(f"{WHERE}: batch_size={config.batch_size} must be a multiple of "
                      f"loss.group_size={config.loss.group_size} x {n_proc} processes")
+  if config.proposals.kind == "rpn" and not config.proposals.rpn_checkpoint:
+    raise ValueError(f"{WHERE}: proposals.kind='rpn' (official) needs proposals.rpn_checkpoint, a "
+                     "base-class RPN from the detection task's stage 'rpn'; or set proposals.kind="
+                     "'random'")
   if config.proposals.kind == "boxes_jitter" and config.data.source != "shapes_world":
     raise ValueError(f"{WHERE}: proposals.kind='boxes_jitter' needs GT boxes (data.source="
                      f"'shapes_world'); use 'random' or 'rpn' for {config.data.source!r}")
@@ -292,8 +296,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
                           clip_norm=o.clip_norm, clip_type=o.clip_type)
   mask = opt.trainable_mask(student_params, tuple(config.model.trainable), tuple(config.model.frozen))
   p = config.proposals
+  rpn_fn = None
+  if p.kind == "rpn":
+    from regionclip_jax.detection.run import pretrain_proposal_fn  # detection area
+    rpn_fn = pretrain_proposal_fn(p.rpn_checkpoint, post_nms_topk=p.rpn_post_nms_topk,
+                                  nms_thresh=p.rpn_nms_thresh, num_sampled=p.num)
   proposal_fn = make_proposal_fn(p.kind, p.num, jitter_copies=p.jitter_copies,
-                                 jitter_scale=p.jitter_scale, min_frac=p.min_frac, max_frac=p.max_frac)
+                                 jitter_scale=p.jitter_scale, min_frac=p.min_frac, max_frac=p.max_frac,
+                                 rpn_fn=rpn_fn)
   L = config.loss
   loss_cfg = LossConfig(L.region_distill, L.region_contrastive, L.image_text, L.temperature,
                         L.concept_threshold, L.group_size)
