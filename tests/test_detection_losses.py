@@ -4,7 +4,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from regionclip_jax.detection.classifier import text_logits
 from regionclip_jax.detection.losses import (box_regression_loss, classification_loss,

@@ -1,8 +1,6 @@
 """Zero-shot inference end to end on a real photo (scikit-image): a converted CLIP checkpoint,
 a user's vocabulary, sliding-window or RPN proposals -> PNG with boxes + detections.json."""
-import importlib.util
 import json
-import os
 
 import jax
 import jax.numpy as jnp

@@ -89,6 +89,7 @@ def test_switches_remove_terms(setup):
     _run(setup, LossConfig(0.0, 0.0, 0.0))
 
 
+@pytest.mark.slow
 def test_bf16_compute_close_to_fp32(setup):
   cfg = LossConfig(image_text=0.0)
   _, m32 = _run(setup, cfg)

@@ -14,7 +14,7 @@ import numpy as np
 
 from regionclip_jax.detection.heads import OpenVocabFasterRCNN, RPNModel
 from regionclip_jax.detection.settings import InferenceSettings, RoIHeadSettings, RPNSettings
-from regionclip_jax.models.clip import CLIP, CLIPConfig, get_config as clip_preset
+from regionclip_jax.models.clip import CLIP, CLIPConfig
 from regionclip_jax.ops.anchors import DefaultAnchorGenerator
 
 PyTree = Any
@@ -133,10 +133,6 @@ def with_backbone(variables: PyTree, clip_params: PyTree) -> PyTree:
                               jax.tree.map(lambda x: x, new))
   dst["backbone"] = bb
   return {**variables, "params": dst}
-
-
-def anchor_sizes_for(cfg) -> tuple:
-  return tuple(cfg.rpn.anchor_sizes)
 
 
 def rpn_settings(cfg) -> RPNSettings:

@@ -59,11 +59,11 @@ def rpn_losses(objectness: jax.Array, pred_deltas: jax.Array, anchors: jax.Array
     diff = jnp.where(diff < smooth_l1_beta, 0.5 * diff ** 2 / smooth_l1_beta, diff - 0.5 * smooth_l1_beta)
   loc = jnp.sum(diff.sum(-1) * pos) / normalizer
   target = (gt_labels == 1).astype(objectness.dtype)
-  bce = optax_sigmoid_bce(objectness, target)
+  bce = sigmoid_bce(objectness, target)
   cls = jnp.sum(bce * valid) / normalizer
   return {"loss_rpn_cls": cls * loss_weight, "loss_rpn_loc": loc * loss_weight}
 
 
-def optax_sigmoid_bce(logits: jax.Array, labels: jax.Array) -> jax.Array:
+def sigmoid_bce(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Numerically stable elementwise binary cross-entropy with logits."""
   return jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))

@@ -6,11 +6,10 @@ Batches follow the data contract: `image` [B,S,S,3] CLIP-normalised, `image_size
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from regionclip_jax.detection.classifier import text_logits
 from regionclip_jax.detection.heads import OpenVocabFasterRCNN, RPNModel

@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import time
+import zlib
 from typing import Any
 
 import jax
@@ -73,7 +74,6 @@ def _word_tokenize(texts, context_length: int = 77) -> np.ndarray:
   """Stand-in used only when the BPE tokenizer is unavailable (shapes world): sot, one stable
   hashed id per lower-cased word, eot (the largest id, so EOT pooling finds it), 0 padding."""
   import re
-  import zlib
   out = np.zeros((len(texts), context_length), np.int32)
   for i, t in enumerate(texts):
     words = re.findall(r"[a-z]+|[^a-z\s]", t.lower())[: context_length - 2]
@@ -176,7 +176,7 @@ def train_clip_stage(config, cfg: clip_lib.CLIPConfig, params: PyTree, source, t
   state = create_train_state(params, tx, mask)
   fn, state, _ = jit_step(make_clip_step(model, tx, mask), MESH[0], state,
                           mode=config.sharding.mode, min_size=config.sharding.fsdp_min_size)
-  data = _train_iterator(config, source, ts.batch_size, tokenize, seed_offset=hash(name) % 1000)
+  data = _train_iterator(config, source, ts.batch_size, tokenize, seed_offset=zlib.crc32(name.encode()) % 1000)
   state = train_loop(state=state, step_fn=lambda s, b: fn(s, b, None), data=data,
                      num_steps=num_steps, workdir=workdir, put_batch=_put(("image", "caption_tokens")),
                      checkpoint_every=max(1, min(config.checkpoint_every, num_steps)),
