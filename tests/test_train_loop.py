@@ -104,3 +104,30 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   leaves = [np.asarray(x) for x in __import__("jax").tree.leaves(meta["state"])]
   assert all(np.all(np.isfinite(x)) for x in leaves)
   assert meta["data"]["iterator"] is not None
+
+
+def test_skipped_records_are_reported_at_the_end(tmp_path, capsys):
+  """Records a source dropped or repaired in 'skip' mode are listed when the run ends."""
+  import jax.numpy as jnp
+  from regionclip_jax.data.validation import IssueCounter
+  from regionclip_jax.train import optimizer as opt
+  from regionclip_jax.train.loop import train_loop
+  from regionclip_jax.train.state import apply_gradients, create_train_state, masked_value_and_grad
+
+  counter = IssueCounter("toy_instances.json")
+  counter.add("empty_box", "image 7 box 2")
+  params, mask = {"w": jnp.zeros((2,))}, {"w": True}
+  tx = opt.sgd(0.1)
+  state = create_train_state(params, tx, mask)
+
+  def step_fn(state, batch):
+    loss_fn = lambda p, b: (jnp.sum((p["w"] - b) ** 2), {})
+    (loss, _), g = masked_value_and_grad(loss_fn, state.params, mask, batch)
+    return apply_gradients(state, g, tx, mask), {"loss": loss}
+
+  data = iter([jnp.ones((2,))] * 3)
+  train_loop(state=state, step_fn=step_fn, data=data, num_steps=3, workdir=str(tmp_path),
+             checkpoint_every=10, log_every=1, async_checkpoints=False, name="toy")
+  out = capsys.readouterr().out
+  assert "data records skipped or repaired" in out
+  assert "toy_instances.json: empty_box: 1 (e.g. image 7 box 2)" in out

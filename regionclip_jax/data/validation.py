@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import weakref
 
 import numpy as np
 
@@ -36,6 +37,7 @@ class IssueCounter:
         self._lock = threading.Lock()
         self._counts: collections.Counter = collections.Counter()
         self._examples: dict[str, list[str]] = collections.defaultdict(list)
+        _LIVE_COUNTERS.add(self)
 
     def add(self, kind: str, where: str, n: int = 1) -> None:
         with self._lock:
@@ -63,6 +65,17 @@ class IssueCounter:
         text = self.report()
         if text:
             (logger or logging.getLogger(__name__)).warning("data issues skipped or repaired:\n%s", text)
+
+
+_LIVE_COUNTERS: "weakref.WeakSet[IssueCounter]" = weakref.WeakSet()
+
+
+def report_all() -> str:
+    """The reports of every live IssueCounter (all sources of this process); '' when all clean.
+
+    Training loops print it at the end of a run, so skipped or repaired records are never silent.
+    """
+    return "\n".join(r for r in sorted(c.report() for c in list(_LIVE_COUNTERS)) if r)
 
 
 def handle(policy: str, counter: IssueCounter | None, kind: str, where: str, detail: str = "") -> None:

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator, Mapping
 import jax
 import numpy as np
 
+from regionclip_jax.data.validation import report_all
 from regionclip_jax.train.checkpoint import Checkpointer
 from regionclip_jax.train.logger import MetricWriter, Progress
 
@@ -88,6 +89,9 @@ def train_loop(*, state: PyTree, step_fn: StepFn, data: Iterator, num_steps: int
         ckpt.save(step + 1, state, data.get_state() if hasattr(data, "get_state") else None)
     if pending is not None:
       settle(*pending)
+    issues = report_all()
+    if issues and jax.process_index() == 0:
+      print(f"[{name}] data records skipped or repaired (policy 'skip'):\n{issues}", flush=True)
     return state
   finally:
     ckpt.close()
