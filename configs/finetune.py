@@ -30,6 +30,12 @@ def _base() -> mlc.ConfigDict:
   c.model.sampling_ratio = 0         # adaptive, official
   c.model.roi_chunk_size = 64
   c.model.dtype = "float32"
+  c.model.head = "c4"                # "c4" (official) | "fpn" (detection/fpn.py: FPN + 2FC box head)
+  c.model.fpn = mlc.ConfigDict()     # FPN head settings (used when head == "fpn"), detectron2 values
+  c.model.fpn.fpn_channels = 256
+  c.model.fpn.pooler_resolution = 7
+  c.model.fpn.canonical_box_size = 224.0
+  c.model.fpn.fc_dim = 1024
 
   c.rpn = mlc.ConfigDict()
   c.rpn.checkpoint = ""              # workdir of a stage="rpn" run (the frozen offline RPN)

@@ -88,3 +88,18 @@ def test_rpn_losses_hand_case():
   g = jax.grad(lambda d: sum(rpn_losses(obj, d, anchors, labels, matched,
                                         batch_size_per_image=4).values()))(deltas)
   assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_text_logits_zero_region_has_finite_gradient():
+  """A padded RoI can embed to exactly zero; its cosine must not poison the gradient with NaN."""
+  import jax
+  import jax.numpy as jnp
+  from regionclip_jax.detection.classifier import text_logits
+  feats = jnp.array([[0.0, 0.0, 0.0], [1.0, 2.0, 2.0]])
+  emb = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+  logits = text_logits(feats, emb)
+  assert jnp.allclose(logits[1, :2], jnp.array([1 / 3, 2 / 3]) / 0.01, rtol=1e-5)
+  assert jnp.all(logits[0] == 0)
+  g = jax.grad(lambda f: jnp.sum(text_logits(f, emb) * jnp.arange(3.0)))(feats)
+  assert bool(jnp.all(jnp.isfinite(g)))
+  assert bool(jnp.any(g[1] != 0))

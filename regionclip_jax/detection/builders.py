@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from regionclip_jax.detection.fpn import FPNFasterRCNN, FPNRPNModel, fpn_anchor_generator
 from regionclip_jax.detection.heads import OpenVocabFasterRCNN, RPNModel
 from regionclip_jax.detection.settings import InferenceSettings, RoIHeadSettings, RPNSettings
 from regionclip_jax.models.clip import CLIP, CLIPConfig
@@ -21,20 +22,48 @@ PyTree = Any
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+def _check_head(head: str):
+  if head not in ("c4", "fpn"):
+    raise ValueError(f"detection/builders.py: model.head must be 'c4' or 'fpn', got {head!r}")
+
+
 def build_detector(clip_config: CLIPConfig, *, freeze_at: int = 2, pooler_resolution: int = 14,
                    sampling_ratio: int = 0, roi_chunk_size: int = 64,
-                   dtype: str = "float32") -> OpenVocabFasterRCNN:
+                   dtype: str = "float32", head: str = "c4", fpn: Optional[dict] = None):
+  """head "c4" -> OpenVocabFasterRCNN; "fpn" -> fpn.FPNFasterRCNN, `fpn`: its extra settings
+  (fpn_channels, pooler_resolution (7), canonical_box_size, fc_dim); `pooler_resolution` is C4's."""
+  _check_head(head)
   if not clip_config.is_resnet:
-    raise ValueError("detection/builders.py: the C4 detector needs a CLIP ResNet (model.clip_preset)")
+    raise ValueError("detection/builders.py: the detector needs a CLIP ResNet (model.clip_preset)")
   backbone = CLIP(clip_config, dtype=_DTYPES[dtype], freeze_at=freeze_at)
+  if head == "fpn":
+    return FPNFasterRCNN(backbone, clip_config.embed_dim, sampling_ratio=sampling_ratio,
+                         roi_chunk_size=roi_chunk_size, dtype=_DTYPES[dtype], **dict(fpn or {}))
   return OpenVocabFasterRCNN(backbone, pooler_resolution=pooler_resolution,
                              sampling_ratio=sampling_ratio, roi_chunk_size=roi_chunk_size)
 
 
+def detector_from_config(cfg, clip_config: CLIPConfig):
+  """The detector a finetune config asks for (`model.head`, default "c4"; `model.fpn`)."""
+  m = cfg.model
+  head = m.get("head", "c4")
+  fpn = dict(m.fpn) if head == "fpn" and m.get("fpn") is not None else None
+  return build_detector(clip_config, freeze_at=m.freeze_at, pooler_resolution=m.pooler_resolution,
+                        sampling_ratio=m.sampling_ratio, roi_chunk_size=m.roi_chunk_size,
+                        dtype=m.dtype, head=head, fpn=fpn)
+
+
 def build_rpn(clip_config: CLIPConfig, *, anchor_sizes=(32, 64, 128, 256, 512),
               aspect_ratios=(0.5, 1.0, 2.0), stride: int = 16, freeze_at: int = 2,
-              dtype: str = "float32"):
-  """-> (RPNModel, DefaultAnchorGenerator)."""
+              dtype: str = "float32", head: str = "c4", fpn_channels: int = 256):
+  """-> (RPNModel, DefaultAnchorGenerator). head "fpn": (fpn.FPNRPNModel on P2..P6, one anchor
+  size per level; `stride` unused)."""
+  _check_head(head)
+  if head == "fpn":
+    gen = fpn_anchor_generator(tuple(anchor_sizes), tuple(aspect_ratios))
+    backbone = CLIP(clip_config, dtype=_DTYPES[dtype], freeze_at=freeze_at)
+    return FPNRPNModel(backbone, num_anchors=gen.num_anchors[0], fpn_channels=fpn_channels,
+                       dtype=_DTYPES[dtype]), gen
   gen = DefaultAnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),),
                                strides=(stride,))
   backbone = CLIP(clip_config, dtype=_DTYPES[dtype], freeze_at=freeze_at)
@@ -214,10 +243,12 @@ def load_export(directory: str):
   clip_cfg = CLIPConfig.from_dict(meta["clip_config"])
   if meta["kind"] == "detector":
     module = build_detector(clip_cfg, freeze_at=0, pooler_resolution=meta["pooler_resolution"],
-                            sampling_ratio=meta.get("sampling_ratio", 0))
+                            sampling_ratio=meta.get("sampling_ratio", 0),
+                            head=meta.get("head", "c4"), fpn=meta.get("fpn"))
   elif meta["kind"] == "rpn":
     module = build_rpn(clip_cfg, anchor_sizes=meta["anchor_sizes"],
-                       aspect_ratios=meta["aspect_ratios"], stride=meta.get("stride", 16), freeze_at=0)
+                       aspect_ratios=meta["aspect_ratios"], stride=meta.get("stride", 16), freeze_at=0,
+                       head=meta.get("head", "c4"), fpn_channels=meta.get("fpn_channels", 256))
   else:
     raise ValueError(f"detection/builders.py: {meta_path}: unknown kind {meta['kind']!r}")
   with open(os.path.join(directory, EXPORT_PARAMS), "rb") as f:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from regionclip_jax.detection import builders
+from regionclip_jax.detection import fpn as fpn_lib
 from regionclip_jax.detection.predictor import DetectorPredictor
 from regionclip_jax.detection.train_lib import make_detector_step, make_rpn_step
 from regionclip_jax.models.clip import FROZEN_BN_REGEX, CLIPConfig, get_config as clip_preset
@@ -149,9 +150,12 @@ def train_rpn(cfg, workdir: str) -> dict:
   """Class-agnostic RPN on base-class boxes; exports `<workdir>/export` for later stages."""
   src, tf, names, base, _ = data_for(cfg, train=True)
   clip_cfg, clip_params = _clip_config(cfg, cfg.rpn.clip_preset, cfg.rpn.init_checkpoint)
+  head = cfg.model.get("head", "c4")
+  fpn_channels = cfg.model.fpn.fpn_channels if head == "fpn" else 256
   rpn, gen = builders.build_rpn(clip_cfg, anchor_sizes=tuple(cfg.rpn.anchor_sizes),
                                 aspect_ratios=tuple(cfg.rpn.aspect_ratios), stride=cfg.rpn.stride,
-                                freeze_at=cfg.model.freeze_at, dtype=cfg.model.dtype)
+                                freeze_at=cfg.model.freeze_at, dtype=cfg.model.dtype, head=head,
+                                fpn_channels=fpn_channels)
   size = _pad_size(cfg)
   variables = builders.init_rpn(rpn, size, cfg.seed)
   if clip_params is not None:
@@ -160,12 +164,14 @@ def train_rpn(cfg, workdir: str) -> dict:
   # class-agnostic: every base box is an object
   lookup = [0 if i >= 0 else -1 for i in lookup]
   tx = _optimizer(cfg)
-  mask = optim.trainable_mask(variables, TRAINABLE_RPN, (FROZEN_BN_REGEX,))
+  trainable = fpn_lib.TRAINABLE_FPN_RPN if head == "fpn" else TRAINABLE_RPN
+  mask = optim.trainable_mask(variables, trainable, (FROZEN_BN_REGEX,))
   state = create_train_state(variables, tx, mask)
   step = make_rpn_step(rpn, gen, builders.rpn_settings(cfg), tx, mask, cfg.seed)
   state = _train(cfg, workdir, step, state, _pipeline(cfg, src, tf, [BaseLabelMap(lookup)]), None, "rpn")
   meta = {"kind": "rpn", "clip_config": clip_cfg.to_dict(), "anchor_sizes": list(cfg.rpn.anchor_sizes),
-          "aspect_ratios": list(cfg.rpn.aspect_ratios), "stride": cfg.rpn.stride}
+          "aspect_ratios": list(cfg.rpn.aspect_ratios), "stride": cfg.rpn.stride, "head": head,
+          "fpn_channels": fpn_channels}
   if jax.process_index() == 0:
     builders.export_model(os.path.join(workdir, "export"), jax.device_get(state.params), meta)
   return {"export": os.path.join(workdir, "export")}
@@ -193,10 +199,7 @@ def train_detector(cfg, workdir: str) -> dict:
   src, tf, train_names, _, _ = data_for(cfg, train=True)
   test_src, test_tf, names, base, novel = data_for(cfg, train=False)
   clip_cfg, clip_params = _clip_config(cfg)
-  det = builders.build_detector(clip_cfg, freeze_at=cfg.model.freeze_at,
-                                pooler_resolution=cfg.model.pooler_resolution,
-                                sampling_ratio=cfg.model.sampling_ratio,
-                                roi_chunk_size=cfg.model.roi_chunk_size, dtype=cfg.model.dtype)
+  det = builders.detector_from_config(cfg, clip_cfg)
   variables = builders.init_detector(det, _pad_size(cfg), cfg.seed)
   if clip_params is not None:
     variables = builders.with_backbone(variables, clip_params)
@@ -209,7 +212,9 @@ def train_detector(cfg, workdir: str) -> dict:
               else all_emb[[names.index(n) for n in base]])
   lookup = [base.index(n) if n in base else -1 for n in train_names]
   tx = _optimizer(cfg)
-  mask = optim.trainable_mask(variables, TRAINABLE_DETECTOR, (FROZEN_BN_REGEX,))
+  head = cfg.model.get("head", "c4")
+  trainable = fpn_lib.TRAINABLE_FPN_DETECTOR if head == "fpn" else TRAINABLE_DETECTOR
+  mask = optim.trainable_mask(variables, trainable, (FROZEN_BN_REGEX,))
   state = create_train_state(variables, tx, mask)
   step = make_detector_step(det, rpn, gen, builders.roi_settings(cfg), builders.rpn_settings(cfg),
                             tx, mask, cfg.seed)
@@ -219,7 +224,8 @@ def train_detector(cfg, workdir: str) -> dict:
   params = jax.device_get(state.params)
   meta = {"kind": "detector", "clip_config": clip_cfg.to_dict(),
           "pooler_resolution": cfg.model.pooler_resolution, "sampling_ratio": cfg.model.sampling_ratio,
-          "class_names": names, "base_names": base, "novel_names": novel}
+          "class_names": names, "base_names": base, "novel_names": novel, "head": head,
+          "fpn": dict(cfg.model.fpn) if head == "fpn" else None}
   if jax.process_index() == 0:
     builders.export_model(os.path.join(workdir, "export"), params, meta)
     np.save(os.path.join(workdir, "export", "class_embeddings.npy"), all_emb)

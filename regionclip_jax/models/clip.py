@@ -233,6 +233,13 @@ class CLIP(nn.Module):
                              f"{self.config.vision.res4_channels}]; got {tuple(roi_feats.shape)}")
         return self.visual.head(roi_feats)
 
+    def image_pyramid(self, images):
+        """images: [N, H, W, 3] -> {"res2", "res3", "res4", "res5"} feature maps at strides 4, 8, 16,
+        32 with 4, 8, 16, 32 x width channels (the FPN detector's inputs)."""
+        self._require(True, "image_pyramid")
+        _check_images(images, "image_pyramid")
+        return self.visual.pyramid(images)
+
     # -- dense path (ViT) ------------------------------------------------------------------
     def image_tokens(self, images):
         """images: [N, H, W, 3] -> (cls [N, width], grid [N, gh, gw, width]) before ln_post."""

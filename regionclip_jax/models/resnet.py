@@ -175,6 +175,19 @@ class ModifiedResNet(nn.Module):
     def head(self, x):
         return self.attnpool(self.layer4(x.astype(self.dtype)))
 
+    def pyramid(self, x):
+        """x [N,H,W,3] -> {"res2": [N,H/4,W/4,4w], "res3": /8 8w, "res4": /16 16w, "res5": /32 32w}
+        (w = width), the stage outputs an FPN consumes; `freeze_at` as in `res4`, attnpool unused."""
+        x = self.stem(x)
+        if self.freeze_at >= 1:
+            x = jax.lax.stop_gradient(x)
+        res2 = self.layer1(x)
+        if self.freeze_at >= 2:
+            res2 = jax.lax.stop_gradient(res2)
+        res3 = self.layer2(res2)
+        res4 = self.layer3(res3)
+        return {"res2": res2, "res3": res3, "res4": res4, "res5": self.layer4(res4)}
+
     def __call__(self, x):
         return self.head(self.res4(x))
 
