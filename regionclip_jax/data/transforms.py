@@ -36,7 +36,7 @@ def resize_image(image: np.ndarray, height: int, width: int, interpolation: str 
 
     backend "pil" is what detectron2's ResizeTransform (and so the official code) uses; "cv2" is
     ~5-8x faster on CPU with slightly different kernels (bicubic a=-0.75 vs PIL's -0.5, no
-    antialiasing when shrinking) — see benchmarks/results/data.md.
+    antialiasing when shrinking) — see BENCHMARKS.md.
     """
     if image.shape[:2] == (height, width):
         return image

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax import traverse_util
 
 from regionclip_jax.models.clip import CLIP
 from regionclip_jax.pretrain.losses import l2_normalize
@@ -44,3 +46,49 @@ def make_clip_step(model: CLIP, tx: optax.GradientTransformation, mask: PyTree):
     return apply_gradients(state, grads, tx, mask), metrics
 
   return step
+
+
+def frozen_bn_statistics(model: CLIP, params: PyTree, images: jax.Array) -> dict:
+  """Batch statistics at every FrozenBatchNorm of the image tower, each BN normalising with its
+  own batch statistics in the same pass (train-mode BN), so downstream statistics see normalised
+  inputs. images: [N, H, W, 3] -> {('visual', ..., 'bn1'): (mean [C], var [C])}."""
+  from regionclip_jax.models.layers import FrozenBatchNorm
+  stats: dict = {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if not isinstance(module, FrozenBatchNorm) or context.method_name != "__call__":
+      return next_fun(*args, **kwargs)
+    x = args[0].astype(jnp.float32)
+    mean = jnp.mean(x, axis=tuple(range(x.ndim - 1)))
+    var = jnp.var(x, axis=tuple(range(x.ndim - 1)))
+    stats[tuple(module.path)] = (mean, var)
+    p = module.variables["params"]
+    y = (x - mean) * jax.lax.rsqrt(var + module.eps) * p["scale"] + p["bias"]
+    return y.astype(args[0].dtype)
+
+  with nn.intercept_methods(interceptor):
+    model.apply({"params": params}, images, method=CLIP.encode_image)
+  return stats
+
+
+def calibrate_frozen_bn(model: CLIP, params: PyTree, images: jax.Array) -> PyTree:
+  """params with every image-tower FrozenBatchNorm's mean / var set to the batch statistics of
+  `images` [N, H, W, 3]. CLIP trains its BN; ours is frozen (RegionCLIP's transfer setting), so a
+  tower trained from scratch gets its normalisation by re-estimating the statistics now and then
+  (as detectron2's precise BN does), instead of running unnormalised."""
+  stats = _stats_fn(model)(params, images)
+  flat = traverse_util.flatten_dict(dict(params))
+  for path, (mean, var) in stats.items():
+    flat[path + ("mean",)] = mean.astype(flat[path + ("mean",)].dtype)
+    flat[path + ("var",)] = var.astype(flat[path + ("var",)].dtype)
+  return traverse_util.unflatten_dict(flat)
+
+
+_STATS_FNS: dict = {}
+
+
+def _stats_fn(model: CLIP):
+  if model not in _STATS_FNS:
+    _STATS_FNS[model] = jax.jit(lambda p, x: frozen_bn_statistics(model, p, x))
+  return _STATS_FNS[model]
