@@ -73,6 +73,7 @@ def _base() -> mlc.ConfigDict:
   c.test.rpn_fusion = ""             # "" | "raw_logit" (official MULTIPLY_RPN_SCORE) | "sigmoid"
   c.test.eval_split = "coco_ovd"
   c.test.batch_size = 1
+  c.test.num_examples = 0            # > 0: <workdir>/examples.png, GT vs. detections on test images
 
   c.data = mlc.ConfigDict()
   c.data.name = "coco"               # "coco" (COCO/LVIS-format json + image dir) | "shapes_world"
@@ -167,6 +168,7 @@ def shapes() -> mlc.ConfigDict:
   c.test.max_candidates = 400
   c.test.eval_split = "shapes"
   c.test.batch_size = 32
+  c.test.num_examples = 4
   c.data.name = "shapes_world"
   c.data.num_train = 2048
   c.data.num_test = 256

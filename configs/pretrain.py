@@ -114,6 +114,10 @@ def base() -> ml_collections.ConfigDict:
   c.teacher_stage.warmup_steps = 100
   c.teacher_stage.decay_steps = ()
   c.teacher_stage.log_every = 50
+  # "train": BN trains as in CLIP (batch statistics, trainable affine), then its statistics are
+  # re-estimated on `calibration_images` scenes and frozen. "frozen": BN fixed during the stage.
+  c.teacher_stage.batch_norm = "train"
+  c.teacher_stage.calibration_images = 512
 
   # Matched-compute control: the teacher trained further with the image-level CLIP loss for
   # control_steps (0 = off). Region recognition gains are judged against it (DESIGN.md §6).
@@ -146,10 +150,6 @@ def shapes() -> ml_collections.ConfigDict:
   c.optimizer.warmup_factor = 0.01
   c.optimizer.decay_steps = (240,)
   c.teacher_stage.num_steps = 1200
-  # > 0: re-estimate the teacher's frozen BN statistics on the batch every k steps (the tower is
-  # trained from scratch with frozen BN; see BENCHMARKS.md). Off: in
-  # 1,200-step probes it did not lift region top-1 above chance.
-  c.teacher_stage.bn_recalibrate_every = 0
   c.control_steps = 0
   c.eval.batch_size = 128
   return c

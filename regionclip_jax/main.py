@@ -13,6 +13,7 @@ from ml_collections import config_flags
 TASKS = {
     "pretrain": "regionclip_jax.pretrain.run",
     "detection": "regionclip_jax.detection.run",
+    "pipeline": "regionclip_jax.pipeline",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<task>.py[:preset]).",

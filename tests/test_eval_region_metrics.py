@@ -38,3 +38,20 @@ def test_region_top1_batched_padding_and_errors():
         region_top1(np.zeros((2, 3)), np.array([0, 3]))
     with pytest.raises(ValueError, match="leading dims"):
         region_top1(np.zeros((2, 3)), np.array([0, 1, 2]))
+
+
+def test_paired_difference_matches_a_paired_t_test():
+  from scipy import stats
+  from regionclip_jax.evaluation.region_metrics import paired_difference, region_correct
+  rng = np.random.default_rng(3)
+  a = rng.random(500) < 0.6
+  b = rng.random(500) < 0.5
+  d, se = paired_difference(a, b)
+  assert d == pytest.approx(a.mean() - b.mean())
+  t = stats.ttest_rel(a.astype(float), b.astype(float)).statistic  # t = mean(d) / se
+  assert d / se == pytest.approx(t, rel=1e-9)
+  with pytest.raises(ValueError, match="differ in length"):
+    paired_difference(a, b[:10])
+  logits = np.eye(3)[[0, 1, 2, 0]][None] + 0.0  # [1, 4, 3]
+  correct, labels = region_correct(logits, np.array([[0, 2, 2, 1]]), np.array([[1, 1, 1, 0]], bool))
+  assert correct.tolist() == [True, False, True] and labels.tolist() == [0, 2, 2]

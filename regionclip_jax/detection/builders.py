@@ -143,7 +143,8 @@ def load_clip_params(path: str, source: Optional[str] = None) -> tuple[CLIPConfi
 
 def with_backbone(variables: PyTree, clip_params: PyTree) -> PyTree:
   """Replace the detector's / RPN's backbone 'visual' params by a CLIP checkpoint's, checking
-  every shape; other backbone entries (e.g. text tower) are ignored."""
+  every shape; checkpoint entries the model lacks (the text tower; layer4 + attnpool for an RPN,
+  whose backbone stops at res4) are ignored."""
   src = _find_visual(clip_params)
   if src is None:
     raise ValueError("detection/builders.py: checkpoint params hold no 'visual' subtree")
@@ -158,8 +159,7 @@ def with_backbone(variables: PyTree, clip_params: PyTree) -> PyTree:
     if tuple(nl[path].shape) != tuple(leaf.shape):
       raise ValueError(f"detection/builders.py: backbone param {jax.tree_util.keystr(path)} has "
                        f"shape {tuple(nl[path].shape)} in the checkpoint, model wants {tuple(leaf.shape)}")
-  bb["visual"] = jax.tree.map(lambda o, n: jnp.asarray(n, o.dtype), old,
-                              jax.tree.map(lambda x: x, new))
+  bb["visual"] = jax.tree_util.tree_map_with_path(lambda p, o: jnp.asarray(nl[p], o.dtype), old)
   dst["backbone"] = bb
   return {**variables, "params": dst}
 

@@ -233,6 +233,9 @@ def train_detector(cfg, workdir: str) -> dict:
                                 builders.rpn_settings(cfg))
   metrics = evaluate(predictor, test_src, test_tf, names, all_emb, base, novel,
                      batch_size=cfg.test.batch_size)
+  if jax.process_index() == 0 and cfg.test.get("num_examples", 0) > 0:
+    draw_examples(predictor, test_src, test_tf, names, all_emb, novel, cfg.test.num_examples,
+                  os.path.join(workdir, "examples.png"))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
       json.dump({k: v for k, v in metrics.items() if k != "per_category"}, f, indent=1)
@@ -242,6 +245,31 @@ def train_detector(cfg, workdir: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- evaluation
+
+def draw_examples(predictor: DetectorPredictor, source, transforms, class_names: Sequence[str],
+                  text_emb, novel_names: Sequence[str], num: int, path: str,
+                  score_threshold: float = 0.3) -> np.ndarray:
+  """A PNG grid of the first `num` test scenes: ground truth (left) and detections scoring
+  >= score_threshold (right), novel classes in the novel colour. -> the grid [H, W, 3] uint8."""
+  from PIL import Image
+  from regionclip_jax.data.transforms import apply_transforms
+  from regionclip_jax.evaluation.visualize import draw_detections
+  recs = [apply_transforms(source[i], transforms) for i in range(min(num, len(source)))]
+  b = {k: np.stack([np.asarray(r[k]) for r in recs]) for k in ("image", "image_size", "boxes", "box_mask", "labels")}
+  out = predictor(b["image"], b["image_size"], text_emb)
+  rows = []
+  for i in range(len(recs)):
+    kw = dict(class_names=class_names, novel_names=novel_names, clip_normalised=True)
+    gt = draw_detections(b["image"][i], b["boxes"][i], b["labels"][i], valid=b["box_mask"][i], **kw)
+    det = draw_detections(b["image"][i], out["boxes"][i], out["classes"][i], out["scores"][i],
+                          valid=out["valid"][i], score_threshold=score_threshold, **kw)
+    gap = np.full((gt.shape[0], 8, 3), 255, np.uint8)
+    rows.append(np.concatenate([gt, gap, det], axis=1))
+  sep = np.full((8, rows[0].shape[1], 3), 255, np.uint8)
+  grid = np.concatenate([x for r in rows for x in (r, sep)][:-1], axis=0)
+  Image.fromarray(grid).save(path)
+  return grid
+
 
 def records_to_coco_gt(batches: Sequence[dict], class_names: Sequence[str]) -> dict:
   """Padded batches (`image_id`, `image_size`, `boxes`, `box_mask`, `labels` as class indices)

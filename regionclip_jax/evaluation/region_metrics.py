@@ -50,3 +50,26 @@ def region_top1(logits, labels, mask=None, base_ids: Sequence[int] = (),
     for name, sel in groups.items():
         out[name], out[f"se_{name}"], out[f"n_{name}"] = _acc(correct[sel])
     return out
+
+
+def region_correct(logits, labels, mask=None) -> tuple[np.ndarray, np.ndarray]:
+    """-> (correct [M] bool, labels [M]) over the real regions, in order: the per-region outcomes
+    that `paired_difference` compares between two models scored on the same regions."""
+    logits = np.asarray(logits)
+    logits = logits.reshape(-1, logits.shape[-1])
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    mask = np.ones(labels.shape, bool) if mask is None else np.asarray(mask, bool).reshape(-1)
+    return (logits.argmax(-1) == labels)[mask], labels[mask]
+
+
+def paired_difference(correct_a, correct_b) -> tuple[float, float]:
+    """Accuracy of a minus accuracy of b on the same regions, with its paired standard error
+    std(a_i - b_i) / sqrt(n) (tighter than combining two binomial errors: the regions are shared)."""
+    a = np.asarray(correct_a, np.float64).reshape(-1)
+    b = np.asarray(correct_b, np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_difference: outcome vectors differ in length ({a.size} vs {b.size})")
+    if a.size < 2:
+        return float("nan"), float("nan")
+    d = a - b
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size))

@@ -62,7 +62,7 @@ def draw_detections(image, boxes, labels: Sequence[Any], scores=None, *, valid=N
     if len(labels) != k:
         raise ValueError(f"draw_detections: {len(labels)} labels for {k} boxes")
     names = [class_names[int(l)] if class_names is not None else str(l) for l in labels]
-    keep = np.ones(k, bool) if valid is None else np.asarray(valid, bool).reshape(-1)
+    keep = np.ones(k, bool) if valid is None else np.array(valid, bool).reshape(-1)  # a copy
     if scores is not None:
         scores = np.asarray(scores, np.float64).reshape(-1)
         keep &= scores >= score_threshold

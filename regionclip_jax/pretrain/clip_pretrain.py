@@ -11,11 +11,15 @@ import optax
 from flax import traverse_util
 
 from regionclip_jax.models.clip import CLIP
+from regionclip_jax.models.layers import FrozenBatchNorm
 from regionclip_jax.pretrain.losses import l2_normalize
 from regionclip_jax.train.state import TrainState, apply_gradients, masked_value_and_grad
 
 PyTree = Any
 MAX_LOGIT_SCALE = 100.0  # OpenAI clamps exp(logit_scale) at 100
+# With batch_norm="train" the BN affine trains and only the statistics stay out of the optimiser.
+BN_STATISTICS_REGEX = r"(^|/)(bn\d+|downsample_bn)/(mean|var)$"
+BATCH_NORM_MODES = ("frozen", "train")
 
 
 def clip_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array) -> jax.Array:
@@ -28,16 +32,46 @@ def clip_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array)
   return (row + col) / 2
 
 
-def make_clip_step(model: CLIP, tx: optax.GradientTransformation, mask: PyTree):
+def _train_mode_bn(next_fun, args, kwargs, context):
+  """Method interceptor: every FrozenBatchNorm normalises with its batch statistics and lets
+  gradients reach its scale / bias (the params are read directly, bypassing its stop_gradient)."""
+  module = context.module
+  if not isinstance(module, FrozenBatchNorm) or context.method_name != "__call__":
+    return next_fun(*args, **kwargs)
+  x = args[0].astype(jnp.float32)
+  axes = tuple(range(x.ndim - 1))
+  mean, var = jnp.mean(x, axis=axes), jnp.var(x, axis=axes)
+  p = module.variables["params"]
+  y = (x - mean) * jax.lax.rsqrt(var + module.eps) * p["scale"] + p["bias"]
+  return y.astype(args[0].dtype)
+
+
+def make_clip_step(model: CLIP, tx: optax.GradientTransformation, mask: PyTree,
+                   batch_norm: str = "frozen"):
   """-> step(state, batch, frozen=None) -> (state, metrics); batch: image [B, H, W, 3],
-  caption_tokens [B, L]."""
+  caption_tokens [B, L].
+
+  batch_norm "frozen": the image tower's BN is a fixed affine (RegionCLIP's setting; fine for a
+  pretrained tower). "train": BN as CLIP itself trains it (batch statistics, trainable affine;
+  the mask must leave scale / bias trainable, see BN_STATISTICS_REGEX) -- a tower trained from
+  scratch with frozen identity BN barely learns (BENCHMARKS.md). Afterwards
+  `calibrate_frozen_bn` stores population statistics so the frozen BN reproduces it.
+  """
+  if batch_norm not in BATCH_NORM_MODES:
+    raise ValueError(f"make_clip_step: batch_norm={batch_norm!r} is not one of {BATCH_NORM_MODES}")
+
+  def encode_image(v, images):
+    if batch_norm == "train":
+      with nn.intercept_methods(_train_mode_bn):
+        return model.apply(v, images, method=CLIP.encode_image)
+    return model.apply(v, images, method=CLIP.encode_image)
 
   def step(state: TrainState, batch: dict, frozen=None):
     del frozen
 
     def loss_fn(params):
       v = {"params": params}
-      img = model.apply(v, batch["image"], method=CLIP.encode_image)
+      img = encode_image(v, batch["image"])
       txt = model.apply(v, batch["caption_tokens"], method=CLIP.encode_text)
       loss = clip_loss(img, txt, params["logit_scale"])
       return loss, {"loss": loss, "logit_scale": jnp.exp(params["logit_scale"])}
@@ -52,7 +86,6 @@ def frozen_bn_statistics(model: CLIP, params: PyTree, images: jax.Array) -> dict
   """Batch statistics at every FrozenBatchNorm of the image tower, each BN normalising with its
   own batch statistics in the same pass (train-mode BN), so downstream statistics see normalised
   inputs. images: [N, H, W, 3] -> {('visual', ..., 'bn1'): (mean [C], var [C])}."""
-  from regionclip_jax.models.layers import FrozenBatchNorm
   stats: dict = {}
 
   def interceptor(next_fun, args, kwargs, context):

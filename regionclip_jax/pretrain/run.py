@@ -21,7 +21,8 @@ import numpy as np
 import ml_collections
 
 from regionclip_jax.models import clip as clip_lib
-from regionclip_jax.pretrain.clip_pretrain import calibrate_frozen_bn, make_clip_step
+from regionclip_jax.pretrain.clip_pretrain import (BATCH_NORM_MODES, BN_STATISTICS_REGEX,
+                                                   calibrate_frozen_bn, make_clip_step)
 from regionclip_jax.pretrain.proposals import make_proposal_fn
 from regionclip_jax.pretrain.step import LossConfig, make_pretrain_step
 from regionclip_jax.pretrain.zero_shot import evaluate_regions, make_region_logits_fn
@@ -45,6 +46,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   choice(config.model.dtype, ("float32", "bfloat16"), "model.dtype")
   choice(config.sharding.mode, ("replicate", "fsdp"), "sharding.mode")
   choice(config.optimizer.clip_type, ("per_tensor", "global"), "optimizer.clip_type")
+  choice(config.teacher_stage.batch_norm, BATCH_NORM_MODES, "teacher_stage.batch_norm")
   for k in ("student", "teacher"):
     if config.model[k] not in clip_lib.PRESETS:
       raise ValueError(f"{WHERE}: model.{k}={config.model[k]!r} is not a CLIP preset; valid: "
@@ -120,9 +122,12 @@ def _log(msg: str) -> None:
 # -- data --------------------------------------------------------------------------------------
 
 def _shapes_sources(config):
+  from regionclip_jax.data.pipeline import CachedSource
   from regionclip_jax.data.shapes_world import ShapesWorld
   d = config.data
-  train = ShapesWorld(d.num_train_scenes, d.image_size, seed=config.seed)
+  # cached: after the first epoch a batch costs memory reads, not ~1.5 ms of generation a scene
+  # on the cores the step needs (BENCHMARKS.md, input pipeline)
+  train = CachedSource(ShapesWorld(d.num_train_scenes, d.image_size, seed=config.seed))
   evals = ShapesWorld(d.num_eval_scenes, d.image_size, seed=d.eval_seed)
   return train, evals
 
@@ -166,46 +171,63 @@ MESH: list = []
 # -- stages ------------------------------------------------------------------------------------
 
 def train_clip_stage(config, cfg: clip_lib.CLIPConfig, params: PyTree, source, tokenize,
-                     workdir: str, num_steps: int, name: str) -> PyTree:
-  """Image-level CLIP training (both towers; frozen BN stays frozen). Returns host params."""
+                     workdir: str, num_steps: int, name: str, batch_size: int | None = None,
+                     seed_offset: int | None = None) -> PyTree:
+  """Image-level CLIP training of both towers (`teacher_stage` settings) -> host params.
+
+  With teacher_stage.batch_norm="train" the image tower's BN trains as in CLIP and its
+  population statistics are then re-estimated on `calibration_images` training images, so the
+  saved tower runs with frozen BN like any CLIP checkpoint. `batch_size` / `seed_offset` default
+  to the teacher stage's; the matched-compute control passes the student's, so that it sees the
+  student's images in the student's order.
+  """
   ts = config.teacher_stage
+  batch_size = batch_size or ts.batch_size
+  if seed_offset is None:
+    seed_offset = zlib.crc32(name.encode()) % 1000
   model = clip_lib.CLIP(cfg, dtype=_dtype(config.model.dtype), remat=config.model.remat)
   sched = opt.warmup_multistep_schedule(ts.lr, ts.warmup_steps, 0.01, tuple(ts.decay_steps))
   tx = opt.make_optimizer("adamw", sched, weight_decay=ts.weight_decay, clip_norm=1.0)
-  mask = opt.trainable_mask(params, trainable=(".*",), frozen=(clip_lib.FROZEN_BN_REGEX,))
+  frozen = BN_STATISTICS_REGEX if ts.batch_norm == "train" else clip_lib.FROZEN_BN_REGEX
+  mask = opt.trainable_mask(params, trainable=(".*",), frozen=(frozen,))
   state = create_train_state(params, tx, mask)
-  fn, state, _ = jit_step(make_clip_step(model, tx, mask), MESH[0], state,
+  fn, state, _ = jit_step(make_clip_step(model, tx, mask, batch_norm=ts.batch_norm), MESH[0], state,
                           mode=config.sharding.mode, min_size=config.sharding.fsdp_min_size)
-  data = _train_iterator(config, source, ts.batch_size, tokenize, seed_offset=zlib.crc32(name.encode()) % 1000)
-  state = train_loop(state=state, step_fn=_with_bn_recalibration(model, fn, ts.get("bn_recalibrate_every", 0)),
-                     data=data,
+  data = _train_iterator(config, source, batch_size, tokenize, seed_offset=seed_offset)
+  state = train_loop(state=state, step_fn=lambda s, b: fn(s, b, None), data=data,
                      num_steps=num_steps, workdir=workdir, put_batch=_put(("image", "caption_tokens")),
                      checkpoint_every=max(1, min(config.checkpoint_every, num_steps)),
                      keep_checkpoints=config.keep_checkpoints, async_checkpoints=config.async_checkpoints,
-                     log_every=ts.log_every, images_per_step=ts.batch_size, name=name)
-  return _to_host(state.params)
+                     log_every=ts.log_every, images_per_step=batch_size, name=name)
+  params = _to_host(state.params)
+  if ts.batch_norm == "train":
+    images = _calibration_images(config, source, ts.calibration_images)
+    params = jax.tree.map(np.asarray, calibrate_frozen_bn(model, params, jnp.asarray(images)))
+    _log(f"[{name}] BN statistics re-estimated on {len(images)} training images")
+  return params
 
 
-def _with_bn_recalibration(model, fn, every: int):
-  """step_fn that first re-estimates the frozen BN statistics of the image tower on the batch
-  every `every` steps (0: never). A tower trained from scratch with frozen identity BN runs
-  unnormalised: at init every image maps to nearly the same embedding (mean pairwise cosine
-  ~0.97 for tiny_rn), and the CLIP loss barely moves it (BENCHMARKS.md)."""
-  if every <= 0:
-    return lambda s, b: fn(s, b, None)
-  count = [None]
+def _calibration_images(config, source, n: int) -> np.ndarray:
+  """The first n training scenes, normalised as in training: [n, H, W, 3] float32."""
+  from regionclip_jax.data import pipeline, transforms as T
+  d = config.data
+  tf = T.shapes_world_transforms(image_size=d.image_size, max_boxes=d.max_boxes, captions=False)
+  n = min(n, len(source))
+  it = pipeline.make_pipeline(source, tf, batch_size=n, shuffle=False, num_epochs=1,
+                              shard_by_process=False, num_threads=d.num_threads, batch_prefetch=0)
+  return np.asarray(next(iter(it))["image"], np.float32)
 
-  def step(state, batch):
-    if count[0] is None:
-      count[0] = int(jax.device_get(state.step))
-    if count[0] % every == 0:
-      new = calibrate_frozen_bn(model, state.params, batch["image"])
-      state = state.replace(params=jax.tree.map(
-          lambda n, o: jax.device_put(n, o.sharding) if hasattr(o, "sharding") else n, new, state.params))
-    count[0] += 1
-    return fn(state, batch, None)
 
-  return step
+def clip_stage_cached(config, cfg, params, source, tokenize, workdir: str, num_steps: int, name: str,
+                      **kw) -> PyTree:
+  """train_clip_stage, skipped when <workdir>/final exists (then loaded); saves <workdir>/final."""
+  final = os.path.join(workdir, "final")
+  if os.path.exists(os.path.join(final, "config.json")):
+    _log(f"[{name}] found {final}")
+    return jax.tree.map(np.asarray, clip_lib.load(final).params)
+  params = train_clip_stage(config, cfg, params, source, tokenize, workdir, num_steps, name, **kw)
+  _save_clip(final, cfg, params, f"shapes_world_{name}_stage")
+  return params
 
 
 def _save_clip(path: str, cfg, params, source: str) -> None:
@@ -231,10 +253,22 @@ def get_teacher(config, workdir: str, tokenize, train_source):
   _log(f"[pretrain] no teacher checkpoint: training an image-level CLIP teacher "
        f"({config.model.teacher}, {config.teacher_stage.num_steps} steps) into {final}")
   params = jax.tree.map(np.asarray, clip_lib.init_params(cfg, seed=config.seed))
-  params = train_clip_stage(config, cfg, params, train_source, tokenize,
-                            os.path.join(workdir, "teacher"), config.teacher_stage.num_steps, "teacher")
-  _save_clip(final, cfg, params, "shapes_world_clip_stage")
+  params = clip_stage_cached(config, cfg, params, train_source, tokenize, os.path.join(workdir, "teacher"),
+                             config.teacher_stage.num_steps, "teacher")
   return cfg, params
+
+
+def train_teacher(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Only the image-level teacher stage (shapes world) -> its converted dir <workdir>/teacher/final
+  (skipped when it exists). The full pipeline runs it before the RPN, which starts from it."""
+  if config.data.source != "shapes_world":
+    raise ValueError(f"{WHERE}: train_teacher trains on the shapes world only (data.source="
+                     f"{config.data.source!r}); give real runs a model.teacher_checkpoint")
+  MESH[:] = [make_mesh()]
+  tokenize = _with_context(_tokenizer(config.data.source), config.data.context_length)
+  train_source, _ = _shapes_sources(config)
+  get_teacher(config, workdir, tokenize, train_source)
+  return os.path.join(workdir, "teacher", "final")
 
 
 def concept_pool(config, teacher_cfg, teacher_params, tokenize, names):
@@ -257,17 +291,30 @@ def concept_pool(config, teacher_cfg, teacher_params, tokenize, names):
 
 
 def evaluate(config, models: dict, eval_source, tokenize, concept_emb, base_ids, novel_ids) -> dict:
-  """Zero-shot region top-1 with GT boxes for each (name -> (CLIPConfig, host params))."""
+  """Zero-shot region top-1 with GT boxes for each (name -> (CLIPConfig, host params)); when a
+  "student" is among them, also its paired difference to every other model (same regions):
+  out["student_minus_<name>"] = {all, se_all, base, se_base, novel, se_novel}."""
   from regionclip_jax.data import pipeline, transforms as T
+  from regionclip_jax.evaluation.region_metrics import paired_difference
   d = config.data
   tf = T.shapes_world_transforms(image_size=d.image_size, max_boxes=d.max_boxes, captions=False)
   bs = min(config.eval.batch_size, len(eval_source))
-  out = {}
+  out, outcomes = {}, {}
   for name, (cfg, params) in models.items():
     it = pipeline.make_pipeline(eval_source, tf, batch_size=bs, shuffle=False, num_epochs=1,
                                 shard_by_process=False, num_threads=d.num_threads, batch_prefetch=0)
     fn = make_region_logits_fn(clip_lib.CLIP(cfg), _region_kw(config))
-    out[name] = evaluate_regions(fn, params, it, concept_emb, base_ids, novel_ids)
+    out[name], outcomes[name] = evaluate_regions(fn, params, it, concept_emb, base_ids, novel_ids,
+                                                 return_correct=True)
+  if "student" in outcomes:
+    correct_s, labels = outcomes["student"]
+    groups = {"all": np.ones(labels.shape, bool), "base": np.isin(labels, base_ids),
+              "novel": np.isin(labels, novel_ids)}
+    for other in [m for m in outcomes if m != "student"]:
+      diff = {}
+      for g, sel in groups.items():
+        diff[g], diff[f"se_{g}"] = paired_difference(correct_s[sel], outcomes[other][0][sel])
+      out[f"student_minus_{other}"] = diff
   return out
 
 
@@ -275,6 +322,35 @@ def _region_kw(config) -> dict:
   m = config.model
   return dict(pooler_resolution=m.pooler_resolution or None, roi_method=m.roi_method,
               chunk_size=m.roi_chunk_size)
+
+
+def format_region_table(acc: dict, num_concepts: int) -> str:
+  """Printable table of `evaluate`'s output (accuracies and paired differences in points)."""
+  lines = [f"[pretrain] zero-shot region recognition, GT boxes, held-out scenes (top-1 over "
+           f"{num_concepts} concepts, % +- 1 se):"]
+  for name, a in acc.items():
+    if name.startswith("student_minus_"):
+      lines.append(f"  {name:22s}" + "  ".join(f"{g} {100 * a[g]:+6.1f} +- {100 * a['se_' + g]:.1f}"
+                                              for g in ("all", "base", "novel")) + "  (paired)")
+    else:
+      lines.append(f"  {name:22s}" + "  ".join(f"{g} {100 * a[g]:6.1f} +- {100 * a['se_' + g]:.1f}"
+                                              for g in ("all", "base", "novel"))
+                   + f"  (n = {a['n_all']} regions)")
+  return "\n".join(lines)
+
+
+def _figures(workdir: str, acc: dict) -> None:
+  """region_recognition.png (bars +- 1 se) and loss curves of every stage that logged any."""
+  if jax.process_index() != 0:
+    return
+  from regionclip_jax.evaluation import visualize
+  models = {k: v for k, v in acc.items() if not k.startswith("student_minus_")}
+  visualize.region_recognition_chart(models, title="zero-shot region recognition (GT boxes)",
+                                     path=os.path.join(workdir, "region_recognition.png"))
+  for stage, sub in (("regionclip", ""), ("teacher", "teacher"), ("control", "control")):
+    log = os.path.join(workdir, sub, "tensorboard", "metrics.jsonl")
+    if os.path.exists(log):
+      visualize.loss_curves(log, title=f"{stage} training", path=os.path.join(workdir, f"loss_{stage}.png"))
 
 
 # -- the job -----------------------------------------------------------------------------------
@@ -289,7 +365,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
   tokenize = _with_context(_tokenizer(config.data.source), config.data.context_length)
   if config.data.source == "shapes_world":
     train_source, eval_source = _shapes_sources(config)
-    names = list(train_source.concepts)
+    names = list(eval_source.concepts)
   else:
     train_source, eval_source, names = _real_source(config), None, []
 
@@ -305,9 +381,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
 
   control = None
   if config.control_steps > 0 and config.data.source == "shapes_world":
-    control = (teacher_cfg, train_clip_stage(config, teacher_cfg, teacher_params, train_source,
-                                             tokenize, os.path.join(workdir, "control"),
-                                             config.control_steps, "control"))
+    # the teacher trained further on image-text pairs only: the student's images, order, steps
+    control = (teacher_cfg, clip_stage_cached(config, teacher_cfg, teacher_params, train_source,
+                                              tokenize, os.path.join(workdir, "control"),
+                                              config.control_steps, "control",
+                                              batch_size=config.batch_size, seed_offset=0))
 
   dtype = _dtype(config.model.dtype)
   student = clip_lib.CLIP(student_cfg, dtype=dtype, remat=config.model.remat)
@@ -353,13 +431,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
     if control is not None:
       models["control"] = control
     acc = evaluate(config, models, eval_source, tokenize, concept_emb,
-                   train_source.base_indices, train_source.novel_indices)
+                   eval_source.base_indices, eval_source.novel_indices)
     results["zero_shot_region_top1"] = acc
-    _log("[pretrain] zero-shot region recognition, GT boxes, held-out scenes (top-1 over "
-         f"{concept_emb.shape[0]} concepts):")
-    for name, a in acc.items():
-      _log(f"  {name:8s} all {a['all']:.3f}  base {a['base']:.3f}  novel {a['novel']:.3f}  "
-           f"(n = {a['n_all']}, se ~ {a['se_all']:.3f})")
+    _log(format_region_table(acc, concept_emb.shape[0]))
+    _figures(workdir, acc)
   results["wall_seconds"] = time.time() - t0
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "metrics.json"), "w") as f:

@@ -1,0 +1,202 @@
+"""The whole shapes-world experiment in one command (DESIGN.md §6):
+
+    python -m regionclip_jax.main --config=configs/pipeline.py [--workdir=DIR]
+
+For each seed, into <workdir>/seed_<s>/:
+  1. image-level CLIP teacher                       pretrain/teacher/final
+  2. class-agnostic RPN on base boxes (teacher init) rpn/export
+  3. RegionCLIP pretraining with the RPN's proposals pretrain/student, plus the matched-compute
+     control (teacher trained further on image-text pairs: same images, same steps)
+                                                     pretrain/control/final
+  4. open-vocabulary fine-tuning on base classes from each init (student / teacher / control),
+     AP50 novel / base / all with pycocotools       finetune_<init>/metrics.json
+Then the table over seeds (mean and spread) -> <workdir>/metrics.json, <workdir>/table.md and
+the figures. Every stage is skipped when its output exists, so a rerun resumes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+INITS = ("student", "teacher", "control")
+REGION_MODELS = ("teacher", "control", "student")
+
+
+def _stage_time(timings: dict, name: str, t0: float) -> None:
+  timings[name] = round(time.time() - t0, 1)
+
+
+def run_seed(config, seed: int, workdir: str) -> dict:
+  """Stages 1-4 for one seed -> {"region": pretrain eval, "detection": {init: AP50s}, "seconds"}."""
+  from regionclip_jax.detection import finetune
+  from regionclip_jax.pretrain import run as pretrain_run
+
+  timings: dict = {}
+  pre = config.pretrain.copy_and_resolve_references()
+  pre.seed = seed
+  pre_dir = os.path.join(workdir, "pretrain")
+
+  t = time.time()
+  pretrain_run.train_teacher(pre, pre_dir)
+  teacher = os.path.join(pre_dir, "teacher", "final")
+  _stage_time(timings, "teacher", t)
+
+  t = time.time()
+  rpn = config.rpn.copy_and_resolve_references()
+  rpn.seed = seed
+  rpn.rpn.init_checkpoint = teacher
+  rpn_dir = os.path.join(workdir, "rpn")
+  if not os.path.isdir(os.path.join(rpn_dir, "export")):
+    finetune.train_rpn(rpn, rpn_dir)
+  _stage_time(timings, "rpn", t)
+
+  t = time.time()
+  pre.model.teacher_checkpoint = teacher
+  if pre.proposals.kind == "rpn":
+    pre.proposals.rpn_checkpoint = rpn_dir
+  region = pretrain_run.run(pre, pre_dir)
+  _stage_time(timings, "pretrain_and_control", t)
+
+  inits = {"student": os.path.join(pre_dir, "student"), "teacher": teacher,
+           "control": os.path.join(pre_dir, "control", "final")}
+  detection = {}
+  for name in config.inits:
+    t = time.time()
+    ft = config.finetune.copy_and_resolve_references()
+    ft.seed = seed
+    ft.model.init_checkpoint = inits[name]
+    ft.rpn.checkpoint = rpn_dir
+    ft_dir = os.path.join(workdir, f"finetune_{name}")
+    done = os.path.join(ft_dir, "metrics.json")
+    if os.path.exists(done):
+      with open(done) as f:
+        detection[name] = json.load(f)
+    else:
+      detection[name] = finetune.train_detector(ft, ft_dir)
+    _stage_time(timings, f"finetune_{name}", t)
+  return {"seed": seed, "region": region.get("zero_shot_region_top1", {}),
+          "detection": {k: {m: v[m] for m in ("AP50_novel", "AP50_base", "AP50_all")}
+                        for k, v in detection.items()},
+          "seconds": timings}
+
+
+def _stats(values) -> dict:
+  v = np.asarray(values, np.float64)
+  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+          "values": [float(x) for x in v]}
+
+
+def summarize(per_seed: list[dict]) -> dict:
+  """Mean and spread over seeds of every region accuracy, paired difference and AP50."""
+  out: dict = {"num_seeds": len(per_seed), "region": {}, "detection": {}}
+  for model in per_seed[0]["region"]:
+    out["region"][model] = {k: _stats([s["region"][model][k] for s in per_seed])
+                            for k in per_seed[0]["region"][model]}
+  for init in per_seed[0]["detection"]:
+    out["detection"][init] = {k: _stats([s["detection"][init][k] for s in per_seed])
+                              for k in per_seed[0]["detection"][init]}
+  return out
+
+
+def format_table(summary: dict) -> str:
+  """Markdown table of both claims (percent; mean +- spread over seeds, or +- se for one seed)."""
+  region, det, n = summary["region"], summary["detection"], summary["num_seeds"]
+  spread = "std over seeds" if n > 1 else "standard error"
+
+  def cell(stats: dict, key: str, sign: str = "") -> str:
+    m = 100 * stats[key]["mean"]
+    e = 100 * (stats[key]["std"] if n > 1 else stats["se_" + key]["mean"])
+    return f"{m:{sign}.1f} ± {e:.1f}"
+
+  lines = [f"Claim a: zero-shot region recognition, top-1 with GT boxes (%, mean ± {spread}; "
+           f"n = {int(region['student']['n_all']['mean'])} held-out regions per seed, {n} seed(s))", "",
+           "| model | all | base | novel |", "|---|---|---|---|"]
+  for m in REGION_MODELS:
+    if m in region:
+      lines.append(f"| {m} | " + " | ".join(cell(region[m], g) for g in ("all", "base", "novel")) + " |")
+  for m in REGION_MODELS:
+    key = f"student_minus_{m}"
+    if key in region:
+      lines.append(f"| student − {m} (paired) | "
+                   + " | ".join(cell(region[key], g, "+") for g in ("all", "base", "novel")) + " |")
+  lines += ["", f"Claim b: detector AP50 after the same base-class fine-tuning (mean ± "
+                f"{'std over seeds' if n > 1 else 'n/a (one seed)'})", "",
+            "| init | novel | base | all |", "|---|---|---|---|"]
+  for init, stats in det.items():
+    vals = []
+    for k in ("AP50_novel", "AP50_base", "AP50_all"):
+      vals.append(f"{100 * stats[k]['mean']:.1f}" + (f" ± {100 * stats[k]['std']:.1f}" if n > 1 else ""))
+    lines.append(f"| {init} | " + " | ".join(vals) + " |")
+  return "\n".join(lines)
+
+
+def verdict(summary: dict) -> dict:
+  """The issue's targets, checked on the means (se: the mean of the per-seed paired se)."""
+  region, det = summary["region"], summary["detection"]
+  out = {}
+  for other in ("teacher", "control"):
+    key = f"student_minus_{other}"
+    if key in region:
+      d, se = region[key]["all"]["mean"], region[key]["se_all"]["mean"]
+      out[f"region_student_beats_{other}_by_3se"] = bool(d >= 3 * se)
+  if "student" in det and "teacher" in det:
+    gap = det["student"]["AP50_novel"]["mean"] - det["teacher"]["AP50_novel"]["mean"]
+    out["novel_ap50_student_minus_teacher_points"] = round(100 * gap, 2)
+    out["novel_ap50_student_beats_teacher_by_3_points"] = bool(gap >= 0.03)
+  return out
+
+
+def _figures(workdir: str, summary: dict, seed_dirs: list[str]) -> None:
+  """Bar chart over seeds, example detections and loss curves copied up from the first seed."""
+  from regionclip_jax.evaluation import visualize
+  region, n = summary["region"], summary["num_seeds"]
+  groups = ("base", "novel", "all")
+  models = [m for m in REGION_MODELS if m in region]
+  series = {m: [100 * region[m][g]["mean"] for g in groups] for m in models}
+  errors = {m: [100 * (region[m][g]["std"] if n > 1 else region[m]["se_" + g]["mean"]) for g in groups]
+            for m in models}
+  visualize.bar_chart(groups, series, errors, ylabel="region top-1 (%)",
+                      title=f"zero-shot region recognition, GT boxes ({n} seed(s))",
+                      path=os.path.join(workdir, "region_recognition.png"))
+  first = seed_dirs[0]
+  for src, dst in (("pretrain/loss_regionclip.png", "loss_regionclip.png"),
+                   ("pretrain/loss_teacher.png", "loss_teacher.png"),
+                   ("pretrain/loss_control.png", "loss_control.png"),
+                   ("finetune_student/examples.png", "detections_student.png"),
+                   ("finetune_teacher/examples.png", "detections_teacher.png")):
+    if os.path.exists(os.path.join(first, src)):
+      shutil.copyfile(os.path.join(first, src), os.path.join(workdir, dst))
+
+
+def run(config, workdir: str | None = None) -> dict:
+  workdir = os.path.abspath(workdir or config.workdir or os.path.join(
+      tempfile.gettempdir(), "regionclip_jax", f"pipeline_{config.get('preset') or 'custom'}"))
+  os.makedirs(workdir, exist_ok=True)
+  print(f"[pipeline] workdir: {workdir}; seeds {list(config.seeds)}", flush=True)
+  t0 = time.time()
+  per_seed, dirs = [], []
+  for seed in config.seeds:
+    d = os.path.join(workdir, f"seed_{seed}")
+    dirs.append(d)
+    per_seed.append(run_seed(config, int(seed), d))
+  summary = summarize(per_seed)
+  table = format_table(summary)
+  result = {"preset": config.get("preset", ""), "seeds": list(config.seeds), "summary": summary,
+            "targets": verdict(summary), "per_seed": per_seed,
+            "wall_seconds": round(time.time() - t0, 1),
+            "date": time.strftime("%Y-%m-%d", time.gmtime())}
+  with open(os.path.join(workdir, "metrics.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  with open(os.path.join(workdir, "table.md"), "w") as f:
+    f.write(table + "\n")
+  _figures(workdir, summary, dirs)
+  print(table, flush=True)
+  print(f"[pipeline] targets: {json.dumps(result['targets'])}", flush=True)
+  print(f"[pipeline] done in {result['wall_seconds']:.0f}s; {os.path.join(workdir, 'metrics.json')}",
+        flush=True)
+  return result
