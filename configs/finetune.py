@@ -10,7 +10,13 @@ proposals from a frozen RPN) or "rpn" (class-agnostic RPN on base boxes). Offici
 """
 from __future__ import annotations
 
+import os
+import sys
+
 import ml_collections as mlc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import select_preset  # noqa: E402
 
 
 def _base() -> mlc.ConfigDict:
@@ -203,7 +209,4 @@ PRESETS = {
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
-  name = (arg or "shapes").strip()
-  if name not in PRESETS:
-    raise ValueError(f"configs/finetune.py: unknown preset {name!r}; known: {sorted(PRESETS)}")
-  return PRESETS[name]()
+  return select_preset(arg, PRESETS, "shapes", "configs/finetune.py")

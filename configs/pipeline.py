@@ -6,9 +6,9 @@ student, teacher and control -> region recognition and AP50 tables (regionclip_j
     python -m regionclip_jax.main --config=configs/pipeline.py:three_seeds     # the README table
     python -m regionclip_jax.main --config=configs/pipeline.py:smoke           # CI: every stage, tiny
 
-Sub-configs are the stage presets themselves: `pretrain` = configs/pretrain.py:shapes,
-`rpn` = configs/finetune.py:rpn_shapes, `finetune` = configs/finetune.py:shapes; override any key,
-e.g. --config.pretrain.num_steps=600 --config.finetune.train.num_steps=500.
+Sub-configs are the stage presets themselves: `pretrain` = configs/pretrain.py:shapes (with its
+`rpn_stage` = configs/finetune.py:rpn_shapes), `finetune` = configs/finetune.py:shapes; override
+any key, e.g. --config.pretrain.num_steps=600 --config.finetune.train.num_steps=500.
 """
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ def shapes() -> ml_collections.ConfigDict:
   c.seeds = (0,)
   c.inits = ("student", "teacher", "control")   # detector inits compared after fine-tuning
   c.pretrain = pretrain_configs.shapes()
-  c.pretrain.proposals.kind = "rpn"              # official: proposals of the base-class RPN
+  # pretrain.proposals.kind = "rpn" (official): the base-class RPN, trained by the pipeline's
+  # stage 2 with pretrain.rpn_stage (= configs/finetune.py:rpn_shapes)
   c.pretrain.control_steps = c.pretrain.num_steps  # matched compute: same images and steps
-  c.pretrain.data.num_eval_scenes = 1024         # ~3,000 GT regions: se <= 1 point
-  c.rpn = finetune_configs.rpn_shapes()
+  c.pretrain.data.num_eval_scenes = 1200         # ~3,000 GT regions: se <= 1 point
   c.finetune = finetune_configs.shapes()
   c.finetune.data.num_test = 512
   return c
@@ -66,7 +66,7 @@ def smoke() -> ml_collections.ConfigDict:
   p.optimizer.warmup_steps = 2
   p.optimizer.decay_steps = ()
   p.eval.batch_size = 16
-  for ft in (c.rpn, c.finetune):
+  for ft in (p.rpn_stage, c.finetune):
     ft.train.num_steps = 4
     ft.train.batch_size = 4
     ft.train.log_every = 2

@@ -5,7 +5,8 @@
     ... --config.num_steps=100 --workdir=/tmp/run                           # overrides
 
 Presets: `shapes` (default: tiny CLIP ResNets on the procedural shapes world; the job first trains
-an image-level CLIP teacher into <workdir>/teacher when none is given), `rn50_cc3m`,
+an image-level CLIP teacher into <workdir>/teacher when none is given, then the base-class RPN
+into <workdir>/rpn), `rn50_cc3m`,
 `rn50x4_cc3m`, `rn50_coco` (official hyper-parameters, DESIGN.md §1.3).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import ml_collections
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import finetune as finetune_configs  # noqa: E402
 from common import select_preset  # noqa: E402
 
 FROZEN_BN = r"(^|/)(bn\d+|downsample_bn)/"  # = models.clip.FROZEN_BN_REGEX (no jax import here)
@@ -141,15 +143,20 @@ def shapes() -> ml_collections.ConfigDict:
   c.data.context_length = 16
   c.model.student = "tiny_rn"
   c.model.teacher = "tiny_rn"
-  c.proposals.kind = "boxes_jitter"
+  # Official proposals: a frozen class-agnostic RPN on base boxes, trained first into
+  # <workdir>/rpn with `rpn_stage` (= configs/finetune.py:rpn_shapes) from the teacher's backbone.
+  # "boxes_jitter" (jittered GT boxes) skips it.
+  c.proposals.kind = "rpn"
   c.proposals.num = 16
   c.proposals.jitter_copies = 2
   c.proposals.min_frac = 0.15
+  c.rpn_stage = finetune_configs.rpn_shapes()
   c.optimizer.lr = 0.02
   c.optimizer.warmup_steps = 30
   c.optimizer.warmup_factor = 0.01
   c.optimizer.decay_steps = (240,)
-  c.teacher_stage.num_steps = 1200
+  c.teacher_stage.num_steps = 1500  # region top-1 0.26 / 0.32 at 500 / 1,000 steps in the probe
+  c.teacher_stage.lr = 2e-3
   c.control_steps = 0
   c.eval.batch_size = 128
   return c

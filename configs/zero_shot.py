@@ -11,7 +11,13 @@ The same settings as flags: `python -m regionclip_jax.tools.zero_shot --help`.
 """
 from __future__ import annotations
 
+import os
+import sys
+
 import ml_collections as mlc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import select_preset  # noqa: E402
 
 
 def _base() -> mlc.ConfigDict:
@@ -66,7 +72,4 @@ PRESETS = {
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
-  name = (arg or "folder").strip()
-  if name not in PRESETS:
-    raise ValueError(f"configs/zero_shot.py: unknown preset {name!r}; known: {sorted(PRESETS)}")
-  return PRESETS[name]()
+  return select_preset(arg, PRESETS, "folder", "configs/zero_shot.py")

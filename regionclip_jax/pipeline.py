@@ -47,18 +47,14 @@ def run_seed(config, seed: int, workdir: str) -> dict:
   _stage_time(timings, "teacher", t)
 
   t = time.time()
-  rpn = config.rpn.copy_and_resolve_references()
-  rpn.seed = seed
-  rpn.rpn.init_checkpoint = teacher
-  rpn_dir = os.path.join(workdir, "rpn")
-  if not os.path.isdir(os.path.join(rpn_dir, "export")):
-    finetune.train_rpn(rpn, rpn_dir)
+  # the detectors need it whatever the pretraining proposals are
+  pre.proposals.rpn_checkpoint = ""
+  rpn_dir = pretrain_run.get_rpn(pre, workdir, teacher)  # -> <workdir>/rpn
   _stage_time(timings, "rpn", t)
 
   t = time.time()
   pre.model.teacher_checkpoint = teacher
-  if pre.proposals.kind == "rpn":
-    pre.proposals.rpn_checkpoint = rpn_dir
+  pre.proposals.rpn_checkpoint = rpn_dir
   region = pretrain_run.run(pre, pre_dir)
   _stage_time(timings, "pretrain_and_control", t)
 

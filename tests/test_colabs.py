@@ -108,7 +108,7 @@ def test_finetuning_notebook(tmp_path):
   s = v["summary"]
   assert (tmp_path / "rpn" / "export" / "model.json").is_file()
   assert (tmp_path / "finetune" / "export" / "class_embeddings.npy").is_file()
-  assert len(s["names"]) == 18 and len(s["novel"]) == 4
+  assert len(s["names"]) == 12 and len(s["novel"]) == 3
   # the hand-made evaluation with the exported model reproduces train_detector's metrics.json
   saved = json.loads((tmp_path / "finetune" / "metrics.json").read_text())
   for k in ("AP50_novel", "AP50_base", "AP50_all"):
@@ -117,7 +117,7 @@ def test_finetuning_notebook(tmp_path):
   assert saved["num_categories_with_gt"]["novel"] > 0
   assert s["num_detections"] == v["n_valid"] > 0 and v["n_images"] == 16
   assert min(v["scores"]) >= 0.0 and max(v["scores"]) <= 1.0
-  assert set(v["classes"]) <= set(range(18))
+  assert set(v["classes"]) <= set(range(12))
   assert "loss" in s["loss_keys"]
   for f in ("finetune_detections.png", "finetune_losses.png"):
     assert (tmp_path / f).stat().st_size > 1000, f

@@ -103,7 +103,7 @@ def test_captions_name_some_objects_and_nothing_else(scenes, world):
 
 
 def test_vocabulary_split_and_coverage(world, scenes):
-    assert len(world.concepts) >= 16
+    assert len(world.concepts) == 12 and len(world.novel_indices) == 3
     assert set(world.base_indices) | set(world.novel_indices) == set(range(len(world.concepts)))
     assert not set(world.base_indices) & set(world.novel_indices)
     assert world.novel_names == [c for c in DEFAULT_CONCEPTS if c in DEFAULT_NOVEL]

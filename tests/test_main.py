@@ -69,7 +69,8 @@ def test_default_job_end_to_end_small(tmp_path):
               "--config.teacher_stage.num_steps=4", "--config.data.num_train_scenes=128",
               "--config.data.num_eval_scenes=64", "--config.eval.batch_size=32",
               "--config.log_every=2", "--config.teacher_stage.log_every=2",
-              "--config.checkpoint_every=2")
+              "--config.checkpoint_every=2", "--config.rpn_stage.train.num_steps=4",
+              "--config.rpn_stage.train.batch_size=4", "--config.rpn_stage.data.num_train=32")
   assert res.returncode == 0, res.stderr[-3000:]
   out = res.stdout
   assert f"workdir: {tmp_path}" in out
@@ -80,6 +81,7 @@ def test_default_job_end_to_end_small(tmp_path):
       assert 0.0 <= m["zero_shot_region_top1"][who][k] <= 1.0
   assert (tmp_path / "student" / "config.json").exists()
   assert (tmp_path / "teacher" / "final" / "params.safetensors").exists()
+  assert (tmp_path / "rpn" / "export").is_dir()  # the proposal RPN, trained on the fly
   assert any(p.startswith("events.out.tfevents") for p in os.listdir(tmp_path / "tensorboard"))
   # a second invocation resumes: the teacher is reused and the finished run is not redone
   again = _main("--config=configs/pretrain.py", f"--workdir={tmp_path}", "--config.num_steps=4",
@@ -87,3 +89,4 @@ def test_default_job_end_to_end_small(tmp_path):
                 "--config.data.num_eval_scenes=64", "--config.eval.batch_size=32")
   assert again.returncode == 0, again.stderr[-3000:]
   assert "teacher found at" in again.stdout and "resumed at step 4 of 4" in again.stdout
+  assert "RPN found at" in again.stdout

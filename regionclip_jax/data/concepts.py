@@ -23,7 +23,7 @@ import re
 from typing import Iterable, Sequence
 
 from regionclip_jax.data import categories as cats
-from regionclip_jax.data.shapes_world import DEFAULT_CONCEPTS
+from regionclip_jax.data.shapes_world import SHAPES
 from regionclip_jax.pretrain.prompts import clean_concept_name, read_concepts_file
 
 _IRREGULAR = {"person": "people", "man": "men", "woman": "women", "child": "children", "mouse": "mice",
@@ -42,7 +42,7 @@ def default_vocabulary(sources: Sequence[str] = ("coco", "lvis", "shapes")) -> l
         elif s == "lvis":
             names += [c["name"] for c in cats.read_lvis_v1_categories()]
         elif s == "shapes":
-            names += list(DEFAULT_CONCEPTS)
+            names += list(SHAPES)  # every shape the generator can draw
         else:
             raise ValueError(f"unknown vocabulary source {s!r}; expected coco, lvis or shapes")
     return _dedupe(clean_concept_name(n).lower() for n in names)

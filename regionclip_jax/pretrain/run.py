@@ -55,7 +55,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.batch_size % (config.loss.group_size * n_proc):
     raise ValueError(f"{WHERE}: batch_size={config.batch_size} must be a multiple of "
                      f"loss.group_size={config.loss.group_size} x {n_proc} processes")
-  if config.proposals.kind == "rpn" and not config.proposals.rpn_checkpoint:
+  if (config.proposals.kind == "rpn" and not config.proposals.rpn_checkpoint
+      and not (config.data.source == "shapes_world" and config.get("rpn_stage") is not None)):
     raise ValueError(f"{WHERE}: proposals.kind='rpn' (official) needs proposals.rpn_checkpoint, a "
                      "base-class RPN from the detection task's stage 'rpn'; or set proposals.kind="
                      "'random'")
@@ -271,6 +272,27 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str) -> str:
   return os.path.join(workdir, "teacher", "final")
 
 
+def get_rpn(config: ml_collections.ConfigDict, workdir: str, teacher: str) -> str:
+  """-> the frozen proposal RPN: proposals.rpn_checkpoint, or (shapes world) a class-agnostic RPN
+  on base boxes trained now with the `rpn_stage` config (configs/finetune.py:rpn_shapes), its
+  backbone initialised from the teacher `teacher` (any clip.load path), into <workdir>/rpn
+  (skipped when its export exists)."""
+  if config.proposals.rpn_checkpoint:
+    return config.proposals.rpn_checkpoint
+  rpn_dir = os.path.join(workdir, "rpn")
+  if os.path.isdir(os.path.join(rpn_dir, "export")):
+    _log(f"[pretrain] RPN found at {rpn_dir}")
+    return rpn_dir
+  from regionclip_jax.detection import finetune  # detection area
+  rc = config.rpn_stage.copy_and_resolve_references()
+  rc.seed = config.seed
+  rc.rpn.init_checkpoint = teacher
+  _log(f"[pretrain] no RPN checkpoint: training a class-agnostic RPN on base boxes "
+       f"({rc.train.num_steps} steps, backbone from the teacher) into {rpn_dir}")
+  finetune.train_rpn(rc, rpn_dir)
+  return rpn_dir
+
+
 def concept_pool(config, teacher_cfg, teacher_params, tokenize, names):
   """-> [C, D] float32 unnormalised 81-template means from the (frozen) teacher text tower."""
   if config.model.concept_embeddings:
@@ -400,7 +422,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
   rpn_fn = None
   if p.kind == "rpn":
     from regionclip_jax.detection.run import pretrain_proposal_fn  # detection area
-    rpn_fn = pretrain_proposal_fn(p.rpn_checkpoint, post_nms_topk=p.rpn_post_nms_topk,
+    teacher_path = config.model.teacher_checkpoint or os.path.join(workdir, "teacher", "final")
+    rpn_fn = pretrain_proposal_fn(get_rpn(config, workdir, teacher_path), post_nms_topk=p.rpn_post_nms_topk,
                                   nms_thresh=p.rpn_nms_thresh, num_sampled=p.num)
   proposal_fn = make_proposal_fn(p.kind, p.num, jitter_copies=p.jitter_copies,
                                  jitter_scale=p.jitter_scale, min_frac=p.min_frac, max_frac=p.max_frac,
