@@ -120,13 +120,13 @@ def format_table(summary: dict) -> str:
     if key in region:
       lines.append(f"| student − {m} (paired) | "
                    + " | ".join(cell(region[key], g, "+") for g in ("all", "base", "novel")) + " |")
-  lines += ["", f"Claim b: detector AP50 after the same base-class fine-tuning (mean ± "
+  lines += ["", f"Claim b: detector AP50 (%) after the same base-class fine-tuning (mean ± "
                 f"{'std over seeds' if n > 1 else 'n/a (one seed)'})", "",
             "| init | novel | base | all |", "|---|---|---|---|"]
   for init, stats in det.items():
     vals = []
     for k in ("AP50_novel", "AP50_base", "AP50_all"):
-      vals.append(f"{100 * stats[k]['mean']:.1f}" + (f" ± {100 * stats[k]['std']:.1f}" if n > 1 else ""))
+      vals.append(f"{stats[k]['mean']:.1f}" + (f" ± {stats[k]['std']:.1f}" if n > 1 else ""))  # percent
     lines.append(f"| {init} | " + " | ".join(vals) + " |")
   return "\n".join(lines)
 
@@ -142,8 +142,8 @@ def verdict(summary: dict) -> dict:
       out[f"region_student_beats_{other}_by_3se"] = bool(d >= 3 * se)
   if "student" in det and "teacher" in det:
     gap = det["student"]["AP50_novel"]["mean"] - det["teacher"]["AP50_novel"]["mean"]
-    out["novel_ap50_student_minus_teacher_points"] = round(100 * gap, 2)
-    out["novel_ap50_student_beats_teacher_by_3_points"] = bool(gap >= 0.03)
+    out["novel_ap50_student_minus_teacher_points"] = round(gap, 2)  # AP50s are percent
+    out["novel_ap50_student_beats_teacher_by_3_points"] = bool(gap >= 3.0)
   return out
 
 

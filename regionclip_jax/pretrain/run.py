@@ -429,7 +429,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
                                  jitter_scale=p.jitter_scale, min_frac=p.min_frac, max_frac=p.max_frac,
                                  rpn_fn=rpn_fn)
   L = config.loss
-  loss_cfg = LossConfig(L.region_distill, L.region_contrastive, L.image_text, L.temperature,
+  temperature = L.temperature
+  if L.temperature_from_teacher:
+    temperature = 1.0 / min(float(np.exp(np.asarray(teacher_params["logit_scale"]))), 100.0)
+    _log(f"[pretrain] loss temperature = 1 / the teacher's learned logit scale = {temperature:.4f}")
+  loss_cfg = LossConfig(L.region_distill, L.region_contrastive, L.image_text, temperature,
                         L.concept_threshold, L.group_size)
   step = make_pretrain_step(student, teacher, tx, mask, proposal_fn, loss_cfg, seed=config.seed,
                             region_kw=_region_kw(config))
