@@ -91,6 +91,9 @@ def base() -> ml_collections.ConfigDict:
   # True: tau = 1 / the teacher's learned exp(logit_scale). For OpenAI CLIP that scale sits at its
   # clamp of 100, i.e. exactly the official 0.01; a small CLIP trained here learns ~8 (tau ~0.12).
   c.loss.temperature_from_teacher = False
+  # True: the image-text term alone uses 1 / the teacher's learned logit scale (region terms keep
+  # loss.temperature). Off in the official presets.
+  c.loss.image_text_temperature_from_teacher = False
   c.loss.concept_threshold = 0.1
   c.loss.group_size = 3             # images per region-contrastive group (official per-GPU batch)
 

@@ -15,6 +15,7 @@ the figures. Every stage is skipped when its output exists, so a rerun resumes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -169,10 +170,35 @@ def _figures(workdir: str, summary: dict, seed_dirs: list[str]) -> None:
       shutil.copyfile(os.path.join(first, src), os.path.join(workdir, dst))
 
 
+@contextlib.contextmanager
+def compilation_cache(directory: str):
+  """JAX's persistent compilation cache in `directory` for the block: the three detector
+  fine-tunes (and the teacher and control stages) compile identical XLA programs, which are then
+  compiled once. A cache the user configured (JAX_COMPILATION_CACHE_DIR) is left alone. The cache
+  is trusted code: it lives in the run's own workdir."""
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache as cc
+  if jax.config.jax_compilation_cache_dir:
+    yield
+    return
+  cc.set_cache_dir(directory)
+  cc.reset_cache()  # an earlier compile in this process may have settled on "no cache"
+  try:
+    yield
+  finally:
+    cc.set_cache_dir(None)
+    cc.reset_cache()
+
+
 def run(config, workdir: str | None = None) -> dict:
   workdir = os.path.abspath(workdir or config.workdir or os.path.join(
       tempfile.gettempdir(), "regionclip_jax", f"pipeline_{config.get('preset') or 'custom'}"))
   os.makedirs(workdir, exist_ok=True)
+  with compilation_cache(os.path.join(workdir, "xla_cache")):
+    return _run(config, workdir)
+
+
+def _run(config, workdir: str) -> dict:
   print(f"[pipeline] workdir: {workdir}; seeds {list(config.seeds)}", flush=True)
   t0 = time.time()
   per_seed, dirs = [], []

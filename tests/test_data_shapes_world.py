@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from regionclip_jax.data.shapes_world import (COLORS, DEFAULT_CONCEPTS, DEFAULT_NOVEL, SHAPES,
-                                              ShapesWorld)
+                                              ScenesWithout, ShapesWorld)
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +133,22 @@ def test_configurable():
         ShapesWorld(10, concepts=("circle", "blob"))
     with pytest.raises(ValueError, match="not in `concepts`"):
         ShapesWorld(10, concepts=("circle",), novel=("square",))
+
+
+def test_scenes_without_novel_objects():
+    """The detector stages' training scenes: novel-free, in world order, records unchanged."""
+    world = ShapesWorld(200, seed=3)
+    sub = ScenesWithout(world, 40, world.novel_names)
+    assert len(sub) == 40 and sub.novel_names == world.novel_names
+    novel = list(world.novel_indices)
+    ids = [sub[i]["image_id"] for i in range(len(sub))]
+    assert ids == sorted(ids) and len(set(ids)) == 40
+    for i in range(len(sub)):
+      assert not np.isin(sub[i]["labels"], novel).any()
+    skipped = [j for j in range(ids[-1]) if j not in ids]
+    assert skipped and all(np.isin(world[j]["labels"], novel).any() for j in skipped)
+    np.testing.assert_array_equal(sub[7]["image"], world[ids[7]]["image"])
+    with pytest.raises(ValueError, match="only"):
+      ScenesWithout(ShapesWorld(20, seed=3), 40, world.novel_names)
+    with pytest.raises(ValueError, match="hexagon"):
+      ScenesWithout(world, 5, ["hexagon"])

@@ -42,6 +42,8 @@ def test_smoke_pipeline_runs_every_stage(tmp_path):
   assert set(m["per_seed"][0]["seconds"]) >= {"teacher", "rpn", "pretrain_and_control",
                                                "finetune_student", "finetune_teacher", "finetune_control"}
   assert "| student − teacher (paired) |" in res.stdout and "Claim b" in res.stdout
+  # the stages shared JAX's persistent compilation cache, and it was switched off afterwards
+  assert any((tmp_path / "xla_cache").iterdir())
 
   again = _run(tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]

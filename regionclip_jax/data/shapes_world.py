@@ -343,6 +343,46 @@ class ShapesWorld:
         return captions, first_named
 
 
+class ScenesWithout:
+    """The first `num_scenes` scenes of `world`, in index order, that show none of the concepts
+    `exclude` (a random-access source, records as `ShapesWorld`'s; `image_id` stays the world index).
+
+    The zero-shot detection protocol (Bansal et al., ECCV 2018, where the COCO 48 / 17 split comes
+    from) removes the training images that show an unseen class: otherwise the class-agnostic RPN
+    and the box classifier are taught that every novel object is background. In the shapes world
+    that lesson is learnt perfectly (a crescent looks like nothing else), so the detector stages
+    train on such novel-free scenes. The records are kept from the scan (~12 KiB each at 64 px).
+    """
+
+    def __init__(self, world: "ShapesWorld", num_scenes: int, exclude: Sequence[str]):
+        unknown = [c for c in exclude if c not in world.concepts]
+        if unknown:
+            raise ValueError(f"shapes_world: cannot exclude {unknown}: not among the world's concepts")
+        ids = [world.concepts.index(c) for c in exclude]
+        self.world = world
+        self.records: list[dict] = []
+        for i in range(len(world)):
+            if len(self.records) == num_scenes:
+                break
+            rec = world[i]
+            if not np.isin(rec["labels"], ids).any():
+                self.records.append(rec)
+        if len(self.records) < num_scenes:
+            raise ValueError(f"shapes_world: only {len(self.records)} of {len(world)} scenes are free of "
+                             f"{list(exclude)}; asked for {num_scenes}")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.records[int(index)]
+
+    def __getattr__(self, name):  # concepts, base_names, novel_names... of the world
+        if name in ("world", "records"):
+            raise AttributeError(name)
+        return getattr(self.world, name)
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     iw = min(a[2], b[2]) - max(a[0], b[0])
     ih = min(a[3], b[3]) - max(a[1], b[1])

@@ -49,10 +49,16 @@ class BaseLabelMap:
 
 
 def _shapes(cfg, train: bool):
-  from regionclip_jax.data.shapes_world import ShapesWorld
+  from regionclip_jax.data.shapes_world import ScenesWithout, ShapesWorld
   from regionclip_jax.data.transforms import shapes_world_transforms
   n = cfg.data.num_train if train else cfg.data.num_test
-  src = ShapesWorld(n, image_size=cfg.data.image_size, seed=cfg.seed + (0 if train else 1000))
+  seed = cfg.seed + (0 if train else 1000)
+  if train and cfg.data.get("exclude_novel_images", False):
+    # about half of the scenes show a novel shape: scan a world 4x larger for n novel-free ones
+    world = ShapesWorld(4 * n + 64, image_size=cfg.data.image_size, seed=seed)
+    src = ScenesWithout(world, n, world.novel_names)
+  else:
+    src = ShapesWorld(n, image_size=cfg.data.image_size, seed=seed)
   tf = shapes_world_transforms(image_size=cfg.data.image_size, max_boxes=cfg.data.max_boxes,
                                flip=cfg.data.flip and train, captions=False)
   return src, tf, list(src.concepts), list(src.base_names), list(src.novel_names)

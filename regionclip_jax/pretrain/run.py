@@ -430,11 +430,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
                                  rpn_fn=rpn_fn)
   L = config.loss
   temperature = L.temperature
+  teacher_tau = 1.0 / min(float(np.exp(np.asarray(teacher_params["logit_scale"]))), 100.0)
   if L.temperature_from_teacher:
-    temperature = 1.0 / min(float(np.exp(np.asarray(teacher_params["logit_scale"]))), 100.0)
+    temperature = teacher_tau
     _log(f"[pretrain] loss temperature = 1 / the teacher's learned logit scale = {temperature:.4f}")
+  image_text_tau = teacher_tau if L.get("image_text_temperature_from_teacher", False) else 0.0
+  if image_text_tau:
+    _log(f"[pretrain] image-text temperature = 1 / the teacher's learned logit scale = {image_text_tau:.4f}")
   loss_cfg = LossConfig(L.region_distill, L.region_contrastive, L.image_text, temperature,
-                        L.concept_threshold, L.group_size)
+                        L.concept_threshold, L.group_size, image_text_tau)
   step = make_pretrain_step(student, teacher, tx, mask, proposal_fn, loss_cfg, seed=config.seed,
                             region_kw=_region_kw(config))
   frozen = {"teacher_params": teacher_params, "concept_emb": jnp.asarray(concept_emb),

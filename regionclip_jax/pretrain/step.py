@@ -28,6 +28,7 @@ class LossConfig:
   temperature: float = 0.01
   concept_threshold: float = 0.1
   group_size: int = 3  # images per region-contrastive group (the official per-GPU batch)
+  image_text_temperature: float = 0.0  # 0: `temperature` (official: one tau for all three terms)
 
   def enabled(self) -> dict[str, float]:
     return {k: w for k, w in (("region_distill", self.region_distill),
@@ -72,7 +73,8 @@ def regionclip_losses(student: CLIP, params: PyTree, teacher: CLIP, frozen: dict
   if "image_text" in terms:
     text = student.apply({"params": params}, batch["caption_tokens"], method=CLIP.encode_text)
     text = jax.lax.stop_gradient(text.astype(jnp.float32))
-    out["image_text"] = losses.image_text_loss(feats[:, -1], text, temperature=cfg.temperature)
+    out["image_text"] = losses.image_text_loss(feats[:, -1], text,
+                                               temperature=cfg.image_text_temperature or cfg.temperature)
   total = sum(terms[k] * v for k, v in out.items())
   return total, {"loss": total, **out, **metrics}
 
