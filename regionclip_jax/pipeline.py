@@ -11,7 +11,9 @@ For each seed, into <workdir>/seed_<s>/:
   4. open-vocabulary fine-tuning on base classes from each init (student / teacher / control),
      AP50 novel / base / all with pycocotools       finetune_<init>/metrics.json
 Then the table over seeds (mean and spread) -> <workdir>/metrics.json, <workdir>/table.md and
-the figures. Every stage is skipped when its output exists, so a rerun resumes.
+the figures. Every stage is skipped when its output exists, so a rerun resumes. Compiled XLA
+programs are kept in <workdir>/xla_cache (JAX's persistent cache), so the three detector
+fine-tunes, which share their programs, compile them once.
 """
 from __future__ import annotations
 
@@ -173,7 +175,7 @@ def _figures(workdir: str, summary: dict, seed_dirs: list[str]) -> None:
 @contextlib.contextmanager
 def compilation_cache(directory: str):
   """JAX's persistent compilation cache in `directory` for the block: the three detector
-  fine-tunes (and the teacher and control stages) compile identical XLA programs, which are then
+  fine-tunes build identical XLA programs (train step, proposals, evaluation), which are then
   compiled once. A cache the user configured (JAX_COMPILATION_CACHE_DIR) is left alone. The cache
   is trusted code: it lives in the run's own workdir."""
   import jax
