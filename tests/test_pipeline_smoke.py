@@ -39,8 +39,12 @@ def test_smoke_pipeline_runs_every_stage(tmp_path):
     for k in ("AP50_novel", "AP50_base", "AP50_all"):
       v = m["per_seed"][0]["detection"][init][k]
       assert math.isfinite(v) and 0.0 <= v <= 100.0  # percent
-  assert set(m["per_seed"][0]["seconds"]) >= {"teacher", "rpn", "pretrain_and_control",
-                                               "finetune_student", "finetune_teacher", "finetune_control"}
+    v = m["per_seed"][0]["zero_shot_detection"][init]["AP50_novel"]
+    assert math.isfinite(v) and 0.0 <= v <= 100.0
+    assert (seed / f"zero_shot_detection_{init}.json").exists()
+  assert set(m["per_seed"][0]["seconds"]) >= {"teacher", "rpn", "pretrain_and_control", "finetune_student",
+                                               "finetune_teacher", "finetune_control", "zero_shot_detection"}
+  assert "Zero-shot detection AP50" in res.stdout
   assert "| student − teacher (paired) |" in res.stdout and "Claim b" in res.stdout
   # the stages shared JAX's persistent compilation cache, and it was switched off afterwards
   assert any((tmp_path / "xla_cache").iterdir())

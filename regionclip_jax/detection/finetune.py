@@ -8,6 +8,7 @@ shared training infrastructure (train.loop / train.sharding / train.checkpoint),
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Optional, Sequence
@@ -248,6 +249,26 @@ def train_detector(cfg, workdir: str) -> dict:
   print(f"[finetune] AP50 novel {metrics.get('AP50_novel')} base {metrics.get('AP50_base')} "
         f"all {metrics.get('AP50_all')}", flush=True)
   return metrics
+
+
+def zero_shot_detection(cfg) -> dict:
+  """Detection with no fine-tuning (DESIGN.md §1.4, zero-shot inference): the frozen RPN's
+  (`rpn.checkpoint`) proposals classified by the pretrained model's (`model.init_checkpoint`)
+  region embeddings against every class's text embedding, zero background logit, proposals kept
+  as they are (no box deltas were ever trained); `test.*` post-processing. -> `evaluate` metrics
+  on the test split (AP50 novel / base / all)."""
+  if not (cfg.model.init_checkpoint and cfg.rpn.checkpoint):
+    raise ValueError("detection/finetune.py: zero-shot detection needs model.init_checkpoint (a CLIP "
+                     "or RegionCLIP checkpoint) and rpn.checkpoint")
+  test_src, test_tf, names, base, novel = data_for(cfg, train=False)
+  clip_cfg, clip_params = _clip_config(cfg)
+  det = builders.detector_from_config(cfg, clip_cfg)
+  variables = builders.with_backbone(builders.init_detector(det, _pad_size(cfg), cfg.seed), clip_params)
+  rpn, gen, rpn_vars = load_rpn(cfg.rpn.checkpoint)
+  emb = class_text_embeddings(cfg, names, cfg.data.test_embeddings, clip_cfg, clip_params)
+  settings = dataclasses.replace(builders.inference_settings(cfg), apply_deltas=False)
+  predictor = DetectorPredictor(det, variables, settings, rpn, rpn_vars, gen, builders.rpn_settings(cfg))
+  return evaluate(predictor, test_src, test_tf, names, emb, base, novel, batch_size=cfg.test.batch_size)
 
 
 # ----------------------------------------------------------------------------- evaluation
