@@ -37,6 +37,15 @@ def _stage_time(timings: dict, name: str, t0: float) -> None:
   timings[name] = round(time.time() - t0, 1)
 
 
+def _finetune_config(config, seed: int, init: str, rpn_dir: str):
+  """The detection stage's config for one seed and init (fine-tuning or zero-shot)."""
+  ft = config.finetune.copy_and_resolve_references()
+  ft.seed = seed
+  ft.model.init_checkpoint = init
+  ft.rpn.checkpoint = rpn_dir
+  return ft
+
+
 def run_seed(config, seed: int, workdir: str) -> dict:
   """Stages 1-4 for one seed -> {"region": pretrain eval, "detection": {init: AP50s}, "seconds"}."""
   from regionclip_jax.detection import finetune
@@ -69,10 +78,7 @@ def run_seed(config, seed: int, workdir: str) -> dict:
   detection = {}
   for name in config.inits:
     t = time.time()
-    ft = config.finetune.copy_and_resolve_references()
-    ft.seed = seed
-    ft.model.init_checkpoint = inits[name]
-    ft.rpn.checkpoint = rpn_dir
+    ft = _finetune_config(config, seed, inits[name], rpn_dir)
     ft_dir = os.path.join(workdir, f"finetune_{name}")
     done = os.path.join(ft_dir, "metrics.json")
     if os.path.exists(done):
@@ -89,10 +95,7 @@ def run_seed(config, seed: int, workdir: str) -> dict:
       with open(path) as f:
         zero_shot[name] = json.load(f)
       continue
-    ft = config.finetune.copy_and_resolve_references()
-    ft.seed = seed
-    ft.model.init_checkpoint = inits[name]
-    ft.rpn.checkpoint = rpn_dir
+    ft = _finetune_config(config, seed, inits[name], rpn_dir)
     zero_shot[name] = {k: v for k, v in finetune.zero_shot_detection(ft).items() if k != "per_category"}
     with open(path, "w") as f:
       json.dump(zero_shot[name], f, indent=1)

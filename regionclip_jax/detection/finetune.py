@@ -123,6 +123,15 @@ def class_text_embeddings(cfg, names: Sequence[str], path: str, clip_cfg, clip_p
   return all_rng[: len(names)]
 
 
+def test_class_embeddings(cfg, names: Sequence[str], clip_cfg, clip_params) -> np.ndarray:
+  """[K, D] embeddings of the test vocabulary: `data.test_embeddings`, else the text tower of
+  `model.text_checkpoint`, else that of the model's own checkpoint."""
+  text_params = clip_params
+  if cfg.model.get("text_checkpoint", ""):
+    _, text_params = builders.load_clip_params(cfg.model.text_checkpoint)
+  return class_text_embeddings(cfg, names, cfg.data.test_embeddings, clip_cfg, text_params)
+
+
 def _optimizer(cfg):
   o = cfg.optimizer
   sched = optim.warmup_multistep_schedule(o.lr, o.warmup_steps, o.warmup_factor, tuple(o.decay_steps))
@@ -211,10 +220,7 @@ def train_detector(cfg, workdir: str) -> dict:
   if clip_params is not None:
     variables = builders.with_backbone(variables, clip_params)
   rpn, gen, rpn_vars = load_rpn(cfg.rpn.checkpoint)
-  text_params = clip_params
-  if cfg.model.get("text_checkpoint", ""):
-    _, text_params = builders.load_clip_params(cfg.model.text_checkpoint)
-  all_emb = class_text_embeddings(cfg, names, cfg.data.test_embeddings, clip_cfg, text_params)
+  all_emb = test_class_embeddings(cfg, names, clip_cfg, clip_params)
   base_emb = (builders.read_embeddings(cfg.data.train_embeddings, len(base)) if cfg.data.train_embeddings
               else all_emb[[names.index(n) for n in base]])
   lookup = [base.index(n) if n in base else -1 for n in train_names]
@@ -265,7 +271,7 @@ def zero_shot_detection(cfg) -> dict:
   det = builders.detector_from_config(cfg, clip_cfg)
   variables = builders.with_backbone(builders.init_detector(det, _pad_size(cfg), cfg.seed), clip_params)
   rpn, gen, rpn_vars = load_rpn(cfg.rpn.checkpoint)
-  emb = class_text_embeddings(cfg, names, cfg.data.test_embeddings, clip_cfg, clip_params)
+  emb = test_class_embeddings(cfg, names, clip_cfg, clip_params)
   settings = dataclasses.replace(builders.inference_settings(cfg), apply_deltas=False)
   predictor = DetectorPredictor(det, variables, settings, rpn, rpn_vars, gen, builders.rpn_settings(cfg))
   return evaluate(predictor, test_src, test_tf, names, emb, base, novel, batch_size=cfg.test.batch_size)
