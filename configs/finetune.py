@@ -64,6 +64,8 @@ def _base() -> mlc.ConfigDict:
   c.roi_heads.positive_fraction = 0.25
   c.roi_heads.iou_threshold = 0.5
   c.roi_heads.temperature = 0.01
+  # a CLIP checkpoint: temperature = 1 / its learned logit scale (OpenAI CLIP: 0.01, as above)
+  c.roi_heads.temperature_from_checkpoint = ""
   c.roi_heads.focal_gamma = 0.5      # COCO; LVIS: None (plain CE)
   c.roi_heads.bg_weight = 0.2        # COCO; LVIS: 0.8
   c.roi_heads.box_weights = (10.0, 10.0, 5.0, 5.0)

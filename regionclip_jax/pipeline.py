@@ -37,12 +37,15 @@ def _stage_time(timings: dict, name: str, t0: float) -> None:
   timings[name] = round(time.time() - t0, 1)
 
 
-def _finetune_config(config, seed: int, init: str, rpn_dir: str):
-  """The detection stage's config for one seed and init (fine-tuning or zero-shot)."""
+def _finetune_config(config, seed: int, init: str, rpn_dir: str, teacher: str):
+  """The detection stage's config for one seed and init (fine-tuning or zero-shot). With
+  `temperature_from_teacher` every init's classifier uses 1 / the teacher's learned logit scale."""
   ft = config.finetune.copy_and_resolve_references()
   ft.seed = seed
   ft.model.init_checkpoint = init
   ft.rpn.checkpoint = rpn_dir
+  if config.get("temperature_from_teacher", False):
+    ft.roi_heads.temperature_from_checkpoint = teacher
   return ft
 
 
@@ -78,7 +81,7 @@ def run_seed(config, seed: int, workdir: str) -> dict:
   detection = {}
   for name in config.inits:
     t = time.time()
-    ft = _finetune_config(config, seed, inits[name], rpn_dir)
+    ft = _finetune_config(config, seed, inits[name], rpn_dir, teacher)
     ft_dir = os.path.join(workdir, f"finetune_{name}")
     done = os.path.join(ft_dir, "metrics.json")
     if os.path.exists(done):
@@ -95,8 +98,12 @@ def run_seed(config, seed: int, workdir: str) -> dict:
       with open(path) as f:
         zero_shot[name] = json.load(f)
       continue
-    ft = _finetune_config(config, seed, inits[name], rpn_dir)
+    ft = _finetune_config(config, seed, inits[name], rpn_dir, teacher)
+    t_init = time.time()
     zero_shot[name] = {k: v for k, v in finetune.zero_shot_detection(ft).items() if k != "per_category"}
+    print(f"[pipeline] seed {seed}: zero-shot detection from the {name} init: AP50 novel "
+          f"{zero_shot[name]['AP50_novel']:.1f} base {zero_shot[name]['AP50_base']:.1f} "
+          f"({time.time() - t_init:.0f}s)", flush=True)
     with open(path, "w") as f:
       json.dump(zero_shot[name], f, indent=1)
   _stage_time(timings, "zero_shot_detection", t)

@@ -79,3 +79,24 @@ def test_zero_shot_with_rpn_and_gt_boxes(tmp_path, photo_dir):
   with pytest.raises(ValueError, match="duplicate"):
     parse_vocabulary("cat,cat")
   assert sliding_window_boxes(64, 96).shape[1] == 4
+
+
+@pytest.mark.parametrize("log_scale, want", [(np.log(8.0), 0.125), (np.log(400.0), 0.01)])
+def test_classifier_temperature_from_checkpoint(tmp_path, log_scale, want):
+  """tau = 1 / the checkpoint's learned logit scale, capped at 100 as CLIP caps it (OpenAI CLIP
+  -> the official 0.01); the input config is left untouched."""
+  import ml_collections
+  from regionclip_jax.detection.finetune import with_classifier_temperature
+  from regionclip_jax.models.checkpoints import save_converted
+  from regionclip_jax.models.clip import load
+  src, _ = _tiny_clip_dir(tmp_path)
+  loaded = load(src)
+  params = dict(jax.tree.map(np.asarray, loaded.params), logit_scale=np.asarray(log_scale, np.float32))
+  path = str(tmp_path / "scaled")
+  save_converted(path, loaded.config, params, source="test")
+  cfg = ml_collections.ConfigDict({"roi_heads": {"temperature": 0.01, "temperature_from_checkpoint": path}})
+  out = with_classifier_temperature(cfg)
+  assert out.roi_heads.temperature == pytest.approx(want, rel=1e-5)
+  assert cfg.roi_heads.temperature == 0.01
+  cfg.roi_heads.temperature_from_checkpoint = ""
+  assert with_classifier_temperature(cfg) is cfg

@@ -71,3 +71,15 @@ def test_concept_embeddings_is_the_unnormalised_template_mean():
     assert not np.allclose(np.linalg.norm(out, axis=-1), 1.0)  # not normalised
     with pytest.raises(ValueError, match="batch_size"):
         prompts.concept_embeddings(encode, names, tokenize, batch_size=0)
+
+
+def test_similar_concepts_finds_near_duplicate_text_embeddings():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(4, 32))
+    emb[2] = 3.0 * emb[0] + 1e-3 * rng.normal(size=32)  # same direction, other norm
+    pairs = prompts.similar_concepts(emb, ["circle", "square", "heart", "star"])
+    assert [(a, b) for a, b, _ in pairs] == [("circle", "heart")]
+    assert pairs[0][2] == pytest.approx(1.0, abs=1e-4)
+    assert prompts.similar_concepts(emb, ["a", "b", "c", "d"], threshold=1.01) == []
+    with pytest.raises(ValueError, match=r"\[3, D\]"):
+        prompts.similar_concepts(emb, ["a", "b", "c"])

@@ -132,6 +132,27 @@ def test_class_embeddings(cfg, names: Sequence[str], clip_cfg, clip_params) -> n
   return class_text_embeddings(cfg, names, cfg.data.test_embeddings, clip_cfg, text_params)
 
 
+def with_classifier_temperature(cfg):
+  """-> cfg, or a copy whose roi_heads.temperature is 1 / the learned logit scale (capped at 100,
+  as CLIP caps it) of the CLIP checkpoint `roi_heads.temperature_from_checkpoint`. For OpenAI
+  CLIP (scale 100) that is the official CLSS_TEMP 0.01; a CLIP trained from scratch in the shapes
+  world ends near scale 8, where tau 0.01 lets 0.03 cosine margins decide every class and
+  fine-tuning drifts the region features away from the text embeddings (BENCHMARKS.md)."""
+  path = cfg.roi_heads.get("temperature_from_checkpoint", "")
+  if not path:
+    return cfg
+  _, params = builders.load_clip_params(path)
+  if params is None or "logit_scale" not in params:
+    raise ValueError(f"detection/finetune.py: roi_heads.temperature_from_checkpoint={path!r} holds no "
+                     f"CLIP logit_scale")
+  scale = min(float(np.exp(np.asarray(params["logit_scale"]))), 100.0)
+  cfg = cfg.copy_and_resolve_references()
+  cfg.roi_heads.temperature = 1.0 / scale
+  print(f"[finetune] classifier temperature {cfg.roi_heads.temperature:.4f} = 1 / the learned logit "
+        f"scale {scale:.2f} of {path}", flush=True)
+  return cfg
+
+
 def _optimizer(cfg):
   o = cfg.optimizer
   sched = optim.warmup_multistep_schedule(o.lr, o.warmup_steps, o.warmup_factor, tuple(o.decay_steps))
@@ -212,6 +233,7 @@ def train_detector(cfg, workdir: str) -> dict:
   if not cfg.rpn.checkpoint:
     raise ValueError("detection/finetune.py: rpn.checkpoint is empty; train the offline RPN first "
                      "(stage='rpn', e.g. configs/finetune.py:rpn_shapes) and point rpn.checkpoint at it")
+  cfg = with_classifier_temperature(cfg)
   src, tf, train_names, _, _ = data_for(cfg, train=True)
   test_src, test_tf, names, base, novel = data_for(cfg, train=False)
   clip_cfg, clip_params = _clip_config(cfg)
@@ -238,6 +260,7 @@ def train_detector(cfg, workdir: str) -> dict:
   meta = {"kind": "detector", "clip_config": clip_cfg.to_dict(),
           "pooler_resolution": cfg.model.pooler_resolution, "sampling_ratio": cfg.model.sampling_ratio,
           "class_names": names, "base_names": base, "novel_names": novel, "head": head,
+          "temperature": cfg.roi_heads.temperature,
           "fpn": dict(cfg.model.fpn) if head == "fpn" else None}
   if jax.process_index() == 0:
     builders.export_model(os.path.join(workdir, "export"), params, meta)
@@ -266,6 +289,7 @@ def zero_shot_detection(cfg) -> dict:
   if not (cfg.model.init_checkpoint and cfg.rpn.checkpoint):
     raise ValueError("detection/finetune.py: zero-shot detection needs model.init_checkpoint (a CLIP "
                      "or RegionCLIP checkpoint) and rpn.checkpoint")
+  cfg = with_classifier_temperature(cfg)
   test_src, test_tf, names, base, novel = data_for(cfg, train=False)
   clip_cfg, clip_params = _clip_config(cfg)
   det = builders.detector_from_config(cfg, clip_cfg)

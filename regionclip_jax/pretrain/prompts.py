@@ -193,3 +193,23 @@ def concept_embeddings(
                          min((b + 1) * batch_size, len(prompts)))
     counts = np.bincount(owner_arr, minlength=len(names)).astype(np.float64)
     return (sums / counts[:, None]).astype(np.float32)
+
+
+def similar_concepts(embeddings: np.ndarray, names: Sequence[str],
+                     threshold: float = 0.95) -> list[tuple[str, str, float]]:
+    """Pairs of concepts whose text embeddings are near-duplicates (cosine >= threshold).
+
+    A classifier built on these embeddings cannot separate such a pair whatever the image side
+    learns, so region recognition between them is at chance. Args: embeddings [C, D] (normalised
+    or not), names C strings. Returns (name_a, name_b, cosine) sorted by decreasing cosine.
+    """
+    emb = np.asarray(embeddings, np.float64)
+    if emb.ndim != 2 or emb.shape[0] != len(names):
+        raise ValueError(f"similar_concepts: embeddings must be [{len(names)}, D] for "
+                         f"{len(names)} names, got {emb.shape}")
+    unit = emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
+    cos = unit @ unit.T
+    a, b = np.triu_indices(len(names), k=1)
+    keep = cos[a, b] >= threshold
+    pairs = [(names[i], names[j], float(cos[i, j])) for i, j in zip(a[keep], b[keep])]
+    return sorted(pairs, key=lambda p: -p[2])

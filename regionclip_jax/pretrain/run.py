@@ -23,6 +23,7 @@ import ml_collections
 from regionclip_jax.models import clip as clip_lib
 from regionclip_jax.pretrain.clip_pretrain import (BATCH_NORM_MODES, BN_STATISTICS_REGEX,
                                                    calibrate_frozen_bn, make_clip_step)
+from regionclip_jax.pretrain import prompts
 from regionclip_jax.pretrain.proposals import make_proposal_fn
 from regionclip_jax.pretrain.step import LossConfig, make_pretrain_step
 from regionclip_jax.pretrain.zero_shot import evaluate_regions, make_region_logits_fn
@@ -301,7 +302,6 @@ def concept_pool(config, teacher_cfg, teacher_params, tokenize, names):
       raise ValueError(f"{config.model.concept_embeddings}: concept embeddings must be [C, "
                        f"{teacher_cfg.embed_dim}], got {emb.shape}")
     return emb
-  from regionclip_jax.pretrain import prompts
   if config.model.concepts_file:
     names = prompts.read_concepts_file(config.model.concepts_file)
   if not names:
@@ -394,6 +394,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
   teacher_cfg, teacher_params = get_teacher(config, workdir, tokenize, train_source)
   concept_emb = concept_pool(config, teacher_cfg, teacher_params, tokenize, names)
   _log(f"[pretrain] concept pool: {concept_emb.shape[0]} concepts x {concept_emb.shape[1]}")
+  twins = []
+  if names and len(names) == concept_emb.shape[0]:
+    twins = prompts.similar_concepts(concept_emb, names)
+    if twins:
+      _log(f"[pretrain] warning: {len(twins)} concept pair(s) have near-identical text embeddings "
+           f"(cosine >= 0.95), so no image model can tell them apart with this text tower: "
+           + ", ".join(f"{a}/{b} {c:.3f}" for a, b, c in twins[:8]))
 
   if config.model.student_checkpoint:
     loaded = clip_lib.load(config.model.student_checkpoint)
@@ -456,7 +463,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
   student_params = _to_host(state.params)
   _save_clip(os.path.join(workdir, "student"), student_cfg, student_params, "regionclip_pretrain")
 
-  results: dict = {"workdir": workdir, "preset": config.preset, "num_steps": config.num_steps}
+  results: dict = {"workdir": workdir, "preset": config.preset, "num_steps": config.num_steps,
+                   "near_identical_concepts": [list(t) for t in twins]}
   if config.eval.enabled and eval_source is not None:
     models = {"teacher": (teacher_cfg, teacher_params), "student": (student_cfg, student_params)}
     if control is not None:
