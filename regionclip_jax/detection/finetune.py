@@ -21,7 +21,8 @@ from regionclip_jax.detection import builders
 from regionclip_jax.detection import fpn as fpn_lib
 from regionclip_jax.detection.predictor import DetectorPredictor
 from regionclip_jax.detection.train_lib import make_detector_step, make_rpn_step
-from regionclip_jax.models.clip import FROZEN_BN_REGEX, CLIPConfig, get_config as clip_preset
+from regionclip_jax.models.clip import (FROZEN_BN_REGEX, CLIPConfig, get_config as clip_preset,
+                                        learned_temperature)
 from regionclip_jax.train import optimizer as optim
 from regionclip_jax.train.state import create_train_state
 
@@ -145,11 +146,10 @@ def with_classifier_temperature(cfg):
   if params is None or "logit_scale" not in params:
     raise ValueError(f"detection/finetune.py: roi_heads.temperature_from_checkpoint={path!r} holds no "
                      f"CLIP logit_scale")
-  scale = min(float(np.exp(np.asarray(params["logit_scale"]))), 100.0)
   cfg = cfg.copy_and_resolve_references()
-  cfg.roi_heads.temperature = 1.0 / scale
+  cfg.roi_heads.temperature = learned_temperature(params)
   print(f"[finetune] classifier temperature {cfg.roi_heads.temperature:.4f} = 1 / the learned logit "
-        f"scale {scale:.2f} of {path}", flush=True)
+        f"scale {1.0 / cfg.roi_heads.temperature:.2f} of {path}", flush=True)
   return cfg
 
 

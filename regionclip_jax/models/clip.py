@@ -28,6 +28,7 @@ Dtype = Any
 # Matches exactly the parameter paths of every FrozenBatchNorm (for optimiser masks).
 FROZEN_BN_REGEX = r"(^|/)(bn\d+|downsample_bn)/"
 
+MAX_LOGIT_SCALE = 100.0  # OpenAI clamps exp(logit_scale) at 100
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -375,6 +376,12 @@ class LoadedCLIP:
     def from_state_dict(cls, sd, config: CLIPConfig | None = None, dtype=jnp.float32) -> LoadedCLIP:
         config = config or config_from_state_dict(sd)
         return cls(config, params_from_state_dict(sd, config), dtype)
+
+
+def learned_temperature(params) -> float:
+    """1 / exp(logit_scale) of CLIP params, the scale capped at MAX_LOGIT_SCALE as CLIP caps it
+    (OpenAI CLIP: 0.01). Raises KeyError when the params hold no logit_scale."""
+    return 1.0 / min(float(np.exp(np.asarray(params["logit_scale"]))), MAX_LOGIT_SCALE)
 
 
 def load(path, source: str | None = None) -> LoadedCLIP:

@@ -10,13 +10,12 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from regionclip_jax.models.clip import CLIP
+from regionclip_jax.models.clip import CLIP, MAX_LOGIT_SCALE
 from regionclip_jax.models.layers import FrozenBatchNorm
 from regionclip_jax.pretrain.losses import l2_normalize
 from regionclip_jax.train.state import TrainState, apply_gradients, masked_value_and_grad
 
 PyTree = Any
-MAX_LOGIT_SCALE = 100.0  # OpenAI clamps exp(logit_scale) at 100
 # With batch_norm="train" the BN affine trains and only the statistics stay out of the optimiser.
 BN_STATISTICS_REGEX = r"(^|/)(bn\d+|downsample_bn)/(mean|var)$"
 BATCH_NORM_MODES = ("frozen", "train")

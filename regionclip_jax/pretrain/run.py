@@ -437,7 +437,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict:
                                  rpn_fn=rpn_fn)
   L = config.loss
   temperature = L.temperature
-  teacher_tau = 1.0 / min(float(np.exp(np.asarray(teacher_params["logit_scale"]))), 100.0)
+  teacher_tau = clip_lib.learned_temperature(teacher_params)
   if L.temperature_from_teacher:
     temperature = teacher_tau
     _log(f"[pretrain] loss temperature = 1 / the teacher's learned logit scale = {temperature:.4f}")
