@@ -41,10 +41,15 @@ def test_smoke_pipeline_runs_every_stage(tmp_path):
       assert math.isfinite(v) and 0.0 <= v <= 100.0  # percent
     v = m["per_seed"][0]["zero_shot_detection"][init]["AP50_novel"]
     assert math.isfinite(v) and 0.0 <= v <= 100.0
+    # the shapes preset scores with the score ensemble and keeps the detector alone beside it
+    v = m["per_seed"][0]["detection_without_ensemble"][init]["AP50_novel"]
+    assert math.isfinite(v) and 0.0 <= v <= 100.0
+    assert (seed / f"finetune_{init}/export/pretrained_variables.msgpack").exists()
     assert (seed / f"zero_shot_detection_{init}.json").exists()
   assert set(m["per_seed"][0]["seconds"]) >= {"teacher", "rpn", "pretrain_and_control", "finetune_student",
                                                "finetune_teacher", "finetune_control", "zero_shot_detection"}
-  assert "Zero-shot detection AP50" in res.stdout
+  assert "Zero-shot detection AP50" in res.stdout and "without the score ensemble" in res.stdout
+  assert "without_ensemble_novel_ap50_student_minus_teacher_points" in m["targets"]
   assert "| student − teacher (paired) |" in res.stdout and "Claim b" in res.stdout
   # the stages shared JAX's persistent compilation cache, and it was switched off afterwards
   assert any((tmp_path / "xla_cache").iterdir())

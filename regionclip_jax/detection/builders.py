@@ -182,11 +182,15 @@ def roi_settings(cfg) -> RoIHeadSettings:
 
 def inference_settings(cfg) -> InferenceSettings:
   t = cfg.test
+  weights = tuple(t.get("pretrained_score_weights", ()) or ()) or None
+  if weights is not None and len(weights) != 2:
+    raise ValueError(f"detection/builders.py: test.pretrained_score_weights must be (w_seen, "
+                     f"w_unseen) or (), got {weights}")
   return InferenceSettings(score_thresh=t.score_thresh, nms_thresh=t.nms_thresh, topk=t.topk,
                            soft_nms_enabled=t.soft_nms_enabled, soft_nms_sigma=t.soft_nms_sigma,
                            soft_nms_prune=t.soft_nms_prune, max_candidates=t.max_candidates,
                            rpn_fusion=t.rpn_fusion or None, temperature=cfg.roi_heads.temperature,
-                           apply_deltas=t.get("apply_deltas", True))
+                           apply_deltas=t.get("apply_deltas", True), pretrained_score_weights=weights)
 
 
 def class_embeddings(names: Sequence[str], clip_config: CLIPConfig, clip_params: PyTree,
@@ -212,16 +216,20 @@ def read_embeddings(path: str, num_classes: Optional[int] = None) -> np.ndarray:
 # ----------------------------------------------------------------------------- export / import
 EXPORT_PARAMS = "variables.msgpack"
 EXPORT_META = "model.json"
+EXPORT_PRETRAINED = "pretrained_variables.msgpack"  # the frozen init, for the score ensemble
 
 
-def export_model(directory: str, variables: PyTree, meta: dict) -> None:
+def export_model(directory: str, variables: PyTree, meta: dict, pretrained: PyTree = None) -> None:
   """Write final variables (flax msgpack) + a json describing how to rebuild the module
-  (`kind` "detector" | "rpn", `clip_config` dict, module settings)."""
+  (`kind` "detector" | "rpn", `clip_config` dict, module settings). `pretrained`: the frozen init's
+  variables (same module) for the score ensemble, written beside them."""
   import json
   from flax import serialization
   os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, EXPORT_PARAMS), "wb") as f:
-    f.write(serialization.msgpack_serialize(jax.tree.map(np.asarray, variables)))
+  for name, tree in ((EXPORT_PARAMS, variables), (EXPORT_PRETRAINED, pretrained)):
+    if tree is not None:
+      with open(os.path.join(directory, name), "wb") as f:
+        f.write(serialization.msgpack_serialize(jax.tree.map(np.asarray, tree)))
   with open(os.path.join(directory, EXPORT_META), "w") as f:
     json.dump(meta, f, indent=1)
 
@@ -255,3 +263,13 @@ def load_export(directory: str):
     variables = serialization.msgpack_restore(f.read())
   variables = jax.tree.map(jnp.asarray, variables)
   return module, variables, meta
+
+
+def load_export_pretrained(directory: str) -> Optional[PyTree]:
+  """The frozen init's variables an export carries for the score ensemble, or None."""
+  from flax import serialization
+  path = os.path.join(directory, EXPORT_PRETRAINED)
+  if not os.path.isfile(path):
+    return None
+  with open(path, "rb") as f:
+    return jax.tree.map(jnp.asarray, serialization.msgpack_restore(f.read()))

@@ -241,13 +241,19 @@ def train_detector(cfg, workdir: str) -> dict:
   variables = builders.init_detector(det, _pad_size(cfg), cfg.seed)
   if clip_params is not None:
     variables = builders.with_backbone(variables, clip_params)
+  inference = builders.inference_settings(cfg)
+  head = cfg.model.get("head", "c4")
+  if inference.pretrained_score_weights is not None and head != "c4":
+    raise ValueError("detection/finetune.py: test.pretrained_score_weights needs the C4 head (the "
+                     f"pretrained model's region embedding is the CLIP RoI head), got head={head!r}")
+  # host copy of the init before training (the step may donate its buffers): the ensemble partner
+  pretrained = (jax.device_get(variables) if inference.pretrained_score_weights is not None else None)
   rpn, gen, rpn_vars = load_rpn(cfg.rpn.checkpoint)
   all_emb = test_class_embeddings(cfg, names, clip_cfg, clip_params)
   base_emb = (builders.read_embeddings(cfg.data.train_embeddings, len(base)) if cfg.data.train_embeddings
               else all_emb[[names.index(n) for n in base]])
   lookup = [base.index(n) if n in base else -1 for n in train_names]
   tx = _optimizer(cfg)
-  head = cfg.model.get("head", "c4")
   trainable = fpn_lib.TRAINABLE_FPN_DETECTOR if head == "fpn" else TRAINABLE_DETECTOR
   mask = optim.trainable_mask(variables, trainable, (FROZEN_BN_REGEX,))
   state = create_train_state(variables, tx, mask)
@@ -262,13 +268,23 @@ def train_detector(cfg, workdir: str) -> dict:
           "class_names": names, "base_names": base, "novel_names": novel, "head": head,
           "temperature": cfg.roi_heads.temperature,
           "fpn": dict(cfg.model.fpn) if head == "fpn" else None}
+  if inference.pretrained_score_weights is not None:
+    meta["pretrained_score_weights"] = list(inference.pretrained_score_weights)
   if jax.process_index() == 0:
-    builders.export_model(os.path.join(workdir, "export"), params, meta)
+    builders.export_model(os.path.join(workdir, "export"), params, meta, pretrained)
     np.save(os.path.join(workdir, "export", "class_embeddings.npy"), all_emb)
-  predictor = DetectorPredictor(det, params, builders.inference_settings(cfg), rpn, rpn_vars, gen,
-                                builders.rpn_settings(cfg))
+  predictor = DetectorPredictor(det, params, inference, rpn, rpn_vars, gen,
+                                builders.rpn_settings(cfg), pretrained_variables=(
+                                    None if pretrained is None else jax.tree.map(jnp.asarray, pretrained)))
   metrics = evaluate(predictor, test_src, test_tf, names, all_emb, base, novel,
                      batch_size=cfg.test.batch_size)
+  if pretrained is not None:  # the fine-tuned detector alone (the official recipe), side by side
+    alone = dataclasses.replace(predictor, inference=dataclasses.replace(
+        inference, pretrained_score_weights=None), pretrained_variables=None)
+    m = evaluate(alone, test_src, test_tf, names, all_emb, base, novel, batch_size=cfg.test.batch_size)
+    metrics["without_ensemble"] = {k: m[k] for k in ("AP50_novel", "AP50_base", "AP50_all")}
+    print(f"[finetune] without the score ensemble: AP50 novel {m['AP50_novel']:.2f} base "
+          f"{m['AP50_base']:.2f} all {m['AP50_all']:.2f}", flush=True)
   if jax.process_index() == 0 and cfg.test.get("num_examples", 0) > 0:
     draw_examples(predictor, test_src, test_tf, names, all_emb, novel, cfg.test.num_examples,
                   os.path.join(workdir, "examples.png"))
@@ -296,7 +312,8 @@ def zero_shot_detection(cfg) -> dict:
   variables = builders.with_backbone(builders.init_detector(det, _pad_size(cfg), cfg.seed), clip_params)
   rpn, gen, rpn_vars = load_rpn(cfg.rpn.checkpoint)
   emb = test_class_embeddings(cfg, names, clip_cfg, clip_params)
-  settings = dataclasses.replace(builders.inference_settings(cfg), apply_deltas=False)
+  settings = dataclasses.replace(builders.inference_settings(cfg), apply_deltas=False,
+                                 pretrained_score_weights=None)  # the model is its own init
   predictor = DetectorPredictor(det, variables, settings, rpn, rpn_vars, gen, builders.rpn_settings(cfg))
   return evaluate(predictor, test_src, test_tf, names, emb, base, novel, batch_size=cfg.test.batch_size)
 
@@ -313,7 +330,7 @@ def draw_examples(predictor: DetectorPredictor, source, transforms, class_names:
   from regionclip_jax.evaluation.visualize import draw_detections
   recs = [apply_transforms(source[i], transforms) for i in range(min(num, len(source)))]
   b = {k: np.stack([np.asarray(r[k]) for r in recs]) for k in ("image", "image_size", "boxes", "box_mask", "labels")}
-  out = predictor(b["image"], b["image_size"], text_emb)
+  out = predictor(b["image"], b["image_size"], text_emb, seen=[n not in novel_names for n in class_names])
   rows = []
   for i in range(len(recs)):
     kw = dict(class_names=class_names, novel_names=novel_names, clip_normalised=True)
@@ -359,6 +376,7 @@ def evaluate(predictor: DetectorPredictor, source, transforms, class_names: Sequ
   n = len(source) if max_images is None else min(len(source), max_images)
   batches, dets = [], []
   cats = [{"id": i + 1, "name": c} for i, c in enumerate(class_names)]
+  seen = np.asarray([c in base_names for c in class_names])
   for start in range(0, n, batch_size):
     recs = [apply_transforms(source[i], transforms) for i in range(start, min(n, start + batch_size))]
     pad = batch_size - len(recs)
@@ -367,7 +385,7 @@ def evaluate(predictor: DetectorPredictor, source, transforms, class_names: Sequ
          ("image", "image_size", "boxes", "box_mask", "labels", "image_id")}
     boxes = b["boxes"] if use_gt_boxes else None
     out = predictor(b["image"], b["image_size"], text_emb, boxes=boxes,
-                    box_valid=b["box_mask"] if use_gt_boxes else None)
+                    box_valid=b["box_mask"] if use_gt_boxes else None, seen=seen)
     keep = slice(0, batch_size - pad)
     b = {k: v[keep] for k, v in b.items()}
     batches.append(b)

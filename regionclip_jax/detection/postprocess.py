@@ -28,16 +28,41 @@ def fuse_rpn_scores(probs: jax.Array, objectness: jax.Array, mode: Optional[str]
   raise ValueError(f"postprocess.py: rpn fusion must be None|'raw_logit'|'sigmoid', got {mode!r}")
 
 
+def ensemble_with_pretrained(det_logits: jax.Array, pretrained_logits: jax.Array,
+                             seen: jax.Array, weights: tuple) -> jax.Array:
+  """Score ensemble of a fine-tuned detector with its frozen pretrained init (ViLD-ensemble,
+  Gu et al. 2022; F-VLM, Kuo et al. 2023) - not part of RegionCLIP's recipe.
+
+  det_logits [..., K+1] and pretrained_logits [..., K+1] (last column background; the pretrained
+  model never learnt one, so its background column is ignored), seen [K] bool (the classes the
+  detector was fine-tuned on), weights (w_seen, w_unseen) = the pretrained model's exponent:
+  class c scores p_det(c)^(1 - w) * p_pre(c)^w, p_pre a softmax over the K classes. Base-only
+  fine-tuning overwrites what the pretrained region embedding knew about the classes it never
+  saw; a large w_unseen keeps it for them. -> scores [..., K+1], the last column the detector's
+  background probability. Not normalised (with unequal weights they may sum past one), as in
+  both papers: pass them to `fast_rcnn_inference` as `probs`.
+  """
+  w_seen, w_unseen = weights
+  p_det = jax.nn.softmax(det_logits.astype(jnp.float32), -1)
+  p_pre = jax.nn.softmax(pretrained_logits[..., :-1].astype(jnp.float32), -1)
+  w = jnp.where(jnp.asarray(seen, bool), w_seen, w_unseen)
+  cls = jnp.exp((1.0 - w) * jnp.log(jnp.maximum(p_det[..., :-1], 1e-30))
+                + w * jnp.log(jnp.maximum(p_pre, 1e-30)))
+  return jnp.concatenate([cls, p_det[..., -1:]], -1)
+
+
 def fast_rcnn_inference(logits: jax.Array, deltas: jax.Array, proposals: jax.Array,
                         proposal_valid: jax.Array, image_sizes: jax.Array, *,
                         objectness: Optional[jax.Array] = None, rpn_fusion: Optional[str] = None,
                         score_thresh: float = 0.001, nms_thresh: float = 0.5, topk: int = 100,
                         soft_nms_enabled: bool = False, soft_nms_sigma: float = 0.5,
                         soft_nms_prune: float = 0.001, max_candidates: int = 2000,
-                        apply_deltas: bool = True, box_weights=(10.0, 10.0, 5.0, 5.0)) -> dict:
+                        apply_deltas: bool = True, box_weights=(10.0, 10.0, 5.0, 5.0),
+                        probs: Optional[jax.Array] = None) -> dict:
   """Softmax over K+1, drop background, threshold, per-class NMS (or gaussian soft-NMS), top-k.
 
   logits [N,R,K+1], deltas [N,R,4] (class-agnostic), proposals [N,R,4], proposal_valid [N,R],
+  probs [N,R,K+1]: class scores to use instead of softmax(logits) (e.g. a score ensemble),
   image_sizes [N,2] (h, w) -> dict of `boxes` [N,T,4], `scores` [N,T], `classes` [N,T] int32,
   `valid` [N,T], `roi_index` [N,T] (T = topk), sorted by score.
   With `rpn_fusion`, ranking uses fused scores and the reported score is the un-fused
@@ -48,7 +73,9 @@ def fast_rcnn_inference(logits: jax.Array, deltas: jax.Array, proposals: jax.Arr
   n, r, k1 = logits.shape
   k = k1 - 1
   b2b = Box2BoxTransform(weights=tuple(box_weights))
-  probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
+  if probs is None:
+    probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
+  probs = probs.astype(jnp.float32)
   unfused = probs
   if objectness is not None:
     probs = fuse_rpn_scores(probs, objectness, rpn_fusion)

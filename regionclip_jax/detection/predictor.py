@@ -28,6 +28,13 @@ class DetectorPredictor:
   rpn_variables: Any = None
   anchor_generator: Any = None
   rpn_settings: RPNSettings = RPNSettings()
+  # the frozen pretrained init (same module) for `inference.pretrained_score_weights`
+  pretrained_variables: Any = None
+
+  def __post_init__(self):
+    if (self.inference.pretrained_score_weights is None) != (self.pretrained_variables is None):
+      raise ValueError("DetectorPredictor: inference.pretrained_score_weights and "
+                       "pretrained_variables go together (the score ensemble needs both)")
 
   @functools.cached_property
   def _regions(self):
@@ -51,9 +58,10 @@ class DetectorPredictor:
     """-> (region_feats [N,R,D], deltas [N,R,4]) for given boxes."""
     return self._regions(self.variables, jnp.asarray(images), jnp.asarray(boxes, jnp.float32))
 
-  def __call__(self, images, image_sizes, text_emb, boxes=None, box_valid=None) -> dict:
+  def __call__(self, images, image_sizes, text_emb, boxes=None, box_valid=None, seen=None) -> dict:
     """images [N,S,S,3] CLIP-normalised, image_sizes [N,2] (h, w), text_emb [K,D]; boxes [N,R,4]
-    + box_valid [N,R] to classify given regions (e.g. GT, zero-shot protocol), else RPN proposals.
+    + box_valid [N,R] to classify given regions (e.g. GT, zero-shot protocol), else RPN proposals;
+    seen [K] bool: the classes the detector was trained on (needed by the score ensemble only).
     -> numpy dict `boxes` [N,T,4], `scores`, `classes`, `valid`, `roi_index` [N,T]."""
     images = jnp.asarray(images)
     image_sizes = jnp.asarray(image_sizes, jnp.float32)
@@ -65,6 +73,14 @@ class DetectorPredictor:
     elif box_valid is None:
       box_valid = jnp.ones(jnp.shape(boxes)[:2], bool)
     feats, deltas = self.region_outputs(images, boxes)
+    extra = ()
+    if self.pretrained_variables is not None:
+      k = jnp.shape(text_emb)[0]
+      if seen is None or np.shape(seen) != (k,):
+        raise ValueError(f"DetectorPredictor: the score ensemble needs seen [K={k}] bool (which "
+                         f"classes were trained on), got {None if seen is None else np.shape(seen)}")
+      pre, _ = self._regions(self.pretrained_variables, images, jnp.asarray(boxes, jnp.float32))
+      extra = (pre, jnp.asarray(seen, bool))
     out = self._classify(feats, deltas, jnp.asarray(boxes, jnp.float32), jnp.asarray(box_valid),
-                         image_sizes, jnp.asarray(text_emb, jnp.float32), objectness)
+                         image_sizes, jnp.asarray(text_emb, jnp.float32), objectness, *extra)
     return jax.tree.map(np.asarray, out)

@@ -45,3 +45,6 @@ class InferenceSettings:
   rpn_fusion: Optional[str] = None  # None | "raw_logit" (official) | "sigmoid"
   apply_deltas: bool = True
   temperature: float = 0.01
+  # (w_seen, w_unseen): geometric-mean ensemble with the frozen pretrained model
+  # (postprocess.ensemble_with_pretrained); None = the fine-tuned detector alone (official)
+  pretrained_score_weights: Optional[tuple] = None

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from regionclip_jax.detection.classifier import text_logits
 from regionclip_jax.detection.heads import OpenVocabFasterRCNN, RPNModel
 from regionclip_jax.detection.losses import fast_rcnn_losses
-from regionclip_jax.detection.postprocess import fast_rcnn_inference
+from regionclip_jax.detection.postprocess import ensemble_with_pretrained, fast_rcnn_inference
 from regionclip_jax.detection.rpn import find_top_rpn_proposals, flatten_predictions
 from regionclip_jax.detection.rpn_loss import label_anchors, rpn_losses
 from regionclip_jax.detection.sampling import label_and_sample_proposals
@@ -128,14 +128,21 @@ def make_region_fn(det: OpenVocabFasterRCNN) -> Callable:
 
 def make_classify_fn(s: InferenceSettings) -> Callable:
   """-> jitted `fn(region_feats, deltas, proposals, proposal_valid, image_sizes, text_emb,
-  objectness=None) -> detections` (see `fast_rcnn_inference`). Cheap; recompiles only when the
-  number of classes changes."""
-  def fn(feats, deltas, proposals, proposal_valid, image_sizes, text_emb, objectness=None):
+  objectness=None, pretrained_feats=None, seen=None) -> detections` (see `fast_rcnn_inference`).
+  With `pretrained_feats` [N,R,D] (the frozen init's region embeddings of the same boxes) and
+  `seen` [K], scores are `ensemble_with_pretrained` with `s.pretrained_score_weights`. Cheap;
+  recompiles only when the number of classes changes."""
+  def fn(feats, deltas, proposals, proposal_valid, image_sizes, text_emb, objectness=None,
+         pretrained_feats=None, seen=None):
     logits = text_logits(feats, text_emb, s.temperature)
+    probs = None
+    if pretrained_feats is not None:
+      probs = ensemble_with_pretrained(logits, text_logits(pretrained_feats, text_emb, s.temperature),
+                                       seen, s.pretrained_score_weights)
     return fast_rcnn_inference(
         logits, deltas, proposals, proposal_valid, image_sizes, objectness=objectness,
         rpn_fusion=s.rpn_fusion, score_thresh=s.score_thresh, nms_thresh=s.nms_thresh,
         topk=s.topk, soft_nms_enabled=s.soft_nms_enabled, soft_nms_sigma=s.soft_nms_sigma,
         soft_nms_prune=s.soft_nms_prune, max_candidates=s.max_candidates,
-        apply_deltas=s.apply_deltas)
+        apply_deltas=s.apply_deltas, probs=probs)
   return jax.jit(fn)

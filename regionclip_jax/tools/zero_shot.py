@@ -82,9 +82,14 @@ class ZeroShotDetector:
     self.test_size, self.max_size = test_size, max_size
     self.pad = -(-max_size // 32) * 32
     self._text = None
+    pretrained, weights, self.trained_names = None, None, frozenset()
     if builders.is_export(checkpoint):
       det, variables, meta = builders.load_export(checkpoint)
       apply_deltas = True
+      # an export fine-tuned with the score ensemble carries its frozen init and weights
+      pretrained = builders.load_export_pretrained(checkpoint)
+      weights = tuple(meta["pretrained_score_weights"]) if pretrained is not None else None
+      self.trained_names = frozenset(meta.get("base_names", ()))
       from regionclip_jax.models.clip import CLIPConfig
       self.clip_config = CLIPConfig.from_dict(meta["clip_config"])
     else:
@@ -100,11 +105,12 @@ class ZeroShotDetector:
     settings = InferenceSettings(score_thresh=score_thresh, nms_thresh=nms_thresh, topk=topk,
                                  soft_nms_enabled=soft_nms, rpn_fusion=rpn_fusion or None,
                                  apply_deltas=apply_deltas, temperature=temperature,
-                                 max_candidates=2000)
+                                 max_candidates=2000, pretrained_score_weights=weights)
     rpn_model = gen = rpn_vars = None
     if rpn:
       rpn_model, gen, rpn_vars = load_rpn(rpn)
-    self.predictor = DetectorPredictor(det, variables, settings, rpn_model, rpn_vars, gen)
+    self.predictor = DetectorPredictor(det, variables, settings, rpn_model, rpn_vars, gen,
+                                       pretrained_variables=pretrained)
 
   def text_embeddings(self, names: Sequence[str], embeddings: str = "") -> np.ndarray:
     from regionclip_jax.detection import builders
@@ -125,8 +131,11 @@ class ZeroShotDetector:
     x[0, :nh, :nw] = normalize_images(img)
     return x, np.asarray([[nh, nw]], np.float32), (nh / h, nw / w)
 
-  def detect(self, image: np.ndarray, text_emb: np.ndarray, boxes: Optional[np.ndarray] = None) -> dict:
-    """boxes [R,4] in original pixels to classify given regions; else RPN / sliding window."""
+  def detect(self, image: np.ndarray, text_emb: np.ndarray, boxes: Optional[np.ndarray] = None,
+             names: Optional[Sequence[str]] = None) -> dict:
+    """boxes [R,4] in original pixels to classify given regions; else RPN / sliding window.
+    names [K] (the vocabulary of text_emb): needed by an export with the score ensemble, whose
+    classes seen in fine-tuning are weighted differently from the rest."""
     x, size, (sy, sx) = self.preprocess(image)
     scale = np.asarray([sx, sy, sx, sy], np.float32)
     if boxes is not None:
@@ -135,8 +144,9 @@ class ZeroShotDetector:
       b = sliding_window_boxes(int(size[0, 0]), int(size[0, 1]))[None]
     else:
       b = None
+    seen = None if names is None else np.asarray([n in self.trained_names for n in names])
     out = self.predictor(x, size, text_emb, boxes=b, box_valid=None if b is None else
-                         np.ones(b.shape[:2], bool))
+                         np.ones(b.shape[:2], bool), seen=seen)
     keep = out["valid"][0]
     return {"boxes": out["boxes"][0][keep] / scale, "scores": out["scores"][0][keep],
             "classes": out["classes"][0][keep]}
@@ -161,7 +171,7 @@ def detect_folder(detector: ZeroShotDetector, images_dir: str, names: Sequence[s
   results = []
   for i, f in enumerate(files):
     img = _read_image(os.path.join(images_dir, f))
-    d = detector.detect(img, emb)
+    d = detector.detect(img, emb, names=names)
     draw_detections(img, d["boxes"], [names[c] for c in d["classes"]], d["scores"],
                     score_threshold=draw_threshold, upscale=1,
                     path=os.path.join(output, os.path.splitext(f)[0] + ".png"))
