@@ -106,3 +106,28 @@ def test_export_carries_the_pretrained_init(tmp_path, two_detectors):
   for a, b in zip(flat_got, flat_want):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert builders.load_export_pretrained(str(tmp_path / "b")) is None
+
+
+def test_zero_shot_tool_scores_an_export_with_its_ensemble(tmp_path, two_detectors):
+  from regionclip_jax.tools.zero_shot import ZeroShotDetector
+  det, tuned, init = two_detectors
+  images, sizes, boxes, text = _inputs()
+  names = ["circle", "square", "crescent", "chevron"]
+  meta = {"kind": "detector", "clip_config": get_config("tiny_rn").to_dict(), "pooler_resolution": 4,
+          "class_names": names, "base_names": names[:2], "novel_names": names[2:],
+          "temperature": 0.1, "pretrained_score_weights": [0.35, 0.65]}
+  builders.export_model(str(tmp_path / "export"), tuned, meta, pretrained=init)
+  tool = ZeroShotDetector(str(tmp_path / "export"), test_size=64, max_size=64, score_thresh=0.0, topk=12)
+  assert tool.predictor.inference.temperature == 0.1  # the export's, not the official 0.01
+  image = (np.random.default_rng(2).uniform(size=(64, 64, 3)) * 255).astype(np.uint8)
+  got = tool.detect(image, text, boxes=boxes[0], names=names)
+  # the predictor on the same (already CLIP-normalised) input, with seen = the export's base classes
+  x, size, _ = tool.preprocess(image)
+  settings = dataclasses.replace(tool.predictor.inference)
+  want = DetectorPredictor(det, tuned, settings, pretrained_variables=init)(
+      x, size, text, boxes=boxes[:1], box_valid=np.ones((1, 3), bool), seen=[True, True, False, False])
+  keep = want["valid"][0]
+  np.testing.assert_allclose(got["scores"], want["scores"][0][keep], rtol=1e-5)
+  np.testing.assert_array_equal(got["classes"], want["classes"][0][keep])
+  with pytest.raises(ValueError, match="seen"):
+    tool.detect(image, text, boxes=boxes[0])  # the ensemble needs to know which names were trained

@@ -72,7 +72,8 @@ class ZeroShotDetector:
   def __init__(self, checkpoint: str, *, rpn: str = "", text_checkpoint: str = "",
                source: Optional[str] = None, test_size: int = 800, max_size: int = 1333,
                score_thresh: float = 0.05, nms_thresh: float = 0.5, topk: int = 100,
-               rpn_fusion: Optional[str] = None, soft_nms: bool = False, temperature: float = 0.01,
+               rpn_fusion: Optional[str] = None, soft_nms: bool = False,
+               temperature: Optional[float] = None,
                pooler_resolution: Optional[int] = None):
     from regionclip_jax.detection import builders
     from regionclip_jax.detection.finetune import load_rpn
@@ -88,8 +89,14 @@ class ZeroShotDetector:
       apply_deltas = True
       # an export fine-tuned with the score ensemble carries its frozen init and weights
       pretrained = builders.load_export_pretrained(checkpoint)
-      weights = tuple(meta["pretrained_score_weights"]) if pretrained is not None else None
+      if pretrained is not None:
+        if not meta.get("pretrained_score_weights"):
+          raise ValueError(f"zero_shot: {checkpoint} carries {builders.EXPORT_PRETRAINED} but its "
+                           f"{builders.EXPORT_META} has no pretrained_score_weights")
+        weights = tuple(meta["pretrained_score_weights"])
       self.trained_names = frozenset(meta.get("base_names", ()))
+      # the temperature the detector was fine-tuned with, unless the caller overrides it
+      temperature = meta.get("temperature", 0.01) if temperature is None else temperature
       from regionclip_jax.models.clip import CLIPConfig
       self.clip_config = CLIPConfig.from_dict(meta["clip_config"])
     else:
@@ -100,6 +107,7 @@ class ZeroShotDetector:
       variables = builders.with_backbone(builders.init_detector(det, 64), clip_params)
       apply_deltas = False  # no trained box regressor: boxes are the proposals (official GT/RPN zs)
       self._text = (self.clip_config, clip_params)
+    temperature = 0.01 if temperature is None else temperature  # official CLSS_TEMP
     if text_checkpoint:
       self._text = builders.load_clip_params(text_checkpoint, source)
     settings = InferenceSettings(score_thresh=score_thresh, nms_thresh=nms_thresh, topk=topk,
@@ -205,7 +213,8 @@ def evaluate_annotations(detector: ZeroShotDetector, annotations: str, images_di
         continue
       boxes = np.asarray([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
                            a["bbox"][1] + a["bbox"][3]] for a in anns], np.float32)
-    d = detector.detect(_read_image(os.path.join(images_dir, img["file_name"])), emb, boxes)
+    d = detector.detect(_read_image(os.path.join(images_dir, img["file_name"])), emb, boxes,
+                        names=names)
     for b, s, c in zip(d["boxes"], d["scores"], d["classes"]):
       dets.append({"image_id": img["id"], "category_id": int(cats[int(c)]["id"]), "score": float(s),
                    "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
