@@ -93,10 +93,14 @@ def run_seed(config, seed: int, workdir: str) -> dict:
     ft = _finetune_config(config, seed, inits[name], rpn_dir, teacher)
     ft_dir = os.path.join(workdir, f"finetune_{name}")
     done = os.path.join(ft_dir, "metrics.json")
+    cached = None
     if os.path.exists(done):
       with open(done) as f:
-        detection[name] = json.load(f)
-    else:
+        cached = json.load(f)
+    weights = list(ft.test.get("pretrained_score_weights", ()) or ())
+    if cached is not None and cached.get("pretrained_score_weights", []) == weights:
+      detection[name] = cached
+    else:  # new, or scored another way: resumes from the last checkpoint, so only re-evaluates
       detection[name] = finetune.train_detector(ft, ft_dir)
     _stage_time(timings, f"finetune_{name}", t)
   t = time.time()
@@ -168,6 +172,8 @@ def format_table(summary: dict) -> str:
   for table, title in DETECTION_TABLES.items():
     if not summary.get(table):
       continue
+    if table == "detection" and summary.get("detection_without_ensemble"):
+      title += ", scored with the score ensemble with each init (test.pretrained_score_weights)"
     lines += ["", f"{title} (mean ± {spread_ap})", "", "| init | novel | base | all |", "|---|---|---|---|"]
     for init, stats in summary[table].items():
       vals = [f"{stats[k]['mean']:.1f}" + (f" ± {stats[k]['std']:.1f}" if n > 1 else "")  # percent

@@ -121,13 +121,25 @@ def test_zero_shot_tool_scores_an_export_with_its_ensemble(tmp_path, two_detecto
   assert tool.predictor.inference.temperature == 0.1  # the export's, not the official 0.01
   image = (np.random.default_rng(2).uniform(size=(64, 64, 3)) * 255).astype(np.uint8)
   got = tool.detect(image, text, boxes=boxes[0], names=names)
-  # the predictor on the same (already CLIP-normalised) input, with seen = the export's base classes
-  x, size, _ = tool.preprocess(image)
-  settings = dataclasses.replace(tool.predictor.inference)
-  want = DetectorPredictor(det, tuned, settings, pretrained_variables=init)(
-      x, size, text, boxes=boxes[:1], box_valid=np.ones((1, 3), bool), seen=[True, True, False, False])
-  keep = want["valid"][0]
-  np.testing.assert_allclose(got["scores"], want["scores"][0][keep], rtol=1e-5)
-  np.testing.assert_array_equal(got["classes"], want["classes"][0][keep])
+  # every reported (score, class) is the published formula at tau 0.1 for one of the given boxes,
+  # with the export's base classes as the seen ones
+  x, _, _ = tool.preprocess(image)
+  def unit(f):
+    f = np.asarray(f)[0]
+    return f / np.linalg.norm(f, axis=-1, keepdims=True)
+  t = text / np.linalg.norm(text, axis=-1, keepdims=True)
+  f_det = unit(jax.jit(det.apply)(tuned, x, boxes[:1])[0])
+  f_pre = unit(jax.jit(det.apply)(init, x, boxes[:1])[0])
+  p_det = _softmax(np.concatenate([f_det @ t.T, np.zeros((3, 1))], -1) / 0.1)[:, :4]
+  p_pre = _softmax(f_pre @ t.T / 0.1)
+  w = np.array([0.35, 0.35, 0.65, 0.65])
+  want = p_det ** (1 - w) * p_pre ** w  # [R, K]
+  assert len(got["scores"]) > 0
+  for score, c in zip(got["scores"], got["classes"]):
+    assert np.min(np.abs(want[:, c] - score)) < 1e-5 * max(1.0, score), (score, c, want[:, c])
   with pytest.raises(ValueError, match="seen"):
     tool.detect(image, text, boxes=boxes[0])  # the ensemble needs to know which names were trained
+  # an export whose model.json asks for the ensemble but lost the init is refused, not degraded
+  builders.export_model(str(tmp_path / "lost"), tuned, meta)
+  with pytest.raises(ValueError, match="pretrained_variables.msgpack is missing"):
+    ZeroShotDetector(str(tmp_path / "lost"), test_size=64, max_size=64)

@@ -21,6 +21,10 @@ def test_shapes_rpn_then_finetune_then_resume(tmp_path):
   c.train.checkpoint_every = 10
   c.data.num_train, c.data.num_test, c.test.batch_size = 64, 16, 8
   c.rpn.checkpoint = str(tmp_path / "rpn")
+  # from scratch there is no pretrained init to ensemble with: refused, not silently random
+  with pytest.raises(ValueError, match="init_checkpoint is empty"):
+    finetune.train_detector(c, str(tmp_path / "det"))
+  c.test.pretrained_score_weights = ()
   m = finetune.train_detector(c, str(tmp_path / "det"))
   for k in ("AP50_novel", "AP50_base", "AP50_all"):
     assert k in m

@@ -183,9 +183,9 @@ def roi_settings(cfg) -> RoIHeadSettings:
 def inference_settings(cfg) -> InferenceSettings:
   t = cfg.test
   weights = tuple(t.get("pretrained_score_weights", ()) or ()) or None
-  if weights is not None and len(weights) != 2:
+  if weights is not None and (len(weights) != 2 or not all(0.0 <= w <= 1.0 for w in weights)):
     raise ValueError(f"detection/builders.py: test.pretrained_score_weights must be (w_seen, "
-                     f"w_unseen) or (), got {weights}")
+                     f"w_unseen) in [0, 1], or (), got {weights}")
   return InferenceSettings(score_thresh=t.score_thresh, nms_thresh=t.nms_thresh, topk=t.topk,
                            soft_nms_enabled=t.soft_nms_enabled, soft_nms_sigma=t.soft_nms_sigma,
                            soft_nms_prune=t.soft_nms_prune, max_candidates=t.max_candidates,

@@ -243,6 +243,10 @@ def train_detector(cfg, workdir: str) -> dict:
     variables = builders.with_backbone(variables, clip_params)
   inference = builders.inference_settings(cfg)
   head = cfg.model.get("head", "c4")
+  if inference.pretrained_score_weights is not None and clip_params is None:
+    raise ValueError("detection/finetune.py: test.pretrained_score_weights ensembles the detector "
+                     "with its pretrained init, but model.init_checkpoint is empty (a random "
+                     "network); set it, or test.pretrained_score_weights=()")
   if inference.pretrained_score_weights is not None and head != "c4":
     raise ValueError("detection/finetune.py: test.pretrained_score_weights needs the C4 head (the "
                      f"pretrained model's region embedding is the CLIP RoI head), got head={head!r}")
@@ -285,6 +289,7 @@ def train_detector(cfg, workdir: str) -> dict:
     metrics["without_ensemble"] = {k: m[k] for k in ("AP50_novel", "AP50_base", "AP50_all")}
     print(f"[finetune] without the score ensemble: AP50 novel {m['AP50_novel']:.2f} base "
           f"{m['AP50_base']:.2f} all {m['AP50_all']:.2f}", flush=True)
+  metrics["pretrained_score_weights"] = list(inference.pretrained_score_weights or ())
   if jax.process_index() == 0 and cfg.test.get("num_examples", 0) > 0:
     draw_examples(predictor, test_src, test_tf, names, all_emb, novel, cfg.test.num_examples,
                   os.path.join(workdir, "examples.png"))

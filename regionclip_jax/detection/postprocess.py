@@ -38,17 +38,19 @@ def ensemble_with_pretrained(det_logits: jax.Array, pretrained_logits: jax.Array
   detector was fine-tuned on), weights (w_seen, w_unseen) = the pretrained model's exponent:
   class c scores p_det(c)^(1 - w) * p_pre(c)^w, p_pre a softmax over the K classes. Base-only
   fine-tuning overwrites what the pretrained region embedding knew about the classes it never
-  saw; a large w_unseen keeps it for them. -> scores [..., K+1], the last column the detector's
-  background probability. Not normalised (with unequal weights they may sum past one), as in
-  both papers: pass them to `fast_rcnn_inference` as `probs`.
+  saw; a large w_unseen keeps it for them. Unlike zero-shot detection (`finetune.
+  zero_shot_detection`, K+1 with the zero background logit), p_pre has no background: the
+  detector's own background column ranks clutter. -> scores [..., K+1], the last column the
+  detector's background probability. Not normalised (with unequal weights they may sum past one),
+  as in both papers: pass them to `fast_rcnn_inference` as `probs`.
   """
   w_seen, w_unseen = weights
-  p_det = jax.nn.softmax(det_logits.astype(jnp.float32), -1)
-  p_pre = jax.nn.softmax(pretrained_logits[..., :-1].astype(jnp.float32), -1)
+  # in log space: at temperature 0.01 the probabilities underflow
+  log_det = jax.nn.log_softmax(det_logits.astype(jnp.float32), -1)
+  log_pre = jax.nn.log_softmax(pretrained_logits[..., :-1].astype(jnp.float32), -1)
   w = jnp.where(jnp.asarray(seen, bool), w_seen, w_unseen)
-  cls = jnp.exp((1.0 - w) * jnp.log(jnp.maximum(p_det[..., :-1], 1e-30))
-                + w * jnp.log(jnp.maximum(p_pre, 1e-30)))
-  return jnp.concatenate([cls, p_det[..., -1:]], -1)
+  cls = jnp.exp((1.0 - w) * log_det[..., :-1] + w * log_pre)
+  return jnp.concatenate([cls, jnp.exp(log_det[..., -1:])], -1)
 
 
 def fast_rcnn_inference(logits: jax.Array, deltas: jax.Array, proposals: jax.Array,

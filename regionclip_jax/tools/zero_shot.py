@@ -66,7 +66,8 @@ def sliding_window_boxes(height: int, width: int, fractions=(0.2, 0.4, 0.7),
 class ZeroShotDetector:
   """Region model + optional frozen RPN + text encoder for vocabularies.
 
-  `detect(image_uint8 [H,W,3], text_emb [K,D]) -> dict(boxes [T,4] original px, scores, classes)`.
+  `detect(image_uint8 [H,W,3], text_emb [K,D], boxes=None, names=None) -> dict(boxes [T,4]
+  original px, scores, classes)`; `names` is required for an export with the score ensemble.
   """
 
   def __init__(self, checkpoint: str, *, rpn: str = "", text_checkpoint: str = "",
@@ -89,10 +90,11 @@ class ZeroShotDetector:
       apply_deltas = True
       # an export fine-tuned with the score ensemble carries its frozen init and weights
       pretrained = builders.load_export_pretrained(checkpoint)
+      if (pretrained is None) != (not meta.get("pretrained_score_weights")):
+        raise ValueError(f"zero_shot: {checkpoint}: {builders.EXPORT_META} pretrained_score_weights "
+                         f"= {meta.get('pretrained_score_weights')} but {builders.EXPORT_PRETRAINED} is "
+                         f"{'missing' if pretrained is None else 'there'}; the score ensemble needs both")
       if pretrained is not None:
-        if not meta.get("pretrained_score_weights"):
-          raise ValueError(f"zero_shot: {checkpoint} carries {builders.EXPORT_PRETRAINED} but its "
-                           f"{builders.EXPORT_META} has no pretrained_score_weights")
         weights = tuple(meta["pretrained_score_weights"])
       self.trained_names = frozenset(meta.get("base_names", ()))
       # the temperature the detector was fine-tuned with, unless the caller overrides it
