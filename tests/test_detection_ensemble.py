@@ -143,3 +143,18 @@ def test_zero_shot_tool_scores_an_export_with_its_ensemble(tmp_path, two_detecto
   builders.export_model(str(tmp_path / "lost"), tuned, meta)
   with pytest.raises(ValueError, match="pretrained_variables.msgpack is missing"):
     ZeroShotDetector(str(tmp_path / "lost"), test_size=64, max_size=64)
+
+
+def test_without_ensemble_shares_the_compiled_programs(two_detectors):
+  det, tuned, init = two_detectors
+  images, sizes, boxes, text = _inputs()
+  settings = InferenceSettings(score_thresh=0.0, topk=12, temperature=0.1, apply_deltas=False)
+  pred = DetectorPredictor(det, tuned, dataclasses.replace(settings, pretrained_score_weights=(0.35, 0.65)),
+                           pretrained_variables=init)
+  pred(images, sizes, text, boxes=boxes, seen=[True, True, False, False])
+  alone = pred.without_ensemble()
+  assert alone.pretrained_variables is None and alone.inference == settings
+  assert alone._regions is pred._regions  # the backbone program is not compiled twice
+  want = DetectorPredictor(det, tuned, settings)(images, sizes, text, boxes=boxes)
+  got = alone(images, sizes, text, boxes=boxes)
+  np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-5)

@@ -283,16 +283,14 @@ def train_detector(cfg, workdir: str) -> dict:
   metrics = evaluate(predictor, test_src, test_tf, names, all_emb, base, novel,
                      batch_size=cfg.test.batch_size)
   if pretrained is not None:  # the fine-tuned detector alone (the official recipe), side by side
-    alone = dataclasses.replace(predictor, inference=dataclasses.replace(
-        inference, pretrained_score_weights=None), pretrained_variables=None)
-    m = evaluate(alone, test_src, test_tf, names, all_emb, base, novel, batch_size=cfg.test.batch_size)
+    m = evaluate(predictor.without_ensemble(), test_src, test_tf, names, all_emb, base, novel, batch_size=cfg.test.batch_size)
     metrics["without_ensemble"] = {k: m[k] for k in ("AP50_novel", "AP50_base", "AP50_all")}
     print(f"[finetune] without the score ensemble: AP50 novel {m['AP50_novel']:.2f} base "
           f"{m['AP50_base']:.2f} all {m['AP50_all']:.2f}", flush=True)
   metrics["pretrained_score_weights"] = list(inference.pretrained_score_weights or ())
   if jax.process_index() == 0 and cfg.test.get("num_examples", 0) > 0:
     draw_examples(predictor, test_src, test_tf, names, all_emb, novel, cfg.test.num_examples,
-                  os.path.join(workdir, "examples.png"))
+                  os.path.join(workdir, "examples.png"), batch_size=cfg.test.batch_size)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
       json.dump({k: v for k, v in metrics.items() if k != "per_category"}, f, indent=1)
@@ -327,14 +325,16 @@ def zero_shot_detection(cfg) -> dict:
 
 def draw_examples(predictor: DetectorPredictor, source, transforms, class_names: Sequence[str],
                   text_emb, novel_names: Sequence[str], num: int, path: str,
-                  score_threshold: float = 0.3) -> np.ndarray:
+                  score_threshold: float = 0.3, batch_size: Optional[int] = None) -> np.ndarray:
   """A PNG grid of the first `num` test scenes: ground truth (left) and detections scoring
-  >= score_threshold (right), novel classes in the novel colour. -> the grid [H, W, 3] uint8."""
+  >= score_threshold (right), novel classes in the novel colour. `batch_size`: pad the batch to
+  the evaluation's, whose compiled programs are then reused. -> the grid [H, W, 3] uint8."""
   from PIL import Image
   from regionclip_jax.data.transforms import apply_transforms
   from regionclip_jax.evaluation.visualize import draw_detections
   recs = [apply_transforms(source[i], transforms) for i in range(min(num, len(source)))]
-  b = {k: np.stack([np.asarray(r[k]) for r in recs]) for k in ("image", "image_size", "boxes", "box_mask", "labels")}
+  padded = recs + [recs[-1]] * max(0, (batch_size or 0) - len(recs))
+  b = {k: np.stack([np.asarray(r[k]) for r in padded]) for k in ("image", "image_size", "boxes", "box_mask", "labels")}
   out = predictor(b["image"], b["image_size"], text_emb, seen=[n not in novel_names for n in class_names])
   rows = []
   for i in range(len(recs)):

@@ -50,6 +50,16 @@ class DetectorPredictor:
       raise ValueError("DetectorPredictor: no RPN given; pass boxes (e.g. ground truth) instead")
     return make_proposal_fn(self.rpn, self.anchor_generator, self.rpn_settings, training=False)
 
+  def without_ensemble(self) -> "DetectorPredictor":
+    """The same detector scored alone (official inference). Shares the compiled proposal and
+    region programs, so only the cheap classifier compiles again."""
+    alone = dataclasses.replace(self, inference=dataclasses.replace(
+        self.inference, pretrained_score_weights=None), pretrained_variables=None)
+    for name in ("_regions", "_proposals"):  # functools.cached_property values live in __dict__
+      if name in self.__dict__:
+        alone.__dict__[name] = self.__dict__[name]
+    return alone
+
   def proposals(self, images, image_sizes):
     """-> (boxes [N,P,4], objectness logits [N,P], valid [N,P]) from the frozen RPN."""
     return self._proposals(self.rpn_variables, jnp.asarray(images), jnp.asarray(image_sizes))
