@@ -60,7 +60,7 @@ def _finetune_config(config, seed: int, init: str, rpn_dir: str, teacher: str):
 
 def run_seed(config, seed: int, workdir: str) -> dict:
   """Stages 1-4 for one seed -> {"region": pretrain eval, "detection": {init: AP50s}, "seconds"}."""
-  from regionclip_jax.detection import finetune
+  from regionclip_jax.detection import builders, finetune
   from regionclip_jax.pretrain import run as pretrain_run
 
   timings: dict = {}
@@ -97,7 +97,8 @@ def run_seed(config, seed: int, workdir: str) -> dict:
     if os.path.exists(done):
       with open(done) as f:
         cached = json.load(f)
-    weights = list(ft.test.get("pretrained_score_weights", ()) or ())
+    # as train_detector records them in metrics.json
+    weights = list(builders.inference_settings(ft).pretrained_score_weights or ())
     if cached is not None and cached.get("pretrained_score_weights", []) == weights:
       detection[name] = cached
     else:  # new, or scored another way: resumes from the last checkpoint, so only re-evaluates

@@ -250,8 +250,9 @@ def train_detector(cfg, workdir: str) -> dict:
   if inference.pretrained_score_weights is not None and head != "c4":
     raise ValueError("detection/finetune.py: test.pretrained_score_weights needs the C4 head (the "
                      f"pretrained model's region embedding is the CLIP RoI head), got head={head!r}")
-  # host copy of the init before training (the step may donate its buffers): the ensemble partner
-  pretrained = (jax.device_get(variables) if inference.pretrained_score_weights is not None else None)
+  # the ensemble partner: a copy of the init taken before training (the step may donate buffers)
+  pretrained = (jax.tree.map(jnp.copy, variables) if inference.pretrained_score_weights is not None
+                else None)
   rpn, gen, rpn_vars = load_rpn(cfg.rpn.checkpoint)
   all_emb = test_class_embeddings(cfg, names, clip_cfg, clip_params)
   base_emb = (builders.read_embeddings(cfg.data.train_embeddings, len(base)) if cfg.data.train_embeddings
@@ -278,12 +279,12 @@ def train_detector(cfg, workdir: str) -> dict:
     builders.export_model(os.path.join(workdir, "export"), params, meta, pretrained)
     np.save(os.path.join(workdir, "export", "class_embeddings.npy"), all_emb)
   predictor = DetectorPredictor(det, params, inference, rpn, rpn_vars, gen,
-                                builders.rpn_settings(cfg), pretrained_variables=(
-                                    None if pretrained is None else jax.tree.map(jnp.asarray, pretrained)))
+                                builders.rpn_settings(cfg), pretrained_variables=pretrained)
   metrics = evaluate(predictor, test_src, test_tf, names, all_emb, base, novel,
                      batch_size=cfg.test.batch_size)
   if pretrained is not None:  # the fine-tuned detector alone (the official recipe), side by side
-    m = evaluate(predictor.without_ensemble(), test_src, test_tf, names, all_emb, base, novel, batch_size=cfg.test.batch_size)
+    m = evaluate(predictor.without_ensemble(), test_src, test_tf, names, all_emb, base, novel,
+                 batch_size=cfg.test.batch_size)
     metrics["without_ensemble"] = {k: m[k] for k in ("AP50_novel", "AP50_base", "AP50_all")}
     print(f"[finetune] without the score ensemble: AP50 novel {m['AP50_novel']:.2f} base "
           f"{m['AP50_base']:.2f} all {m['AP50_all']:.2f}", flush=True)
@@ -335,7 +336,8 @@ def draw_examples(predictor: DetectorPredictor, source, transforms, class_names:
   recs = [apply_transforms(source[i], transforms) for i in range(min(num, len(source)))]
   padded = recs + [recs[-1]] * max(0, (batch_size or 0) - len(recs))
   b = {k: np.stack([np.asarray(r[k]) for r in padded]) for k in ("image", "image_size", "boxes", "box_mask", "labels")}
-  out = predictor(b["image"], b["image_size"], text_emb, seen=[n not in novel_names for n in class_names])
+  out = predictor(b["image"], b["image_size"], text_emb,
+                  seen=[n not in novel_names for n in class_names])
   rows = []
   for i in range(len(recs)):
     kw = dict(class_names=class_names, novel_names=novel_names, clip_normalised=True)

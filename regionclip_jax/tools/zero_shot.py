@@ -98,7 +98,7 @@ class ZeroShotDetector:
         weights = tuple(meta["pretrained_score_weights"])
       self.trained_names = frozenset(meta.get("base_names", ()))
       # the temperature the detector was fine-tuned with, unless the caller overrides it
-      temperature = meta.get("temperature", 0.01) if temperature is None else temperature
+      temperature = meta.get("temperature") if temperature is None else temperature
       from regionclip_jax.models.clip import CLIPConfig
       self.clip_config = CLIPConfig.from_dict(meta["clip_config"])
     else:
