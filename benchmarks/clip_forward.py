@@ -7,6 +7,7 @@ Flax / torch. Also the res4 trunk forward + backward (random cotangent) with fre
 Variants are timed interleaved (one call of each per round), so load from other processes on
 a shared machine hits all of them alike and the ratios stay meaningful.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,112 +24,151 @@ from regionclip_jax.models import clip
 
 
 def _interleaved_medians(fns: dict, repeats: int) -> dict:
-    for fn in fns.values():
-        fn()  # warm-up / compile
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+  for fn in fns.values():
+    fn()  # warm-up / compile
+  times = {k: [] for k in fns}
+  for _ in range(repeats):
+    for k, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      times[k].append(time.perf_counter() - t0)
+  return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _torch_model(cfg):
-    import torch
-    spec = importlib.util.find_spec("clip")
-    path = os.path.join(next(iter(spec.submodule_search_locations)), "model.py")
-    mspec = importlib.util.spec_from_file_location("_openai_clip_model", path)
-    mod = importlib.util.module_from_spec(mspec)
-    mspec.loader.exec_module(mod)
-    v, t = cfg.vision, cfg.text
-    layers = tuple(v.layers) if cfg.is_resnet else v.layers
-    patch = None if cfg.is_resnet else v.patch_size
-    torch.manual_seed(0)
-    return mod.CLIP(cfg.embed_dim, v.image_size, layers, v.width, patch, t.context_length, t.vocab_size,
-                    t.width, t.heads, t.layers).eval()
+  import torch
+
+  spec = importlib.util.find_spec("clip")
+  path = os.path.join(next(iter(spec.submodule_search_locations)), "model.py")
+  mspec = importlib.util.spec_from_file_location("_openai_clip_model", path)
+  mod = importlib.util.module_from_spec(mspec)
+  mspec.loader.exec_module(mod)
+  v, t = cfg.vision, cfg.text
+  layers = tuple(v.layers) if cfg.is_resnet else v.layers
+  patch = None if cfg.is_resnet else v.patch_size
+  torch.manual_seed(0)
+  return mod.CLIP(
+      cfg.embed_dim,
+      v.image_size,
+      layers,
+      v.width,
+      patch,
+      t.context_length,
+      t.vocab_size,
+      t.width,
+      t.heads,
+      t.layers,
+  ).eval()
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--preset", default="RN50")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--text_batch", type=int, default=32)
-    ap.add_argument("--trunk_batch", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--no_torch", action="store_true")
-    args = ap.parse_args()
-    cfg = clip.get_config(args.preset)
-    params = clip.init_params(cfg)
-    s = cfg.image_size
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(args.batch, s, s, 3)).astype(np.float32)
-    tokens = clip.LoadedCLIP(cfg, params).tokenize(["a photo of a red circle next to a star"] * args.text_batch)
-    rows = []
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--preset", default="RN50")
+  ap.add_argument("--batch", type=int, default=8)
+  ap.add_argument("--text_batch", type=int, default=32)
+  ap.add_argument("--trunk_batch", type=int, default=4)
+  ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--no_torch", action="store_true")
+  args = ap.parse_args()
+  cfg = clip.get_config(args.preset)
+  params = clip.init_params(cfg)
+  s = cfg.image_size
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(args.batch, s, s, 3)).astype(np.float32)
+  tokens = clip.LoadedCLIP(cfg, params).tokenize(
+      ["a photo of a red circle next to a star"] * args.text_batch
+  )
+  rows = []
 
-    def flax_fn(method, x, dtype):
-        f = jax.jit(lambda p, a: clip.CLIP(cfg, dtype=dtype).apply({"params": p}, a, method=method))
-        xj = jnp.asarray(x)
-        return lambda: jax.block_until_ready(f(params, xj))
+  def flax_fn(method, x, dtype):
+    f = jax.jit(lambda p, a: clip.CLIP(cfg, dtype=dtype).apply({"params": p}, a, method=method))
+    xj = jnp.asarray(x)
+    return lambda: jax.block_until_ready(f(params, xj))
 
-    fns = {
-        "img32": flax_fn(clip.CLIP.encode_image, images, jnp.float32),
-        "img16": flax_fn(clip.CLIP.encode_image, images, jnp.bfloat16),
-        "txt32": flax_fn(clip.CLIP.encode_text, tokens, jnp.float32),
-        "txt16": flax_fn(clip.CLIP.encode_text, tokens, jnp.bfloat16),
-    }
-    if not args.no_torch:
-        import torch
-        model = _torch_model(cfg)
-        ti = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-        tt = torch.from_numpy(tokens.astype(np.int64))
+  fns = {
+      "img32": flax_fn(clip.CLIP.encode_image, images, jnp.float32),
+      "img16": flax_fn(clip.CLIP.encode_image, images, jnp.bfloat16),
+      "txt32": flax_fn(clip.CLIP.encode_text, tokens, jnp.float32),
+      "txt16": flax_fn(clip.CLIP.encode_text, tokens, jnp.bfloat16),
+  }
+  if not args.no_torch:
+    import torch
 
-        def no_grad(f):
-            def g():
-                with torch.no_grad():
-                    f()
-            return g
-        fns["timg"] = no_grad(lambda: model.encode_image(ti))
-        fns["ttxt"] = no_grad(lambda: model.encode_text(tt))
-        if cfg.is_resnet:
-            vis = model.visual
-            ti_trunk = ti[: args.trunk_batch].clone()
-            tcot = torch.from_numpy(rng.normal(size=(args.trunk_batch, cfg.vision.res4_channels, s // 16,
-                                                     s // 16)).astype(np.float32))
+    model = _torch_model(cfg)
+    ti = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    tt = torch.from_numpy(tokens.astype(np.int64))
 
-            def torch_trunk():
-                x = vis.relu1(vis.bn1(vis.conv1(ti_trunk)))
-                x = vis.relu2(vis.bn2(vis.conv2(x)))
-                x = vis.avgpool(vis.relu3(vis.bn3(vis.conv3(x))))
-                x = vis.layer3(vis.layer2(vis.layer1(x)))
-                grads = torch.autograd.grad(x, [q for q in vis.parameters() if q.requires_grad],
-                                            tcot, allow_unused=True)
-                return grads
-            fns["ttrunk"] = torch_trunk
+    def no_grad(f):
+      def g():
+        with torch.no_grad():
+          f()
+
+      return g
+
+    fns["timg"] = no_grad(lambda: model.encode_image(ti))
+    fns["ttxt"] = no_grad(lambda: model.encode_text(tt))
     if cfg.is_resnet:
-        trunk_images = jnp.asarray(images[: args.trunk_batch])
-        cot_shape = (args.trunk_batch, s // 16, s // 16, cfg.vision.res4_channels)
-        cot = jnp.asarray(rng.normal(size=cot_shape).astype(np.float32))
-        for freeze_at in (0, 2):
-            def fwd_bwd(p, x, freeze_at=freeze_at):
-                _, vjp = jax.vjp(lambda q: clip.CLIP(cfg, freeze_at=freeze_at).apply(
-                    {"params": q}, x, method=clip.CLIP.image_res4), p)
-                return vjp(cot)[0]
-            f = jax.jit(fwd_bwd)
-            fns[f"trunk{freeze_at}"] = lambda f=f: jax.block_until_ready(f(params, trunk_images))
-    t = _interleaved_medians(fns, args.repeats)
-    nan = float("nan")
-    rows.append((f"image forward, batch {args.batch}, {s} px", t.get("timg", nan), t["img32"], t["img16"]))
-    rows.append((f"text forward, batch {args.text_batch}", t.get("ttxt", nan), t["txt32"], t["txt16"]))
-    if cfg.is_resnet:
-        rows.append((f"res4 trunk fwd+bwd, batch {args.trunk_batch}: freeze_at 0 / freeze_at 2 (fp32)",
-                     t.get("ttrunk", nan), t["trunk0"], t["trunk2"]))
+      vis = model.visual
+      ti_trunk = ti[: args.trunk_batch].clone()
+      tcot = torch.from_numpy(
+          rng.normal(size=(args.trunk_batch, cfg.vision.res4_channels, s // 16, s // 16)).astype(
+              np.float32
+          )
+      )
 
-    print(f"| what ({args.preset}) | torch | flax fp32 | flax bf16 (trunk: freeze_at 2) | fp32 / torch |")
-    print("|---|---|---|---|---|")
-    for name, t, a, b in rows:
-        print(f"| {name} | {t:.3f} s | {a:.3f} s | {b:.3f} s | {a / t:.2f} |")
+      def torch_trunk():
+        x = vis.relu1(vis.bn1(vis.conv1(ti_trunk)))
+        x = vis.relu2(vis.bn2(vis.conv2(x)))
+        x = vis.avgpool(vis.relu3(vis.bn3(vis.conv3(x))))
+        x = vis.layer3(vis.layer2(vis.layer1(x)))
+        grads = torch.autograd.grad(
+            x, [q for q in vis.parameters() if q.requires_grad], tcot, allow_unused=True
+        )
+        return grads
+
+      fns["ttrunk"] = torch_trunk
+  if cfg.is_resnet:
+    trunk_images = jnp.asarray(images[: args.trunk_batch])
+    cot_shape = (args.trunk_batch, s // 16, s // 16, cfg.vision.res4_channels)
+    cot = jnp.asarray(rng.normal(size=cot_shape).astype(np.float32))
+    for freeze_at in (0, 2):
+
+      def fwd_bwd(p, x, freeze_at=freeze_at):
+        _, vjp = jax.vjp(
+            lambda q: clip.CLIP(cfg, freeze_at=freeze_at).apply(
+                {"params": q}, x, method=clip.CLIP.image_res4
+            ),
+            p,
+        )
+        return vjp(cot)[0]
+
+      f = jax.jit(fwd_bwd)
+      fns[f"trunk{freeze_at}"] = lambda f=f: jax.block_until_ready(f(params, trunk_images))
+  t = _interleaved_medians(fns, args.repeats)
+  nan = float("nan")
+  rows.append(
+      (f"image forward, batch {args.batch}, {s} px", t.get("timg", nan), t["img32"], t["img16"])
+  )
+  rows.append(
+      (f"text forward, batch {args.text_batch}", t.get("ttxt", nan), t["txt32"], t["txt16"])
+  )
+  if cfg.is_resnet:
+    rows.append(
+        (
+            f"res4 trunk fwd+bwd, batch {args.trunk_batch}: freeze_at 0 / freeze_at 2 (fp32)",
+            t.get("ttrunk", nan),
+            t["trunk0"],
+            t["trunk2"],
+        )
+    )
+
+  print(
+      f"| what ({args.preset}) | torch | flax fp32 | flax bf16 (trunk: freeze_at 2) | fp32 / torch |"
+  )
+  print("|---|---|---|---|---|")
+  for name, t, a, b in rows:
+    print(f"| {name} | {t:.3f} s | {a:.3f} s | {b:.3f} s | {a / t:.2f} |")
 
 
 if __name__ == "__main__":
-    main()
+  main()

@@ -9,6 +9,7 @@ every proposal + text classifier + per-class NMS. Train step = frozen RPN (train
 Random weights (numpy init; timings do not depend on values). Variants run side by side in one
 process; each figure is the median of `--repeats` timed calls after one warm-up (compile) call.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,12 @@ def _median_time(fn, repeats):
 def run_variant(name, dtype, args):
   from regionclip_jax.detection import builders
   from regionclip_jax.detection.settings import InferenceSettings, RoIHeadSettings, RPNSettings
-  from regionclip_jax.detection.train_lib import (make_classify_fn, make_detector_step,
-                                                  make_proposal_fn, make_region_fn)
+  from regionclip_jax.detection.train_lib import (
+      make_classify_fn,
+      make_detector_step,
+      make_proposal_fn,
+      make_region_fn,
+  )
   from regionclip_jax.detection.finetune import TRAINABLE_DETECTOR
   from regionclip_jax.models.clip import FROZEN_BN_REGEX, get_config
   from regionclip_jax.train import optimizer as optim
@@ -81,8 +86,10 @@ def run_variant(name, dtype, args):
     tx = optim.make_optimizer("sgd", 0.002, momentum=0.9, weight_decay=1e-4, clip_norm=None)
     mask = optim.trainable_mask(dv, TRAINABLE_DETECTOR, (FROZEN_BN_REGEX,))
     state = create_train_state(dv, tx, mask)
-    step = jax.jit(make_detector_step(det, rpn, gen, RoIHeadSettings(), RPNSettings(), tx, mask),
-                   donate_argnums=0)
+    step = jax.jit(
+        make_detector_step(det, rpn, gen, RoIHeadSettings(), RPNSettings(), tx, mask),
+        donate_argnums=0,
+    )
     k = 8
     boxes = np.zeros((n, k, 4), np.float32)
     for i in range(n):
@@ -90,8 +97,13 @@ def run_variant(name, dtype, args):
         bw, bh = rng.uniform(0.05, 0.25) * w, rng.uniform(0.05, 0.25) * h
         x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
         boxes[i, j] = [x, y, x + bw, y + bh]
-    batch = {"image": images, "image_size": sizes, "boxes": jnp.asarray(boxes),
-             "box_mask": jnp.ones((n, k), bool), "labels": jnp.asarray(rng.integers(0, args.classes, (n, k)), jnp.int32)}
+    batch = {
+        "image": images,
+        "image_size": sizes,
+        "boxes": jnp.asarray(boxes),
+        "box_mask": jnp.ones((n, k), bool),
+        "labels": jnp.asarray(rng.integers(0, args.classes, (n, k)), jnp.int32),
+    }
     frozen = {"rpn": rv, "text_emb": emb}
     holder = {"s": state}
 
@@ -122,20 +134,27 @@ def main():
   args.parts = args.parts.split(",")
   dtypes = {"fp32": "float32", "bf16": "bfloat16"}
   dev = jax.devices()[0]
-  print(f"# devices: {jax.device_count()} x {dev.device_kind} ({dev.platform}); jax {jax.__version__}; "
-        f"{platform.machine()} {os.cpu_count()} cpus; {args}", flush=True)
+  print(
+      f"# devices: {jax.device_count()} x {dev.device_kind} ({dev.platform}); jax {jax.__version__}; "
+      f"{platform.machine()} {os.cpu_count()} cpus; {args}",
+      flush=True,
+  )
   rows = []
   for v in args.variants.split(","):
     r = run_variant(v, dtypes[v], args)
     rows.append(r)
     print(json.dumps(r), flush=True)
   base = rows[0]
-  print("\n| variant | infer images/s | infer s/batch | train step s | first infer call s | first train call s |")
+  print(
+      "\n| variant | infer images/s | infer s/batch | train step s | first infer call s | first train call s |"
+  )
   print("|---|---|---|---|---|---|")
   for r in rows:
-    print(f"| {r['variant']} | {r.get('infer_images_per_s', float('nan')):.3f} | "
-          f"{r.get('infer_s_per_batch', float('nan')):.3f} | {r.get('train_step_s', float('nan')):.3f} | "
-          f"{r.get('infer_first_call_s', float('nan')):.1f} | {r.get('train_first_call_s', float('nan')):.1f} |")
+    print(
+        f"| {r['variant']} | {r.get('infer_images_per_s', float('nan')):.3f} | "
+        f"{r.get('infer_s_per_batch', float('nan')):.3f} | {r.get('train_step_s', float('nan')):.3f} | "
+        f"{r.get('infer_first_call_s', float('nan')):.1f} | {r.get('train_first_call_s', float('nan')):.1f} |"
+    )
   if len(rows) > 1:
     for r in rows[1:]:
       ratios = {k: base[k] / r[k] for k in ("infer_s_per_batch", "train_step_s") if k in r}

@@ -5,6 +5,7 @@
 The numpy reference is torchvision's CPU kernel logic (sort, sweep, vectorised suppression of
 the rest), run image by image; both produce the same kept lists (checked here).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ def numpy_nms(boxes, scores, thr, max_output):
     keep.append(int(i))
     if len(keep) == max_output:
       break
-    rest = order[a + 1:]
+    rest = order[a + 1 :]
     w = np.maximum(0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
     h = np.maximum(0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
     inter = w * h
@@ -74,7 +75,7 @@ def main():
       numpy_nms(b, s, thr, k)
     t_np.append(time.perf_counter() - t0)
   kept = [len(r) for r in refs]
-  print(f"| input | kept per image | jax jit (vmap over 2) s | numpy reference s | jax / numpy |")
+  print("| input | kept per image | jax jit (vmap over 2) s | numpy reference s | jax / numpy |")
   print("|---|---|---|---|---|")
   tj, tn = statistics.median(t_jax), statistics.median(t_np)
   print(f"| 2 x {n} boxes, top {k}, IoU {thr} | {kept} | {tj:.4f} | {tn:.4f} | {tj / tn:.2f} |")

@@ -14,6 +14,7 @@ for float32 (XLA runs float32 convolutions and matmuls as TF32 on these GPUs by 
 cores x 2 FMA units x 16 fp32 lanes x 2 flops x 2.5 GHz, an estimate. Synthetic
 inputs (random images, boxes), random weights. Official reference: ~3.5 images/s per V100.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,10 @@ CASES = {  # name: (clip preset, image size, regions per image, default batch, c
     "tiny": ("tiny_rn", 64, 16, 24, 16),
     "rn50": ("RN50", 800, 100, 3, 77),
 }
-PEAK_TFLOPS = {"float32": {"NVIDIA H200": 494.0, "NVIDIA H100": 494.0, "Tesla V100": 15.7},
-               "bfloat16": {"NVIDIA H200": 989.0, "NVIDIA H100": 989.0, "Tesla V100": 125.0}}
+PEAK_TFLOPS = {
+    "float32": {"NVIDIA H200": 494.0, "NVIDIA H100": 494.0, "Tesla V100": 15.7},
+    "bfloat16": {"NVIDIA H200": 989.0, "NVIDIA H100": 989.0, "Tesla V100": 125.0},
+}
 
 
 def peak_tflops(dtype: str, override: float | None) -> float:
@@ -55,8 +58,14 @@ def peak_tflops(dtype: str, override: float | None) -> float:
   return float("nan")
 
 
-def bench(case: str, batch: int, dtype: str, repeats: int, regions: int | None,
-          image_size: int | None = None):
+def bench(
+    case: str,
+    batch: int,
+    dtype: str,
+    repeats: int,
+    regions: int | None,
+    image_size: int | None = None,
+):
   preset, size, r_default, _, ctx = CASES[case]
   size = image_size or size
   r = regions or r_default
@@ -66,17 +75,22 @@ def bench(case: str, batch: int, dtype: str, repeats: int, regions: int | None,
   cdt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
   model = clip_lib.CLIP(cfg, dtype=cdt)
   tx = opt.sgd(opt.warmup_multistep_schedule(0.002, 1000, 0.001, (300_000, 525_000)))
-  mask = opt.trainable_mask(params, (r"^visual/(layer2|layer3|layer4|attnpool)/",),
-                            (clip_lib.FROZEN_BN_REGEX,))
-  step = make_pretrain_step(model, model, tx, mask, make_proposal_fn("random", r),
-                            LossConfig(group_size=min(3, batch)))
+  mask = opt.trainable_mask(
+      params, (r"^visual/(layer2|layer3|layer4|attnpool)/",), (clip_lib.FROZEN_BN_REGEX,)
+  )
+  step = make_pretrain_step(
+      model, model, tx, mask, make_proposal_fn("random", r), LossConfig(group_size=min(3, batch))
+  )
   rng = np.random.default_rng(0)
   concepts = rng.normal(size=(1000, cfg.embed_dim)).astype(np.float32)
   frozen = {"teacher_params": teacher, "concept_emb": concepts, "teacher_concept_emb": concepts}
   toks = np.zeros((batch, ctx), np.int32)
   toks[:, 0], toks[:, 1:6], toks[:, 6] = 49406, rng.integers(1, 49000, (batch, 5)), 49407
-  data = {"image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
-          "image_size": np.full((batch, 2), size, np.int32), "caption_tokens": toks}
+  data = {
+      "image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
+      "image_size": np.full((batch, 2), size, np.int32),
+      "caption_tokens": toks,
+  }
   mesh = make_mesh(1)
   state = create_train_state(params, tx, mask)
   fn, state, frozen = jit_step(step, mesh, state, frozen=frozen)
@@ -100,9 +114,23 @@ def bench(case: str, batch: int, dtype: str, repeats: int, regions: int | None,
   peak = peak_tflops(dtype, ARGS.peak_tflops)
   mfu = flops / med / (peak * 1e12)
   loss = float(m["loss"])
-  return dict(case=case, preset=preset, image=size, regions=r, batch=batch, dtype=dtype,
-              compile_s=compile_s, step_s=med, img_s=batch / med, tflop_step=flops / 1e12,
-              tflops=flops / med / 1e12, peak=peak, mfu=mfu, loss=loss, n=repeats)
+  return dict(
+      case=case,
+      preset=preset,
+      image=size,
+      regions=r,
+      batch=batch,
+      dtype=dtype,
+      compile_s=compile_s,
+      step_s=med,
+      img_s=batch / med,
+      tflop_step=flops / 1e12,
+      tflops=flops / med / 1e12,
+      peak=peak,
+      mfu=mfu,
+      loss=loss,
+      n=repeats,
+  )
 
 
 def main():
@@ -118,16 +146,27 @@ def main():
   ARGS = p.parse_args()
   dev = jax.devices()[0]
   print(f"device: {dev.platform} {dev.device_kind} x{jax.device_count()}; jax {jax.__version__}")
-  print("| case | image px | regions/img | batch | dtype | compile s | step s (median) | images/s "
-        "| TFLOP/step | TFLOP/s | peak TFLOP/s | MFU |")
+  print(
+      "| case | image px | regions/img | batch | dtype | compile s | step s (median) | images/s "
+      "| TFLOP/step | TFLOP/s | peak TFLOP/s | MFU |"
+  )
   print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   for case in ARGS.cases.split(","):
     for dtype in ARGS.dtypes.split(","):
-      r = bench(case, ARGS.batch or CASES[case][3], dtype, ARGS.repeats, ARGS.regions or None,
-                ARGS.image_size or None)
-      print(f"| {r['case']} ({r['preset']}) | {r['image']} | {r['regions']} | {r['batch']} | {r['dtype']} "
-            f"| {r['compile_s']:.1f} | {r['step_s']:.4f} | {r['img_s']:.2f} | {r['tflop_step']:.3f} "
-            f"| {r['tflops']:.2f} | {r['peak']:.3g} | {100 * r['mfu']:.1f}% |", flush=True)
+      r = bench(
+          case,
+          ARGS.batch or CASES[case][3],
+          dtype,
+          ARGS.repeats,
+          ARGS.regions or None,
+          ARGS.image_size or None,
+      )
+      print(
+          f"| {r['case']} ({r['preset']}) | {r['image']} | {r['regions']} | {r['batch']} | {r['dtype']} "
+          f"| {r['compile_s']:.1f} | {r['step_s']:.4f} | {r['img_s']:.2f} | {r['tflop_step']:.3f} "
+          f"| {r['tflops']:.2f} | {r['peak']:.3g} | {100 * r['mfu']:.1f}% |",
+          flush=True,
+      )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Reports the median wall time of `--repeats` runs (after one warm-up/compile run)
 temporary memory XLA allocates for the compiled executable (memory_analysis().temp_size_in_bytes).
 Backward uses a random cotangent (not the gradient of a plain sum, which XLA can simplify).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,17 +49,21 @@ def bench(name, pool, feats, boxes, out_shape, repeats, rows, methods=("separabl
   cot = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
   for method in methods:
     fwd = jax.jit(lambda f, b, m=method: pool(f, b, m))
+
     def bwd_fn(f, b, c, m=method):  # returns the output too, so the forward is not dead code
       y, vjp = jax.vjp(lambda x: pool(x, b, m), f)
       return y, vjp(c)[0]
+
     bwd = jax.jit(bwd_fn)
     t_f = _time(fwd, (feats, boxes), repeats)
     m_f = _temp_gib(fwd, (feats, boxes))
     t_b = _time(bwd, (feats, boxes, cot), repeats)
     m_b = _temp_gib(bwd, (feats, boxes, cot))
     rows.append((name, method, t_f, m_f, t_b, m_b))
-    print(f"{name:34s} {method:9s} fwd {t_f:7.3f} s {m_f:6.3f} GiB | fwd+bwd {t_b:7.3f} s {m_b:6.3f} GiB",
-          flush=True)
+    print(
+        f"{name:34s} {method:9s} fwd {t_f:7.3f} s {m_f:6.3f} GiB | fwd+bwd {t_b:7.3f} s {m_b:6.3f} GiB",
+        flush=True,
+    )
 
 
 def main():
@@ -85,8 +90,16 @@ def main():
   s = c4["s"]
   pool = lambda f, b, m: roi_align(f, b, (s, s), 1 / 16, 0, True, chunk_size=args.chunk, method=m)
   if not args.skip_c4:
-    bench(f"C4 {c4['n']}x{c4['h']}x{c4['w']}x{c4['c']} R={c4['r']} {s}x{s} sr=0", pool, feats, boxes,
-          (c4["n"], c4["r"], s, s, c4["c"]), args.repeats, rows, args.methods.split(","))
+    bench(
+        f"C4 {c4['n']}x{c4['h']}x{c4['w']}x{c4['c']} R={c4['r']} {s}x{s} sr=0",
+        pool,
+        feats,
+        boxes,
+        (c4["n"], c4["r"], s, s, c4["c"]),
+        args.repeats,
+        rows,
+        args.methods.split(","),
+    )
 
   if not args.skip_fpn:
     rng = np.random.default_rng(1)
@@ -94,17 +107,42 @@ def main():
     # adaptive grid on P2 (ceil(200/7) x ceil(336/7) samples per bin) is prohibitive.
     img_h, img_w = fpn["img"], fpn["img"] * 336 // 200
     scales = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
-    feats = [jnp.asarray(rng.normal(size=(fpn["n"], img_h // int(1 / sc), img_w // int(1 / sc), fpn["c"])),
-                         jnp.float32) for sc in scales]
+    feats = [
+        jnp.asarray(
+            rng.normal(size=(fpn["n"], img_h // int(1 / sc), img_w // int(1 / sc), fpn["c"])),
+            jnp.float32,
+        )
+        for sc in scales
+    ]
     boxes = jnp.asarray(_boxes(rng, fpn["n"], fpn["r"], img_h, img_w, 16, img_h))
     s = fpn["s"]
-    pool = lambda f, b, m: multilevel_roi_align(f, b, (s, s), scales, 2, chunk_size=args.chunk, method=m)
-    bench(f"FPN P2-P5 {img_h}x{img_w} C={fpn['c']} R={fpn['r']} {s}x{s} sr=2", pool, feats, boxes,
-          (fpn["n"], fpn["r"], s, s, fpn["c"]), args.repeats, rows, args.methods.split(","))
+    pool = lambda f, b, m: multilevel_roi_align(
+        f, b, (s, s), scales, 2, chunk_size=args.chunk, method=m
+    )
+    bench(
+        f"FPN P2-P5 {img_h}x{img_w} C={fpn['c']} R={fpn['r']} {s}x{s} sr=2",
+        pool,
+        feats,
+        boxes,
+        (fpn["n"], fpn["r"], s, s, fpn["c"]),
+        args.repeats,
+        rows,
+        args.methods.split(","),
+    )
     # detectron2's FPN default (adaptive): only the separable form is exact (and affordable) here
-    pool0 = lambda f, b, m: multilevel_roi_align(f, b, (s, s), scales, 0, chunk_size=args.chunk, method=m)
-    bench(f"FPN P2-P5 {img_h}x{img_w} C={fpn['c']} R={fpn['r']} {s}x{s} sr=0", pool0, feats, boxes,
-          (fpn["n"], fpn["r"], s, s, fpn["c"]), args.repeats, rows, ["separable"])
+    pool0 = lambda f, b, m: multilevel_roi_align(
+        f, b, (s, s), scales, 0, chunk_size=args.chunk, method=m
+    )
+    bench(
+        f"FPN P2-P5 {img_h}x{img_w} C={fpn['c']} R={fpn['r']} {s}x{s} sr=0",
+        pool0,
+        feats,
+        boxes,
+        (fpn["n"], fpn["r"], s, s, fpn["c"]),
+        args.repeats,
+        rows,
+        ["separable"],
+    )
 
   print("\n| shapes | method | fwd s | fwd temp GiB | fwd+bwd s | fwd+bwd temp GiB |")
   print("|---|---|---|---|---|---|")

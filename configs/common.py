@@ -1,4 +1,5 @@
 """Helpers shared by config files: preset selection and strict (typo-proof) configs."""
+
 from __future__ import annotations
 
 import difflib
@@ -7,8 +8,12 @@ from typing import Callable, Mapping
 import ml_collections
 
 
-def select_preset(arg: str | None, presets: Mapping[str, Callable[[], ml_collections.ConfigDict]],
-                  default: str, where: str) -> ml_collections.ConfigDict:
+def select_preset(
+    arg: str | None,
+    presets: Mapping[str, Callable[[], ml_collections.ConfigDict]],
+    default: str,
+    where: str,
+) -> ml_collections.ConfigDict:
   """`--config=FILE:NAME` -> presets[NAME]() (NAME empty -> default); unknown names list the valid ones."""
   name = (arg or "").strip() or default
   if name not in presets:
@@ -22,16 +27,24 @@ def select_preset(arg: str | None, presets: Mapping[str, Callable[[], ml_collect
   return cfg
 
 
-def check_keys(cfg: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, where: str,
-               prefix: str = "") -> None:
+def check_keys(
+    cfg: ml_collections.ConfigDict,
+    reference: ml_collections.ConfigDict,
+    where: str,
+    prefix: str = "",
+) -> None:
   """Raise naming the bad key and the valid keys if `cfg` has a key `reference` lacks."""
   for k in cfg.keys():
     if k not in reference:
       close = difflib.get_close_matches(k, list(reference.keys()), n=1)
       hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
-      raise ValueError(f"{where}: unknown config key {prefix + k!r}{hint}; valid keys at this "
-                       f"level: {sorted(reference.keys())}")
-    if isinstance(cfg[k], ml_collections.ConfigDict) and isinstance(reference[k], ml_collections.ConfigDict):
+      raise ValueError(
+          f"{where}: unknown config key {prefix + k!r}{hint}; valid keys at this "
+          f"level: {sorted(reference.keys())}"
+      )
+    if isinstance(cfg[k], ml_collections.ConfigDict) and isinstance(
+        reference[k], ml_collections.ConfigDict
+    ):
       check_keys(cfg[k], reference[k], where, prefix + k + ".")
 
 

@@ -8,6 +8,7 @@ Presets: shapes (default), rpn_shapes, coco_ovd_rn50, coco_ovd_rn50x4, lvis_rn50
 rpn_lvis. `task` "detection" (main.py -> detection.run), `stage`: "finetune" (detector on base classes,
 proposals from a frozen RPN) or "rpn" (class-agnostic RPN on base boxes). Official values are the defaults; deviations say so.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,32 +22,32 @@ from common import select_preset  # noqa: E402
 
 def _base() -> mlc.ConfigDict:
   c = mlc.ConfigDict()
-  c.task = "detection"                # main.py -> regionclip_jax.detection.run
-  c.stage = "finetune"                # "finetune" | "rpn"
+  c.task = "detection"  # main.py -> regionclip_jax.detection.run
+  c.stage = "finetune"  # "finetune" | "rpn"
   c.seed = 0
   c.workdir = ""
 
   c.model = mlc.ConfigDict()
-  c.model.clip_preset = "RN50"       # architecture when no checkpoint says otherwise
-  c.model.init_checkpoint = ""       # RegionCLIP pretrain workdir / converted CLIP dir / .pt / .pth
-  c.model.init_source = ""           # force the checkpoint format (see models.checkpoints)
-  c.model.text_checkpoint = ""       # CLIP whose text tower embeds class names; "" = init_checkpoint
-  c.model.freeze_at = 2              # official FREEZE_AT 2: stem + res2 frozen
-  c.model.pooler_resolution = 14     # RoIAlign output: 14 (RN50), 18 (RN50x4), 2 * attnpool grid
-  c.model.sampling_ratio = 0         # adaptive, official
+  c.model.clip_preset = "RN50"  # architecture when no checkpoint says otherwise
+  c.model.init_checkpoint = ""  # RegionCLIP pretrain workdir / converted CLIP dir / .pt / .pth
+  c.model.init_source = ""  # force the checkpoint format (see models.checkpoints)
+  c.model.text_checkpoint = ""  # CLIP whose text tower embeds class names; "" = init_checkpoint
+  c.model.freeze_at = 2  # official FREEZE_AT 2: stem + res2 frozen
+  c.model.pooler_resolution = 14  # RoIAlign output: 14 (RN50), 18 (RN50x4), 2 * attnpool grid
+  c.model.sampling_ratio = 0  # adaptive, official
   c.model.roi_chunk_size = 64
   c.model.dtype = "float32"
-  c.model.head = "c4"                # "c4" (official) | "fpn" (detection/fpn.py: FPN + 2FC box head)
-  c.model.fpn = mlc.ConfigDict()     # FPN head settings (used when head == "fpn"), detectron2 values
+  c.model.head = "c4"  # "c4" (official) | "fpn" (detection/fpn.py: FPN + 2FC box head)
+  c.model.fpn = mlc.ConfigDict()  # FPN head settings (used when head == "fpn"), detectron2 values
   c.model.fpn.fpn_channels = 256
   c.model.fpn.pooler_resolution = 7
   c.model.fpn.canonical_box_size = 224.0
   c.model.fpn.fc_dim = 1024
 
   c.rpn = mlc.ConfigDict()
-  c.rpn.checkpoint = ""              # workdir of a stage="rpn" run (the frozen offline RPN)
-  c.rpn.clip_preset = ""             # RPN backbone; "" = model.clip_preset
-  c.rpn.init_checkpoint = ""         # RPN backbone init (stage="rpn"); "" = model.init_checkpoint
+  c.rpn.checkpoint = ""  # workdir of a stage="rpn" run (the frozen offline RPN)
+  c.rpn.clip_preset = ""  # RPN backbone; "" = model.clip_preset
+  c.rpn.init_checkpoint = ""  # RPN backbone init (stage="rpn"); "" = model.init_checkpoint
   c.rpn.anchor_sizes = (32, 64, 128, 256, 512)
   c.rpn.aspect_ratios = (0.5, 1.0, 2.0)
   c.rpn.stride = 16
@@ -66,35 +67,35 @@ def _base() -> mlc.ConfigDict:
   c.roi_heads.temperature = 0.01
   # a CLIP checkpoint: temperature = 1 / its learned logit scale (OpenAI CLIP: 0.01, as above)
   c.roi_heads.temperature_from_checkpoint = ""
-  c.roi_heads.focal_gamma = 0.5      # COCO; LVIS: None (plain CE)
-  c.roi_heads.bg_weight = 0.2        # COCO; LVIS: 0.8
+  c.roi_heads.focal_gamma = 0.5  # COCO; LVIS: None (plain CE)
+  c.roi_heads.bg_weight = 0.2  # COCO; LVIS: 0.8
   c.roi_heads.box_weights = (10.0, 10.0, 5.0, 5.0)
 
   c.test = mlc.ConfigDict()
   c.test.score_thresh = 0.001
   c.test.nms_thresh = 0.5
   c.test.topk = 100
-  c.test.soft_nms_enabled = False    # reported numbers used gaussian soft-NMS (sigma 0.5)
+  c.test.soft_nms_enabled = False  # reported numbers used gaussian soft-NMS (sigma 0.5)
   c.test.soft_nms_sigma = 0.5
   c.test.soft_nms_prune = 0.001
-  c.test.max_candidates = 2000       # static-shape cap on (RoI, class) pairs entering NMS
-  c.test.rpn_fusion = ""             # "" | "raw_logit" (official MULTIPLY_RPN_SCORE) | "sigmoid"
+  c.test.max_candidates = 2000  # static-shape cap on (RoI, class) pairs entering NMS
+  c.test.rpn_fusion = ""  # "" | "raw_logit" (official MULTIPLY_RPN_SCORE) | "sigmoid"
   c.test.eval_split = "coco_ovd"
   # (w_seen, w_unseen): geometric-mean score ensemble with the frozen pretrained init, F-VLM's
   # (0.35, 0.65); () = the fine-tuned detector alone (official RegionCLIP)
   c.test.pretrained_score_weights = ()
   c.test.batch_size = 1
-  c.test.num_examples = 0            # > 0: <workdir>/examples.png, GT vs. detections on test images
+  c.test.num_examples = 0  # > 0: <workdir>/examples.png, GT vs. detections on test images
 
   c.data = mlc.ConfigDict()
-  c.data.name = "coco"               # "coco" (COCO/LVIS-format json + image dir) | "shapes_world"
+  c.data.name = "coco"  # "coco" (COCO/LVIS-format json + image dir) | "shapes_world"
   c.data.train_annotations = ""
   c.data.train_images = ""
   c.data.test_annotations = ""
   c.data.test_images = ""
-  c.data.base_classes = ""           # split name understood by data.categories ("coco_ovd", "lvis")
-  c.data.train_embeddings = ""       # .npy [K_base, D] text embeddings of the training classes
-  c.data.test_embeddings = ""        # .npy [K_all, D]; "" = compute from class names (prompts)
+  c.data.base_classes = ""  # split name understood by data.categories ("coco_ovd", "lvis")
+  c.data.train_embeddings = ""  # .npy [K_base, D] text embeddings of the training classes
+  c.data.test_embeddings = ""  # .npy [K_all, D]; "" = compute from class names (prompts)
   c.data.short_edge_lengths = (640, 672, 704, 736, 768, 800)
   c.data.test_size = 800
   c.data.max_size = 1333
@@ -106,7 +107,7 @@ def _base() -> mlc.ConfigDict:
   c.optimizer.lr = 0.002
   c.optimizer.momentum = 0.9
   c.optimizer.weight_decay = 1e-4
-  c.optimizer.clip_norm = 0.0        # detectron2 default: no gradient clipping in the transfer
+  c.optimizer.clip_norm = 0.0  # detectron2 default: no gradient clipping in the transfer
   c.optimizer.warmup_steps = 5000
   c.optimizer.warmup_factor = 0.001
   c.optimizer.decay_steps = (60000, 80000)
@@ -116,7 +117,7 @@ def _base() -> mlc.ConfigDict:
   c.train.num_steps = 90000
   c.train.log_every = 20
   c.train.checkpoint_every = 5000
-  c.train.eval_every = 0             # 0: evaluate at the end only
+  c.train.eval_every = 0  # 0: evaluate at the end only
   return c
 
 
@@ -166,7 +167,7 @@ def shapes() -> mlc.ConfigDict:
   AP50 novel / base / all. RPN and proposal counts scaled to the 4x4 res4 map."""
   c = _base()
   c.model.clip_preset = "tiny_rn"
-  c.model.pooler_resolution = 4      # 2 * attnpool grid of tiny_rn (64 px -> 2x2)
+  c.model.pooler_resolution = 4  # 2 * attnpool grid of tiny_rn (64 px -> 2x2)
   c.rpn.anchor_sizes = (12, 20, 32, 48)
   c.rpn.aspect_ratios = (0.5, 1.0, 2.0)
   c.rpn.batch_size_per_image = 64
@@ -196,7 +197,7 @@ def shapes() -> mlc.ConfigDict:
   # zero-shot detection protocol (Bansal et al. 2018): RPN and detector train on scenes without
   # novel objects; with them, both learn "crescent = background" (BENCHMARKS.md, claim b)
   c.data.exclude_novel_images = True
-  c.optimizer.name = "adamw"         # deviation for the miniature: fast on CPU from scratch
+  c.optimizer.name = "adamw"  # deviation for the miniature: fast on CPU from scratch
   c.optimizer.lr = 1e-3
   c.optimizer.weight_decay = 1e-4
   c.optimizer.warmup_steps = 50
@@ -217,8 +218,12 @@ def rpn_shapes() -> mlc.ConfigDict:
 
 
 PRESETS = {
-    "shapes": shapes, "rpn_shapes": rpn_shapes, "coco_ovd_rn50": coco_ovd_rn50,
-    "coco_ovd_rn50x4": coco_ovd_rn50x4, "lvis_rn50": lvis_rn50, "rpn_coco": rpn_coco,
+    "shapes": shapes,
+    "rpn_shapes": rpn_shapes,
+    "coco_ovd_rn50": coco_ovd_rn50,
+    "coco_ovd_rn50x4": coco_ovd_rn50x4,
+    "lvis_rn50": lvis_rn50,
+    "rpn_coco": rpn_coco,
     "rpn_lvis": rpn_lvis,
 }
 

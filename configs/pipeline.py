@@ -10,6 +10,7 @@ Sub-configs are the stage presets themselves: `pretrain` = configs/pretrain.py:s
 `rpn_stage` = configs/finetune.py:rpn_shapes), `finetune` = configs/finetune.py:shapes; override
 any key, e.g. --config.pretrain.num_steps=600 --config.finetune.train.num_steps=500.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,12 +30,12 @@ def shapes() -> ml_collections.ConfigDict:
   c.preset = ""
   c.workdir = ""
   c.seeds = (0,)
-  c.inits = ("student", "teacher", "control")   # detector inits compared after fine-tuning
+  c.inits = ("student", "teacher", "control")  # detector inits compared after fine-tuning
   c.pretrain = pretrain_configs.shapes()
   # pretrain.proposals.kind = "rpn" (official): the base-class RPN, trained by the pipeline's
   # stage 2 with pretrain.rpn_stage (= configs/finetune.py:rpn_shapes)
   c.pretrain.control_steps = c.pretrain.num_steps  # matched compute: same images and steps
-  c.pretrain.data.num_eval_scenes = 1200         # ~3,000 GT regions: se <= 1 point
+  c.pretrain.data.num_eval_scenes = 1200  # ~3,000 GT regions: se <= 1 point
   # a teacher twice as long as the main command's: at 1,500 steps its text tower still gives
   # near-identical embeddings to 14 concept pairs (circle / square / heart, triangle / star / ...),
   # capping region top-1 at ~40% (BENCHMARKS.md, "A stronger teacher")

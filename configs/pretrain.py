@@ -9,6 +9,7 @@ an image-level CLIP teacher into <workdir>/teacher when none is given, then the 
 into <workdir>/rpn), `rn50_cc3m`,
 `rn50x4_cc3m`, `rn50_coco` (official hyper-parameters, DESIGN.md §1.3).
 """
+
 from __future__ import annotations
 
 import os
@@ -28,16 +29,18 @@ def base() -> ml_collections.ConfigDict:
   c.task = "pretrain"
   c.preset = ""
   c.seed = 0
-  c.workdir = ""            # empty: <tmp>/regionclip_jax/pretrain_<preset>, printed at start
+  c.workdir = ""  # empty: <tmp>/regionclip_jax/pretrain_<preset>, printed at start
   c.num_steps = 600_000
-  c.batch_size = 96         # global, images per step
+  c.batch_size = 96  # global, images per step
   c.log_every = 50
   c.checkpoint_every = 5000
   c.keep_checkpoints = 3
   c.async_checkpoints = True
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "tsv"     # "shapes_world" | "tsv" (RegionCLIP image/text TSV pairs) | "coco_captions"
+  c.data.source = (
+      "tsv"  # "shapes_world" | "tsv" (RegionCLIP image/text TSV pairs) | "coco_captions"
+  )
   c.data.image_tsv = ""
   c.data.text_tsv = ""
   c.data.coco_captions = ""
@@ -46,7 +49,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.max_size = 1333
   c.data.flip = True
   c.data.num_threads = 8
-  c.data.context_length = 77        # caption / prompt tokens (shapes world: 16 suffices)
+  c.data.context_length = 77  # caption / prompt tokens (shapes world: 16 suffices)
   # shapes world only
   c.data.image_size = 64
   c.data.num_train_scenes = 20_000
@@ -55,14 +58,14 @@ def base() -> ml_collections.ConfigDict:
   c.data.eval_seed = 12345
 
   c.model = ml_collections.ConfigDict()
-  c.model.student = "RN50"          # models.clip preset name (architecture)
+  c.model.student = "RN50"  # models.clip preset name (architecture)
   c.model.teacher = "RN50"
-  c.model.student_checkpoint = ""   # any clip.load path; empty: initialise from the teacher
-  c.model.teacher_checkpoint = ""   # empty + shapes world: trained by the CLIP stage
-  c.model.concepts_file = ""        # concept names ("name,count" rows allowed)
-  c.model.concept_embeddings = ""   # .npy [C, D] (tools/extract_concept_features); else computed
-  c.model.dtype = "float32"         # compute dtype: "float32" | "bfloat16" (params stay float32)
-  c.model.pooler_resolution = 0     # 0: 2 x attnpool grid (14 for RN50, 18 for RN50x4)
+  c.model.student_checkpoint = ""  # any clip.load path; empty: initialise from the teacher
+  c.model.teacher_checkpoint = ""  # empty + shapes world: trained by the CLIP stage
+  c.model.concepts_file = ""  # concept names ("name,count" rows allowed)
+  c.model.concept_embeddings = ""  # .npy [C, D] (tools/extract_concept_features); else computed
+  c.model.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (params stay float32)
+  c.model.pooler_resolution = 0  # 0: 2 x attnpool grid (14 for RN50, 18 for RN50x4)
   c.model.roi_method = "separable"
   c.model.roi_chunk_size = 64
   c.model.remat = False
@@ -77,14 +80,14 @@ def base() -> ml_collections.ConfigDict:
   c.proposals.rpn_checkpoint = ""
   c.proposals.rpn_post_nms_topk = 300
   c.proposals.rpn_nms_thresh = 0.5
-  c.proposals.num = 100             # regions per image (official: 100 random of the RPN's top 300)
+  c.proposals.num = 100  # regions per image (official: 100 random of the RPN's top 300)
   c.proposals.jitter_copies = 2
   c.proposals.jitter_scale = 0.15
   c.proposals.min_frac = 0.1
   c.proposals.max_frac = 0.8
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.region_distill = 1.0       # weight; 0 switches the term off
+  c.loss.region_distill = 1.0  # weight; 0 switches the term off
   c.loss.region_contrastive = 1.0
   c.loss.image_text = 1.0
   c.loss.temperature = 0.01
@@ -95,7 +98,7 @@ def base() -> ml_collections.ConfigDict:
   # loss.temperature). Off in the official presets.
   c.loss.image_text_temperature_from_teacher = False
   c.loss.concept_threshold = 0.1
-  c.loss.group_size = 3             # images per region-contrastive group (official per-GPU batch)
+  c.loss.group_size = 3  # images per region-contrastive group (official per-GPU batch)
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "sgd"
@@ -110,8 +113,8 @@ def base() -> ml_collections.ConfigDict:
   c.optimizer.clip_type = "per_tensor"  # official; "global" as an option
 
   c.sharding = ml_collections.ConfigDict()
-  c.sharding.mode = "replicate"     # "replicate" (data parallel) | "fsdp"
-  c.sharding.fsdp_min_size = 2 ** 16
+  c.sharding.mode = "replicate"  # "replicate" (data parallel) | "fsdp"
+  c.sharding.fsdp_min_size = 2**16
 
   # The image-level CLIP stage that makes a teacher when none is given (shapes world).
   c.teacher_stage = ml_collections.ConfigDict()
@@ -194,7 +197,12 @@ def rn50_coco() -> ml_collections.ConfigDict:
   return c
 
 
-PRESETS = {"shapes": shapes, "rn50_cc3m": rn50_cc3m, "rn50x4_cc3m": rn50x4_cc3m, "rn50_coco": rn50_coco}
+PRESETS = {
+    "shapes": shapes,
+    "rn50_cc3m": rn50_cc3m,
+    "rn50x4_cc3m": rn50x4_cc3m,
+    "rn50_coco": rn50_coco,
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -9,6 +9,7 @@ Presets: folder (default: your images, your words), coco_gt / coco_rpn (the pape
 COCO OVD: GT boxes or RPN proposals, AP50 novel/base/all), lvis_gt / lvis_rpn.
 The same settings as flags: `python -m regionclip_jax.tools.zero_shot --help`.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,19 +23,19 @@ from common import select_preset  # noqa: E402
 
 def _base() -> mlc.ConfigDict:
   c = mlc.ConfigDict()
-  c.task = "detection"       # main.py -> regionclip_jax.detection.run
+  c.task = "detection"  # main.py -> regionclip_jax.detection.run
   c.stage = "zero_shot"
   c.seed = 0
   z = c.zero_shot = mlc.ConfigDict()
-  z.checkpoint = ""          # CLIP checkpoint (any format) or a detector export dir
-  z.text_checkpoint = ""     # text tower, if not in `checkpoint`
-  z.embeddings = ""          # .npy [K, D] in vocabulary / category order
-  z.rpn = ""                 # frozen RPN workdir / export; "" = sliding windows
+  z.checkpoint = ""  # CLIP checkpoint (any format) or a detector export dir
+  z.text_checkpoint = ""  # text tower, if not in `checkpoint`
+  z.embeddings = ""  # .npy [K, D] in vocabulary / category order
+  z.rpn = ""  # frozen RPN workdir / export; "" = sliding windows
   z.images = ""
-  z.vocabulary = ""          # "a,b,c" or "@file.txt"
-  z.output = ""              # "" = <workdir>/zero_shot
-  z.annotations = ""         # COCO / LVIS json: evaluate instead of drawing
-  z.boxes = "gt"             # "gt" | "rpn"
+  z.vocabulary = ""  # "a,b,c" or "@file.txt"
+  z.output = ""  # "" = <workdir>/zero_shot
+  z.annotations = ""  # COCO / LVIS json: evaluate instead of drawing
+  z.boxes = "gt"  # "gt" | "rpn"
   z.split = ""
   z.max_images = 0
   z.test_size = 800
@@ -43,7 +44,7 @@ def _base() -> mlc.ConfigDict:
   z.draw_threshold = 0.0
   z.nms_thresh = 0.5
   z.topk = 50
-  z.rpn_fusion = ""          # "" | "raw_logit" (official MULTIPLY_RPN_SCORE) | "sigmoid"
+  z.rpn_fusion = ""  # "" | "raw_logit" (official MULTIPLY_RPN_SCORE) | "sigmoid"
   z.soft_nms = False
   return c
 

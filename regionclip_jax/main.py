@@ -2,6 +2,7 @@
 
 Dispatches on `config.task` to a module exposing `run(config, workdir)`.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -16,11 +17,17 @@ TASKS = {
     "pipeline": "regionclip_jax.pipeline",
 }
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<task>.py[:preset]).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: printed, under the temp dir).")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
-                                 "Call jax.distributed.initialize() (multi-host; env/cluster auto-detected).")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/<task>.py[:preset]).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Output directory (default: printed, under the temp dir)."
+)
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Call jax.distributed.initialize() (multi-host; env/cluster auto-detected).",
+)
 
 
 def main(argv):
@@ -32,12 +39,14 @@ def main(argv):
     raise app.UsageError("--config is required, e.g. --config=configs/pretrain.py")
   if _DISTRIBUTED.value:
     import jax
+
     jax.distributed.initialize()
   task = config.get("task")
   if task not in TASKS:
     raise app.UsageError(f"config.task={task!r} is not one of {sorted(TASKS)}")
   module = importlib.import_module(TASKS[task])
   from regionclip_jax.train.loop import NonFiniteLossError
+
   try:
     module.run(config, _WORKDIR.value)
   except NonFiniteLossError as e:

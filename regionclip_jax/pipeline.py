@@ -19,6 +19,7 @@ the figures. Every stage is skipped when its output exists, so a rerun resumes. 
 programs are kept in <workdir>/xla_cache (JAX's persistent cache), so the three detector
 fine-tunes, which share their programs, compile them once.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,9 +37,9 @@ AP_KEYS = ("AP50_novel", "AP50_base", "AP50_all")
 DETECTION_TABLES = {
     "detection": "Claim b: detector AP50 (%) after the same base-class fine-tuning",
     "detection_without_ensemble": "The same fine-tuned detectors alone, without the score ensemble "
-                                  "with their init (official RegionCLIP inference), AP50 (%)",
+    "with their init (official RegionCLIP inference), AP50 (%)",
     "zero_shot_detection": "Zero-shot detection AP50 (%), no fine-tuning (RPN proposals, pretrained "
-                           "region embeddings)",
+    "region embeddings)",
 }
 
 
@@ -85,8 +86,11 @@ def run_seed(config, seed: int, workdir: str) -> dict:
   region = pretrain_run.run(pre, pre_dir)
   _stage_time(timings, "pretrain_and_control", t)
 
-  inits = {"student": os.path.join(pre_dir, "student"), "teacher": teacher,
-           "control": os.path.join(pre_dir, "control", "final")}
+  inits = {
+      "student": os.path.join(pre_dir, "student"),
+      "teacher": teacher,
+      "control": os.path.join(pre_dir, "control", "final"),
+  }
   detection = {}
   for name in config.inits:
     t = time.time()
@@ -114,17 +118,27 @@ def run_seed(config, seed: int, workdir: str) -> dict:
       continue
     ft = _finetune_config(config, seed, inits[name], rpn_dir, teacher)
     t_init = time.time()
-    zero_shot[name] = {k: v for k, v in finetune.zero_shot_detection(ft).items() if k != "per_category"}
-    print(f"[pipeline] seed {seed}: zero-shot detection from the {name} init: AP50 novel "
-          f"{zero_shot[name]['AP50_novel']:.1f} base {zero_shot[name]['AP50_base']:.1f} "
-          f"({time.time() - t_init:.0f}s)", flush=True)
+    zero_shot[name] = {
+        k: v for k, v in finetune.zero_shot_detection(ft).items() if k != "per_category"
+    }
+    print(
+        f"[pipeline] seed {seed}: zero-shot detection from the {name} init: AP50 novel "
+        f"{zero_shot[name]['AP50_novel']:.1f} base {zero_shot[name]['AP50_base']:.1f} "
+        f"({time.time() - t_init:.0f}s)",
+        flush=True,
+    )
     with open(path, "w") as f:
       json.dump(zero_shot[name], f, indent=1)
   _stage_time(timings, "zero_shot_detection", t)
   ap = lambda res: {k: {m: v[m] for m in AP_KEYS} for k, v in res.items()}
   alone = {k: v["without_ensemble"] for k, v in detection.items() if "without_ensemble" in v}
-  out = {"seed": seed, "region": region.get("zero_shot_region_top1", {}),
-         "detection": ap(detection), "zero_shot_detection": ap(zero_shot), "seconds": timings}
+  out = {
+      "seed": seed,
+      "region": region.get("zero_shot_region_top1", {}),
+      "detection": ap(detection),
+      "zero_shot_detection": ap(zero_shot),
+      "seconds": timings,
+  }
   if alone:
     out["detection_without_ensemble"] = ap(alone)
   return out
@@ -132,19 +146,25 @@ def run_seed(config, seed: int, workdir: str) -> dict:
 
 def _stats(values) -> dict:
   v = np.asarray(values, np.float64)
-  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-          "values": [float(x) for x in v]}
+  return {
+      "mean": float(v.mean()),
+      "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+      "values": [float(x) for x in v],
+  }
 
 
 def summarize(per_seed: list[dict]) -> dict:
   """Mean and spread over seeds of every region accuracy, paired difference and AP50."""
   out: dict = {"num_seeds": len(per_seed), "region": {}}
   for model in per_seed[0]["region"]:
-    out["region"][model] = {k: _stats([s["region"][model][k] for s in per_seed])
-                            for k in per_seed[0]["region"][model]}
+    out["region"][model] = {
+        k: _stats([s["region"][model][k] for s in per_seed]) for k in per_seed[0]["region"][model]
+    }
   for table in DETECTION_TABLES:
-    out[table] = {init: {k: _stats([s[table][init][k] for s in per_seed]) for k in ap}
-                  for init, ap in per_seed[0].get(table, {}).items()}
+    out[table] = {
+        init: {k: _stats([s[table][init][k] for s in per_seed]) for k in ap}
+        for init, ap in per_seed[0].get(table, {}).items()
+    }
   return out
 
 
@@ -158,27 +178,44 @@ def format_table(summary: dict) -> str:
     e = 100 * (stats[key]["std"] if n > 1 else stats["se_" + key]["mean"])
     return f"{m:{sign}.1f} ± {e:.1f}"
 
-  lines = [f"Claim a: zero-shot region recognition, top-1 with GT boxes (%, mean ± {spread}; "
-           f"n = {int(region['student']['n_all']['mean'])} held-out regions per seed, {n} seed(s))", "",
-           "| model | all | base | novel |", "|---|---|---|---|"]
+  lines = [
+      f"Claim a: zero-shot region recognition, top-1 with GT boxes (%, mean ± {spread}; "
+      f"n = {int(region['student']['n_all']['mean'])} held-out regions per seed, {n} seed(s))",
+      "",
+      "| model | all | base | novel |",
+      "|---|---|---|---|",
+  ]
   for m in REGION_MODELS:
     if m in region:
-      lines.append(f"| {m} | " + " | ".join(cell(region[m], g) for g in ("all", "base", "novel")) + " |")
+      lines.append(
+          f"| {m} | " + " | ".join(cell(region[m], g) for g in ("all", "base", "novel")) + " |"
+      )
   for m in REGION_MODELS:
     key = f"student_minus_{m}"
     if key in region:
-      lines.append(f"| student − {m} (paired) | "
-                   + " | ".join(cell(region[key], g, "+") for g in ("all", "base", "novel")) + " |")
+      lines.append(
+          f"| student − {m} (paired) | "
+          + " | ".join(cell(region[key], g, "+") for g in ("all", "base", "novel"))
+          + " |"
+      )
   spread_ap = "std over seeds" if n > 1 else "n/a (one seed)"
   for table, title in DETECTION_TABLES.items():
     if not summary.get(table):
       continue
     if table == "detection" and summary.get("detection_without_ensemble"):
       title += ", scored with the score ensemble with each init (test.pretrained_score_weights)"
-    lines += ["", f"{title} (mean ± {spread_ap})", "", "| init | novel | base | all |", "|---|---|---|---|"]
+    lines += [
+        "",
+        f"{title} (mean ± {spread_ap})",
+        "",
+        "| init | novel | base | all |",
+        "|---|---|---|---|",
+    ]
     for init, stats in summary[table].items():
-      vals = [f"{stats[k]['mean']:.1f}" + (f" ± {stats[k]['std']:.1f}" if n > 1 else "")  # percent
-              for k in AP_KEYS]
+      vals = [
+          f"{stats[k]['mean']:.1f}" + (f" ± {stats[k]['std']:.1f}" if n > 1 else "")  # percent
+          for k in AP_KEYS
+      ]
       lines.append(f"| {init} | " + " | ".join(vals) + " |")
   return "\n".join(lines)
 
@@ -196,7 +233,10 @@ def verdict(summary: dict) -> dict:
     gap = det["student"]["AP50_novel"]["mean"] - det["teacher"]["AP50_novel"]["mean"]
     out["novel_ap50_student_minus_teacher_points"] = round(gap, 2)  # AP50s are percent
     out["novel_ap50_student_beats_teacher_by_3_points"] = bool(gap >= 3.0)
-  for table, key in (("detection_without_ensemble", "without_ensemble"), ("zero_shot_detection", "zero_shot")):
+  for table, key in (
+      ("detection_without_ensemble", "without_ensemble"),
+      ("zero_shot_detection", "zero_shot"),
+  ):
     res = summary.get(table, {})  # informative only: the claim is the configured detector's
     if "student" in res and "teacher" in res:
       gap = res["student"]["AP50_novel"]["mean"] - res["teacher"]["AP50_novel"]["mean"]
@@ -207,21 +247,31 @@ def verdict(summary: dict) -> dict:
 def _figures(workdir: str, summary: dict, seed_dirs: list[str]) -> None:
   """Bar chart over seeds, example detections and loss curves copied up from the first seed."""
   from regionclip_jax.evaluation import visualize
+
   region, n = summary["region"], summary["num_seeds"]
   groups = ("base", "novel", "all")
   models = [m for m in REGION_MODELS if m in region]
   series = {m: [100 * region[m][g]["mean"] for g in groups] for m in models}
-  errors = {m: [100 * (region[m][g]["std"] if n > 1 else region[m]["se_" + g]["mean"]) for g in groups]
-            for m in models}
-  visualize.bar_chart(groups, series, errors, ylabel="region top-1 (%)",
-                      title=f"zero-shot region recognition, GT boxes ({n} seed(s))",
-                      path=os.path.join(workdir, "region_recognition.png"))
+  errors = {
+      m: [100 * (region[m][g]["std"] if n > 1 else region[m]["se_" + g]["mean"]) for g in groups]
+      for m in models
+  }
+  visualize.bar_chart(
+      groups,
+      series,
+      errors,
+      ylabel="region top-1 (%)",
+      title=f"zero-shot region recognition, GT boxes ({n} seed(s))",
+      path=os.path.join(workdir, "region_recognition.png"),
+  )
   first = seed_dirs[0]
-  for src, dst in (("pretrain/loss_regionclip.png", "loss_regionclip.png"),
-                   ("pretrain/loss_teacher.png", "loss_teacher.png"),
-                   ("pretrain/loss_control.png", "loss_control.png"),
-                   ("finetune_student/examples.png", "detections_student.png"),
-                   ("finetune_teacher/examples.png", "detections_teacher.png")):
+  for src, dst in (
+      ("pretrain/loss_regionclip.png", "loss_regionclip.png"),
+      ("pretrain/loss_teacher.png", "loss_teacher.png"),
+      ("pretrain/loss_control.png", "loss_control.png"),
+      ("finetune_student/examples.png", "detections_student.png"),
+      ("finetune_teacher/examples.png", "detections_teacher.png"),
+  ):
     if os.path.exists(os.path.join(first, src)):
       shutil.copyfile(os.path.join(first, src), os.path.join(workdir, dst))
 
@@ -234,6 +284,7 @@ def compilation_cache(directory: str):
   is trusted code: it lives in the run's own workdir."""
   import jax
   from jax.experimental.compilation_cache import compilation_cache as cc
+
   if jax.config.jax_compilation_cache_dir:
     yield
     return
@@ -247,8 +298,13 @@ def compilation_cache(directory: str):
 
 
 def run(config, workdir: str | None = None) -> dict:
-  workdir = os.path.abspath(workdir or config.workdir or os.path.join(
-      tempfile.gettempdir(), "regionclip_jax", f"pipeline_{config.get('preset') or 'custom'}"))
+  workdir = os.path.abspath(
+      workdir
+      or config.workdir
+      or os.path.join(
+          tempfile.gettempdir(), "regionclip_jax", f"pipeline_{config.get('preset') or 'custom'}"
+      )
+  )
   os.makedirs(workdir, exist_ok=True)
   with compilation_cache(os.path.join(workdir, "xla_cache")):
     return _run(config, workdir)
@@ -264,10 +320,15 @@ def _run(config, workdir: str) -> dict:
     per_seed.append(run_seed(config, int(seed), d))
   summary = summarize(per_seed)
   table = format_table(summary)
-  result = {"preset": config.get("preset", ""), "seeds": list(config.seeds), "summary": summary,
-            "targets": verdict(summary), "per_seed": per_seed,
-            "wall_seconds": round(time.time() - t0, 1),
-            "date": time.strftime("%Y-%m-%d", time.gmtime())}
+  result = {
+      "preset": config.get("preset", ""),
+      "seeds": list(config.seeds),
+      "summary": summary,
+      "targets": verdict(summary),
+      "per_seed": per_seed,
+      "wall_seconds": round(time.time() - t0, 1),
+      "date": time.strftime("%Y-%m-%d", time.gmtime()),
+  }
   with open(os.path.join(workdir, "metrics.json"), "w") as f:
     json.dump(result, f, indent=1)
   with open(os.path.join(workdir, "table.md"), "w") as f:
@@ -275,6 +336,8 @@ def _run(config, workdir: str) -> dict:
   _figures(workdir, summary, dirs)
   print(table, flush=True)
   print(f"[pipeline] targets: {json.dumps(result['targets'])}", flush=True)
-  print(f"[pipeline] done in {result['wall_seconds']:.0f}s; {os.path.join(workdir, 'metrics.json')}",
-        flush=True)
+  print(
+      f"[pipeline] done in {result['wall_seconds']:.0f}s; {os.path.join(workdir, 'metrics.json')}",
+      flush=True,
+  )
   return result

@@ -1,4 +1,5 @@
 """Shared pytest set-up: CPU JAX, deterministic, quiet."""
+
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -1,4 +1,5 @@
 """Anchors: detectron2 DefaultAnchorGenerator values and ordering, written out by hand."""
+
 import math
 
 import numpy as np
@@ -10,9 +11,13 @@ from regionclip_jax.ops.anchors import DefaultAnchorGenerator, generate_cell_anc
 def test_cell_anchors_hand_values():
   a = generate_cell_anchors((32,), (0.5, 1.0, 2.0))
   w05, h05 = math.sqrt(1024 / 0.5), 0.5 * math.sqrt(1024 / 0.5)
-  want = np.array([[-w05 / 2, -h05 / 2, w05 / 2, h05 / 2],
-                   [-16, -16, 16, 16],
-                   [-h05 / 2, -w05 / 2, h05 / 2, w05 / 2]])
+  want = np.array(
+      [
+          [-w05 / 2, -h05 / 2, w05 / 2, h05 / 2],
+          [-16, -16, 16, 16],
+          [-h05 / 2, -w05 / 2, h05 / 2, w05 / 2],
+      ]
+  )
   np.testing.assert_allclose(a, want, rtol=1e-6)
   # area preserved, ratio h / w as requested
   wh = a[:, 2:] - a[:, :2]
@@ -41,7 +46,9 @@ def test_generator_defaults_c4_and_levels():
   assert gen.num_anchors == [15]
   (a,) = gen([(4, 5)])
   assert a.shape == (4 * 5 * 15, 4) and a.dtype == np.float32
-  fpn = DefaultAnchorGenerator(sizes=((32,), (64,)), aspect_ratios=((0.5, 1.0, 2.0),), strides=(4, 8))
+  fpn = DefaultAnchorGenerator(
+      sizes=((32,), (64,)), aspect_ratios=((0.5, 1.0, 2.0),), strides=(4, 8)
+  )
   out = fpn([(8, 8), (4, 4)])
   assert [x.shape[0] for x in out] == [8 * 8 * 3, 4 * 4 * 3]
   with pytest.raises(ValueError, match="anchors.py"):

@@ -1,5 +1,7 @@
 """Score ensemble of a fine-tuned detector with its frozen pretrained init (ViLD-ensemble / F-VLM):
-the formula against a plain numpy transcription of the papers' equation, the predictor end to end, the export."""
+the formula against a plain numpy transcription of the papers' equation, the predictor end to end, the export.
+"""
+
 import dataclasses
 
 import jax
@@ -27,7 +29,7 @@ def test_ensemble_matches_the_published_formula():
   out = np.asarray(ensemble_with_pretrained(det, pre, seen, (0.35, 0.65)))
   p_det, p_pre = _softmax(det), _softmax(pre[..., :k])  # the pretrained model has no background
   w = np.where(seen, 0.35, 0.65)
-  want = p_det[..., :k] ** (1 - w) * p_pre ** w
+  want = p_det[..., :k] ** (1 - w) * p_pre**w
   np.testing.assert_allclose(out[..., :k], want, rtol=1e-5)
   np.testing.assert_allclose(out[..., k], p_det[..., k], rtol=1e-5)
   # weight 0: the detector alone
@@ -59,8 +61,10 @@ def test_predictor_ensemble_end_to_end(two_detectors):
 
   def ensemble(weights):
     s = dataclasses.replace(settings, pretrained_score_weights=weights)
-    return DetectorPredictor(det, tuned, s, pretrained_variables=init)(images, sizes, text,
-                                                                        boxes=boxes, seen=seen)
+    return DetectorPredictor(det, tuned, s, pretrained_variables=init)(
+        images, sizes, text, boxes=boxes, seen=seen
+    )
+
   zero = ensemble((0.0, 0.0))
   for key in ("scores", "classes", "roi_index"):
     np.testing.assert_allclose(zero[key], alone[key], rtol=1e-4, atol=1e-6)
@@ -72,7 +76,9 @@ def test_predictor_ensemble_end_to_end(two_detectors):
   p_pre = _softmax(f @ t.T / 0.1)
   n_checked = 0
   for i in range(2):
-    for s, c, r, v in zip(both["scores"][i], both["classes"][i], both["roi_index"][i], both["valid"][i]):
+    for s, c, r, v in zip(
+        both["scores"][i], both["classes"][i], both["roi_index"][i], both["valid"][i]
+    ):
       if v and not seen[c]:
         np.testing.assert_allclose(s, p_pre[i, r, c], rtol=1e-4)
         n_checked += 1
@@ -87,8 +93,12 @@ def test_predictor_ensemble_needs_its_parts(two_detectors):
     DetectorPredictor(det, tuned, InferenceSettings(pretrained_score_weights=(0.35, 0.65)))
   with pytest.raises(ValueError, match="go together"):
     DetectorPredictor(det, tuned, InferenceSettings(), pretrained_variables=init)
-  pred = DetectorPredictor(det, tuned, InferenceSettings(pretrained_score_weights=(0.35, 0.65)),
-                           pretrained_variables=init)
+  pred = DetectorPredictor(
+      det,
+      tuned,
+      InferenceSettings(pretrained_score_weights=(0.35, 0.65)),
+      pretrained_variables=init,
+  )
   with pytest.raises(ValueError, match=r"seen \[K=4\]"):
     pred(images, sizes, text, boxes=boxes)
   with pytest.raises(ValueError, match=r"seen \[K=4\]"):
@@ -97,7 +107,11 @@ def test_predictor_ensemble_needs_its_parts(two_detectors):
 
 def test_export_carries_the_pretrained_init(tmp_path, two_detectors):
   det, tuned, init = two_detectors
-  meta = {"kind": "detector", "clip_config": get_config("tiny_rn").to_dict(), "pooler_resolution": 4}
+  meta = {
+      "kind": "detector",
+      "clip_config": get_config("tiny_rn").to_dict(),
+      "pooler_resolution": 4,
+  }
   builders.export_model(str(tmp_path / "a"), tuned, meta, pretrained=init)
   builders.export_model(str(tmp_path / "b"), tuned, meta)
   got = builders.load_export_pretrained(str(tmp_path / "a"))
@@ -110,30 +124,42 @@ def test_export_carries_the_pretrained_init(tmp_path, two_detectors):
 
 def test_zero_shot_tool_scores_an_export_with_its_ensemble(tmp_path, two_detectors):
   from regionclip_jax.tools.zero_shot import ZeroShotDetector
+
   det, tuned, init = two_detectors
   images, sizes, boxes, text = _inputs()
   names = ["circle", "square", "crescent", "chevron"]
-  meta = {"kind": "detector", "clip_config": get_config("tiny_rn").to_dict(), "pooler_resolution": 4,
-          "class_names": names, "base_names": names[:2], "novel_names": names[2:],
-          "temperature": 0.1, "pretrained_score_weights": [0.35, 0.65]}
+  meta = {
+      "kind": "detector",
+      "clip_config": get_config("tiny_rn").to_dict(),
+      "pooler_resolution": 4,
+      "class_names": names,
+      "base_names": names[:2],
+      "novel_names": names[2:],
+      "temperature": 0.1,
+      "pretrained_score_weights": [0.35, 0.65],
+  }
   builders.export_model(str(tmp_path / "export"), tuned, meta, pretrained=init)
-  tool = ZeroShotDetector(str(tmp_path / "export"), test_size=64, max_size=64, score_thresh=0.0, topk=12)
+  tool = ZeroShotDetector(
+      str(tmp_path / "export"), test_size=64, max_size=64, score_thresh=0.0, topk=12
+  )
   assert tool.predictor.inference.temperature == 0.1  # the export's, not the official 0.01
   image = (np.random.default_rng(2).uniform(size=(64, 64, 3)) * 255).astype(np.uint8)
   got = tool.detect(image, text, boxes=boxes[0], names=names)
   # every reported (score, class) is the published formula at tau 0.1 for one of the given boxes,
   # with the export's base classes as the seen ones
   x, _, _ = tool.preprocess(image)
+
   def unit(f):
     f = np.asarray(f)[0]
     return f / np.linalg.norm(f, axis=-1, keepdims=True)
+
   t = text / np.linalg.norm(text, axis=-1, keepdims=True)
   f_det = unit(jax.jit(det.apply)(tuned, x, boxes[:1])[0])
   f_pre = unit(jax.jit(det.apply)(init, x, boxes[:1])[0])
   p_det = _softmax(np.concatenate([f_det @ t.T, np.zeros((3, 1))], -1) / 0.1)[:, :4]
   p_pre = _softmax(f_pre @ t.T / 0.1)
   w = np.array([0.35, 0.35, 0.65, 0.65])
-  want = p_det ** (1 - w) * p_pre ** w  # [R, K]
+  want = p_det ** (1 - w) * p_pre**w  # [R, K]
   assert len(got["scores"]) > 0
   for score, c in zip(got["scores"], got["classes"]):
     assert np.min(np.abs(want[:, c] - score)) < 1e-5 * max(1.0, score), (score, c, want[:, c])
@@ -149,8 +175,12 @@ def test_without_ensemble_shares_the_compiled_programs(two_detectors):
   det, tuned, init = two_detectors
   images, sizes, boxes, text = _inputs()
   settings = InferenceSettings(score_thresh=0.0, topk=12, temperature=0.1, apply_deltas=False)
-  pred = DetectorPredictor(det, tuned, dataclasses.replace(settings, pretrained_score_weights=(0.35, 0.65)),
-                           pretrained_variables=init)
+  pred = DetectorPredictor(
+      det,
+      tuned,
+      dataclasses.replace(settings, pretrained_score_weights=(0.35, 0.65)),
+      pretrained_variables=init,
+  )
   pred(images, sizes, text, boxes=boxes, seen=[True, True, False, False])
   alone = pred.without_ensemble()
   assert alone.pretrained_variables is None and alone.inference == settings

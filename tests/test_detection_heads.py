@@ -1,5 +1,6 @@
 """Shapes and semantics of every detector piece: RPN head, anchors order, proposals, anchor and
 RoI labelling / sampling, region head, post-processing (NMS, soft-NMS, RPN fusion)."""
+
 import math
 
 import jax
@@ -37,12 +38,23 @@ def test_rpn_head_shapes_and_flatten_order():
 
 
 def test_find_top_rpn_proposals_nms_clip_pad():
-  anchors = jnp.array([[0, 0, 20, 20], [1, 1, 21, 21], [30, 30, 80, 80], [5, 40, 15, 50]], jnp.float32)
+  anchors = jnp.array(
+      [[0, 0, 20, 20], [1, 1, 21, 21], [30, 30, 80, 80], [5, 40, 15, 50]], jnp.float32
+  )
   obj = jnp.array([[2.0, 1.0, 3.0, -1.0]])
   deltas = jnp.zeros((1, 4, 4))
-  top = jax.jit(find_top_rpn_proposals, static_argnames=("pre_nms_topk", "post_nms_topk", "nms_thresh"))
-  boxes, logits, valid = top([anchors], [obj], [deltas], jnp.array([[60.0, 64.0]]),
-                             pre_nms_topk=4, post_nms_topk=5, nms_thresh=0.7)
+  top = jax.jit(
+      find_top_rpn_proposals, static_argnames=("pre_nms_topk", "post_nms_topk", "nms_thresh")
+  )
+  boxes, logits, valid = top(
+      [anchors],
+      [obj],
+      [deltas],
+      jnp.array([[60.0, 64.0]]),
+      pre_nms_topk=4,
+      post_nms_topk=5,
+      nms_thresh=0.7,
+  )
   assert boxes.shape == (1, 5, 4) and logits.shape == (1, 5) and valid.shape == (1, 5)
   # anchor 1 overlaps anchor 0 at IoU 0.82 > 0.7: suppressed; anchor 2 clipped to (64, 60)
   np.testing.assert_array_equal(np.asarray(valid[0]), [True, True, True, False, False])
@@ -51,17 +63,28 @@ def test_find_top_rpn_proposals_nms_clip_pad():
   np.testing.assert_allclose(np.asarray(boxes[0, 3:]), 0.0)
   assert np.all(np.isneginf(np.asarray(logits[0, 3:])))
   # pre-NMS top-k keeps only the 2 best before NMS
-  _, _, valid2 = top([anchors], [obj], [deltas], jnp.array([[60.0, 64.0]]),
-                      pre_nms_topk=2, post_nms_topk=5, nms_thresh=0.7)
+  _, _, valid2 = top(
+      [anchors],
+      [obj],
+      [deltas],
+      jnp.array([[60.0, 64.0]]),
+      pre_nms_topk=2,
+      post_nms_topk=5,
+      nms_thresh=0.7,
+  )
   assert int(valid2.sum()) == 2
 
 
 def test_label_anchors_thresholds_low_quality_and_empty():
-  anchors = jnp.array([[0, 0, 10, 10],     # IoU 1 with gt 0 -> fg
-                       [0, 0, 10, 20],     # IoU 0.5 -> ignore
-                       [50, 50, 60, 60],   # IoU 0 -> bg
-                       [30, 30, 50, 44]],  # best anchor of gt 1 (IoU 0.56 < 0.7): low-quality fg
-                      jnp.float32)
+  anchors = jnp.array(
+      [
+          [0, 0, 10, 10],  # IoU 1 with gt 0 -> fg
+          [0, 0, 10, 20],  # IoU 0.5 -> ignore
+          [50, 50, 60, 60],  # IoU 0 -> bg
+          [30, 30, 50, 44],
+      ],  # best anchor of gt 1 (IoU 0.56 < 0.7): low-quality fg
+      jnp.float32,
+  )
   gt = jnp.array([[0, 0, 10, 10], [30, 30, 50, 50], [0, 0, 0, 0]], jnp.float32)
   gt_valid = jnp.array([True, True, False])
   lab4 = jax.jit(lambda k, v: label_anchors(k, anchors, gt, v, batch_size_per_image=4))
@@ -77,15 +100,30 @@ def test_label_anchors_thresholds_low_quality_and_empty():
 
 
 def test_label_and_sample_proposals_appends_gt_and_caps_positives():
-  props = jnp.array([[0, 0, 10, 10], [1, 1, 11, 11], [40, 40, 60, 60], [0, 0, 5, 5], [9, 9, 9, 9]],
-                    jnp.float32)
+  props = jnp.array(
+      [[0, 0, 10, 10], [1, 1, 11, 11], [40, 40, 60, 60], [0, 0, 5, 5], [9, 9, 9, 9]], jnp.float32
+  )
   pvalid = jnp.array([True, True, True, True, False])
   gt = jnp.array([[0, 0, 10, 10], [40, 42, 60, 60], [0, 0, 0, 0]], jnp.float32)
   gcls = jnp.array([3, 1, 0])
   gvalid = jnp.array([True, True, False])
-  out = label_and_sample_proposals(jax.random.PRNGKey(0), props, pvalid, gt, gcls, gvalid,
-                                   num_classes=5, batch_size_per_image=16, positive_fraction=0.5)
-  for k, shape in (("boxes", (16, 4)), ("gt_classes", (16,)), ("gt_boxes", (16, 4)), ("valid", (16,))):
+  out = label_and_sample_proposals(
+      jax.random.PRNGKey(0),
+      props,
+      pvalid,
+      gt,
+      gcls,
+      gvalid,
+      num_classes=5,
+      batch_size_per_image=16,
+      positive_fraction=0.5,
+  )
+  for k, shape in (
+      ("boxes", (16, 4)),
+      ("gt_classes", (16,)),
+      ("gt_boxes", (16, 4)),
+      ("valid", (16,)),
+  ):
     assert out[k].shape == shape
   v = np.asarray(out["valid"])
   cls = np.asarray(out["gt_classes"])[v]
@@ -98,8 +136,17 @@ def test_label_and_sample_proposals_appends_gt_and_caps_positives():
   np.testing.assert_allclose(np.asarray(out["gt_boxes"])[v][cls == 1], [[40, 42, 60, 60]] * 2)
   assert any(np.allclose(b, [40, 42, 60, 60]) for b in boxes[fg])  # the appended GT box
   # positive cap: 25% of 4 samples -> 1 foreground
-  out = label_and_sample_proposals(jax.random.PRNGKey(0), props, pvalid, gt, gcls, gvalid,
-                                   num_classes=5, batch_size_per_image=4, positive_fraction=0.25)
+  out = label_and_sample_proposals(
+      jax.random.PRNGKey(0),
+      props,
+      pvalid,
+      gt,
+      gcls,
+      gvalid,
+      num_classes=5,
+      batch_size_per_image=4,
+      positive_fraction=0.25,
+  )
   c = np.asarray(out["gt_classes"])[np.asarray(out["valid"])]
   assert (c < 5).sum() == 1 and (c == 5).sum() == 1
 
@@ -110,7 +157,7 @@ def test_detector_outputs_shapes():
   assert set(v["params"]) == {"backbone", "bbox_pred"}
   assert float(jnp.std(v["params"]["bbox_pred"]["kernel"])) < 0.003
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 64, 64, 3))
-  boxes = jnp.tile(jnp.array([[[0, 0, 32, 32], [10, 5, 60, 40], [0, 0, 64, 64.]]]), (2, 1, 1))
+  boxes = jnp.tile(jnp.array([[[0, 0, 32, 32], [10, 5, 60, 40], [0, 0, 64, 64.0]]]), (2, 1, 1))
   feats, deltas = jax.jit(det.apply)(v, images, boxes)
   assert feats.shape == (2, 3, 64) and deltas.shape == (2, 3, 4)
   assert text_logits(feats, jnp.ones((7, 64))).shape == (2, 3, 8)
@@ -120,18 +167,23 @@ def test_detector_outputs_shapes():
 def _infer(logits, proposals, **kw):
   logits = jnp.asarray(logits, jnp.float32)[None]
   r = logits.shape[1]
-  fn = jax.jit(lambda l, p: fast_rcnn_inference(l, jnp.zeros((1, r, 4)), p, jnp.ones((1, r), bool),
-                                                jnp.array([[100.0, 100.0]]), **kw))
+  fn = jax.jit(
+      lambda l, p: fast_rcnn_inference(
+          l, jnp.zeros((1, r, 4)), p, jnp.ones((1, r), bool), jnp.array([[100.0, 100.0]]), **kw
+      )
+  )
   return jax.tree.map(np.asarray, fn(logits, jnp.asarray(proposals, jnp.float32)[None]))
 
 
 def test_inference_per_class_nms_threshold_topk():
   props = [[0, 0, 20, 20], [1, 1, 21, 21], [50, 50, 90, 90], [1, 1, 21, 21]]
   # probs via logits over (c0, c1, bg)
-  logits = [[4.0, 0.0, 0.0],   # c0 high
-            [3.0, 2.5, 0.0],   # c0 (suppressed by roi 0), c1 kept (other class)
-            [0.0, 5.0, 0.0],   # c1
-            [-9.0, -9.0, 9.0]]  # background: below threshold
+  logits = [
+      [4.0, 0.0, 0.0],  # c0 high
+      [3.0, 2.5, 0.0],  # c0 (suppressed by roi 0), c1 kept (other class)
+      [0.0, 5.0, 0.0],  # c1
+      [-9.0, -9.0, 9.0],
+  ]  # background: below threshold
   out = _infer(logits, props, score_thresh=0.05, nms_thresh=0.5, topk=10)
   for k in ("boxes", "scores", "classes", "valid", "roi_index"):
     assert out[k].shape[:2] == (1, 10)
@@ -153,7 +205,9 @@ def test_soft_nms_decays_same_class_overlaps():
   out = _infer(logits, props, score_thresh=0.001, topk=4, soft_nms_enabled=True, soft_nms_sigma=0.5)
   p = np.asarray(jax.nn.softmax(jnp.asarray(logits), -1))
   v = out["valid"][0]
-  np.testing.assert_allclose(out["scores"][0][v][:2], [p[0, 0], p[1, 0] * math.exp(-0.25 / 0.5)], rtol=1e-5)
+  np.testing.assert_allclose(
+      out["scores"][0][v][:2], [p[0, 0], p[1, 0] * math.exp(-0.25 / 0.5)], rtol=1e-5
+  )
 
 
 def test_rpn_fusion_raw_logit_and_sigmoid():
@@ -170,20 +224,41 @@ def test_rpn_fusion_raw_logit_and_sigmoid():
   props = [[0, 0, 20, 20], [50, 50, 70, 70]]
   logits = [[3.0, 0.0, 0.0], [0.0, 3.0, 0.0]]
   logits_a = jnp.asarray(logits, jnp.float32)[None]
-  out = jax.tree.map(np.asarray, fast_rcnn_inference(
-      logits_a, jnp.zeros((1, 2, 4)), jnp.asarray(props, jnp.float32)[None], jnp.ones((1, 2), bool),
-      jnp.array([[100.0, 100.0]]), objectness=obj[None], rpn_fusion="raw_logit", topk=4))
+  out = jax.tree.map(
+      np.asarray,
+      fast_rcnn_inference(
+          logits_a,
+          jnp.zeros((1, 2, 4)),
+          jnp.asarray(props, jnp.float32)[None],
+          jnp.ones((1, 2), bool),
+          jnp.array([[100.0, 100.0]]),
+          objectness=obj[None],
+          rpn_fusion="raw_logit",
+          topk=4,
+      ),
+  )
   v = out["valid"][0]
   assert set(out["roi_index"][0][v].tolist()) == {0}
-  np.testing.assert_allclose(out["scores"][0][v][0], float(jax.nn.softmax(logits_a[0, 0])[0]), rtol=1e-5)
+  np.testing.assert_allclose(
+      out["scores"][0][v][0], float(jax.nn.softmax(logits_a[0, 0])[0]), rtol=1e-5
+  )
 
 
 def test_inference_without_deltas_returns_proposals():
   props = [[3, 4, 30, 40]]
   logits = jnp.array([[[5.0, 0.0]]])
-  out = jax.tree.map(np.asarray, fast_rcnn_inference(
-      logits, jnp.full((1, 1, 4), 0.7), jnp.asarray(props, jnp.float32)[None], jnp.ones((1, 1), bool),
-      jnp.array([[100.0, 100.0]]), apply_deltas=False, topk=2))
+  out = jax.tree.map(
+      np.asarray,
+      fast_rcnn_inference(
+          logits,
+          jnp.full((1, 1, 4), 0.7),
+          jnp.asarray(props, jnp.float32)[None],
+          jnp.ones((1, 1), bool),
+          jnp.array([[100.0, 100.0]]),
+          apply_deltas=False,
+          topk=2,
+      ),
+  )
   np.testing.assert_allclose(out["boxes"][0, 0], props[0])
 
 
@@ -192,8 +267,10 @@ def test_with_backbone_checks_shapes_and_names():
   v = builders.init_detector(det, 64)
   src = jax.tree.map(lambda x: x + 1.0, v["params"]["backbone"])
   out = builders.with_backbone(v, {"wrapper": src})  # nested anywhere in a checkpoint tree
-  np.testing.assert_allclose(np.asarray(out["params"]["backbone"]["visual"]["conv1"]["kernel"]),
-                             np.asarray(v["params"]["backbone"]["visual"]["conv1"]["kernel"]) + 1.0)
+  np.testing.assert_allclose(
+      np.asarray(out["params"]["backbone"]["visual"]["conv1"]["kernel"]),
+      np.asarray(v["params"]["backbone"]["visual"]["conv1"]["kernel"]) + 1.0,
+  )
   assert out["params"]["bbox_pred"] is v["params"]["bbox_pred"]
   bad = jax.tree.map(lambda x: x, src)
   bad["visual"] = dict(bad["visual"], conv1={"kernel": jnp.zeros((3, 3, 3, 5))})

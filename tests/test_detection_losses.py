@@ -1,4 +1,5 @@
 """Detector and RPN losses on hand-computed cases (values worked out in the comments)."""
+
 import math
 
 import jax
@@ -6,16 +7,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from regionclip_jax.detection.classifier import text_logits
-from regionclip_jax.detection.losses import (box_regression_loss, classification_loss,
-                                             fast_rcnn_losses)
+from regionclip_jax.detection.losses import (
+    box_regression_loss,
+    classification_loss,
+    fast_rcnn_losses,
+)
 from regionclip_jax.detection.rpn_loss import rpn_losses
 
 
 def test_focal_scaled_ce_with_background_weight():
   # K = 2 classes + background (last column)
-  logits = jnp.array([[0.0, 0.0, 0.0],            # gt 0: p_t = 1/3
-                      [math.log(2.0), 0.0, 0.0],  # gt bg: p_t = 1/4
-                      [5.0, 1.0, 0.0]])           # invalid row, must not count
+  logits = jnp.array(
+      [
+          [0.0, 0.0, 0.0],  # gt 0: p_t = 1/3
+          [math.log(2.0), 0.0, 0.0],  # gt bg: p_t = 1/4
+          [5.0, 1.0, 0.0],
+      ]
+  )  # invalid row, must not count
   gt = jnp.array([0, 2, 1])
   valid = jnp.array([True, True, False])
   got = classification_loss(logits, gt, valid, focal_gamma=0.5, bg_weight=0.2)
@@ -44,7 +52,7 @@ def test_focal_gradient_finite_at_confident_prediction():
 def test_box_loss_l1_over_all_sampled():
   props = jnp.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 0, 0], [5, 5, 9, 9]], jnp.float32)
   gts = jnp.array([[1, 1, 11, 11], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]], jnp.float32)
-  gt_classes = jnp.array([1, 3, 3, 3])   # one foreground, K = 3
+  gt_classes = jnp.array([1, 3, 3, 3])  # one foreground, K = 3
   valid = jnp.array([True, True, False, True])
   pred = jnp.zeros((4, 4))
   # target deltas of row 0 with weights (10, 10, 5, 5): (1, 1, 0, 0); L1 = 2; 3 valid RoIs
@@ -57,9 +65,15 @@ def test_box_loss_l1_over_all_sampled():
 
 def test_fast_rcnn_losses_keys_and_weight():
   logits = jnp.zeros((2, 3))
-  out = fast_rcnn_losses(logits, jnp.zeros((2, 4)), jnp.array([[0, 0, 10, 10.]] * 2),
-                         jnp.array([[1, 1, 11, 11.]] * 2), jnp.array([0, 2]),
-                         jnp.array([True, True]), box_loss_weight=2.0)
+  out = fast_rcnn_losses(
+      logits,
+      jnp.zeros((2, 4)),
+      jnp.array([[0, 0, 10, 10.0]] * 2),
+      jnp.array([[1, 1, 11, 11.0]] * 2),
+      jnp.array([0, 2]),
+      jnp.array([True, True]),
+      box_loss_weight=2.0,
+  )
   assert set(out) == {"loss_cls", "loss_box_reg"}
   np.testing.assert_allclose(float(out["loss_box_reg"]), 2.0 * 2.0 / 2, rtol=1e-5)
 
@@ -85,8 +99,9 @@ def test_rpn_losses_hand_case():
   np.testing.assert_allclose(float(out["loss_rpn_cls"]), (math.log(2) + math.log(4)) / 4, rtol=1e-5)
   # weights (1, 1, 1, 1): deltas (0.1, 0.1, 0, 0) -> L1 0.2
   np.testing.assert_allclose(float(out["loss_rpn_loc"]), 0.2 / 4, rtol=1e-5)
-  g = jax.grad(lambda d: sum(rpn_losses(obj, d, anchors, labels, matched,
-                                        batch_size_per_image=4).values()))(deltas)
+  g = jax.grad(
+      lambda d: sum(rpn_losses(obj, d, anchors, labels, matched, batch_size_per_image=4).values())
+  )(deltas)
   assert np.all(np.isfinite(np.asarray(g)))
 
 
@@ -95,6 +110,7 @@ def test_text_logits_zero_region_has_finite_gradient():
   import jax
   import jax.numpy as jnp
   from regionclip_jax.detection.classifier import text_logits
+
   feats = jnp.array([[0.0, 0.0, 0.0], [1.0, 2.0, 2.0]])
   emb = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
   logits = text_logits(feats, emb)

@@ -4,6 +4,7 @@ vocabulary can be swapped at test time without recompiling the backbone.
 Proposals are fixed (jittered ground truth + random boxes) so that this exercises the RoI head,
 its sampling, losses and post-processing; the RPN has its own test.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,8 +48,10 @@ def trained():
   world = ShapesWorld(N, image_size=64, seed=3)
   tf = shapes_world_transforms(image_size=64, max_boxes=4, captions=False)
   recs = [apply_transforms(world[i], tf) for i in range(N)]
-  batch = {k: np.stack([r[k] for r in recs]) for k in
-           ("image", "image_size", "boxes", "box_mask", "labels", "image_id")}
+  batch = {
+      k: np.stack([r[k] for r in recs])
+      for k in ("image", "image_size", "boxes", "box_mask", "labels", "image_id")
+  }
   batch["proposals"] = _proposals(batch, np.random.default_rng(0))
   batch["proposal_valid"] = np.ones((N, P), bool)
   names = list(world.concepts)
@@ -58,30 +61,36 @@ def trained():
   mask = trainable_mask(variables, TRAINABLE_DETECTOR, (FROZEN_BN_REGEX,))
   tx = optax.adam(2e-3)
   state = create_train_state(variables, tx, mask)
-  step = jax.jit(make_detector_step(det, None, None, RoIHeadSettings(batch_size_per_image=32), None,
-                                    tx, mask), donate_argnums=0)
+  step = jax.jit(
+      make_detector_step(det, None, None, RoIHeadSettings(batch_size_per_image=32), None, tx, mask),
+      donate_argnums=0,
+  )
   train_batch = {k: jnp.asarray(v) for k, v in batch.items() if k != "image_id"}
   frozen = {"text_emb": jnp.asarray(emb)}
   first = None
   for _ in range(STEPS):
     state, m = step(state, train_batch, frozen)
     first = first if first is not None else float(m["loss"])
-  pred = DetectorPredictor(det, state.params, InferenceSettings(score_thresh=0.05, topk=10,
-                                                                max_candidates=200))
+  pred = DetectorPredictor(
+      det, state.params, InferenceSettings(score_thresh=0.05, topk=10, max_candidates=200)
+  )
   return dict(batch=batch, names=names, emb=emb, pred=pred, first=first, last=float(m["loss"]))
 
 
 def _ap50(t, out):
   cats = [{"id": i + 1, "name": n} for i, n in enumerate(t["names"])]
   gt = records_to_coco_gt([t["batch"]], t["names"])
-  dets = detections_to_coco(t["batch"]["image_id"], out["boxes"], out["scores"], out["classes"],
-                            out["valid"], cats)
+  dets = detections_to_coco(
+      t["batch"]["image_id"], out["boxes"], out["scores"], out["classes"], out["valid"], cats
+  )
   return evaluate_coco(gt, dets, split=None)["AP50"] / 100.0
 
 
 def _predict(t, emb):
   b = t["batch"]
-  return t["pred"](b["image"], b["image_size"], emb, boxes=b["proposals"], box_valid=b["proposal_valid"])
+  return t["pred"](
+      b["image"], b["image_size"], emb, boxes=b["proposals"], box_valid=b["proposal_valid"]
+  )
 
 
 def test_overfit_reaches_ap50(trained):

@@ -1,5 +1,6 @@
 """The configs/finetune.py shapes presets end to end: offline RPN, then base-class fine-tuning on
 the shared train loop (checkpoint + resume + export), then AP50 novel / base / all. Slow."""
+
 import json
 import os
 
@@ -38,6 +39,7 @@ def test_shapes_rpn_then_finetune_then_resume(tmp_path):
 
 def test_configs_presets_build():
   from configs import finetune as F, zero_shot as Z
+
   for name in F.PRESETS:
     c = F.get_config(name)
     assert c.task == "detection" and c.stage in ("rpn", "finetune")
@@ -45,7 +47,11 @@ def test_configs_presets_build():
   lv = F.get_config("lvis_rn50")
   assert lv.roi_heads.focal_gamma is None and lv.roi_heads.bg_weight == 0.8
   co = F.get_config("coco_ovd_rn50")
-  assert (co.roi_heads.focal_gamma, co.roi_heads.bg_weight, co.roi_heads.batch_size_per_image) == (0.5, 0.2, 512)
+  assert (co.roi_heads.focal_gamma, co.roi_heads.bg_weight, co.roi_heads.batch_size_per_image) == (
+      0.5,
+      0.2,
+      512,
+  )
   assert F.get_config("coco_ovd_rn50x4").model.pooler_resolution == 18
   with pytest.raises(ValueError, match="configs/finetune.py"):
     F.get_config("nope")

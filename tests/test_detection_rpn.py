@@ -1,4 +1,5 @@
 """The class-agnostic RPN trains on base boxes: losses fall and the top proposals find the boxes."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +36,10 @@ def test_rpn_learns_base_boxes_class_agnostic(tmp_path):
   # class-agnostic on base classes: novel boxes are masked out, every base box is label 0
   lookup = [0 if n in world.base_names else -1 for n in world.concepts]
   recs = [BaseLabelMap(lookup)(apply_transforms(world[i], tf)) for i in range(N)]
-  batch = {k: np.stack([r[k] for r in recs]) for k in ("image", "image_size", "boxes", "box_mask", "labels")}
+  batch = {
+      k: np.stack([r[k] for r in recs])
+      for k in ("image", "image_size", "boxes", "box_mask", "labels")
+  }
   novel = [world.concepts.index(n) for n in world.novel_names]
   raw = [world[i]["labels"] for i in range(N)]
   assert int(batch["box_mask"].sum()) == sum(int(np.isin(l, novel, invert=True).sum()) for l in raw)
@@ -56,16 +60,27 @@ def test_rpn_learns_base_boxes_class_agnostic(tmp_path):
     hist.append({k: float(v) for k, v in m.items()})
   b1, l1, v1 = proposals(state.params, jb["image"], jb["image_size"])
   after = _recall(np.asarray(b1), np.asarray(v1), batch)
-  print(f"rpn recall@{TOP} {before:.2f} -> {after:.2f}; loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f}")
+  print(
+      f"rpn recall@{TOP} {before:.2f} -> {after:.2f}; loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f}"
+  )
   assert hist[-1]["loss_rpn_cls"] < 0.5 * hist[0]["loss_rpn_cls"]
   assert after >= 0.85 and after > before + 0.3
   assert b1.shape == (N, 20, 4) and l1.shape == (N, 20)
 
   # the trained RPN as the pretraining proposal source (official: top 300 at NMS 0.5, 100 random)
   from regionclip_jax.detection.run import pretrain_proposal_fn
-  builders.export_model(str(tmp_path / "rpn" / "export"), state.params,
-                        {"kind": "rpn", "clip_config": get_config("tiny_rn").to_dict(),
-                         "anchor_sizes": [12, 20, 32, 48], "aspect_ratios": [0.5, 1.0, 2.0], "stride": 16})
+
+  builders.export_model(
+      str(tmp_path / "rpn" / "export"),
+      state.params,
+      {
+          "kind": "rpn",
+          "clip_config": get_config("tiny_rn").to_dict(),
+          "anchor_sizes": [12, 20, 32, 48],
+          "aspect_ratios": [0.5, 1.0, 2.0],
+          "stride": 16,
+      },
+  )
   fn = jax.jit(pretrain_proposal_fn(str(tmp_path / "rpn"), post_nms_topk=30, num_sampled=8))
   boxes, valid = fn(jax.random.PRNGKey(0), {"image": jb["image"], "image_size": jb["image_size"]})
   assert boxes.shape == (N, 8, 4) and valid.shape == (N, 8) and bool(valid.all())

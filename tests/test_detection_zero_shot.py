@@ -1,5 +1,6 @@
 """Zero-shot inference end to end on a real photo (scikit-image): a converted CLIP checkpoint,
 a user's vocabulary, sliding-window or RPN proposals -> PNG with boxes + detections.json."""
+
 import json
 
 import jax
@@ -14,9 +15,14 @@ from regionclip_jax.models.clip import CLIP, get_config
 
 def _tiny_clip_dir(tmp_path):
   from regionclip_jax.models.checkpoints import save_converted
+
   cfg = get_config("tiny_rn")
-  shapes = jax.eval_shape(CLIP(cfg).init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),
-                          jax.ShapeDtypeStruct((1, 77), jnp.int32))
+  shapes = jax.eval_shape(
+      CLIP(cfg).init,
+      jax.random.PRNGKey(0),
+      jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),
+      jax.ShapeDtypeStruct((1, 77), jnp.int32),
+  )
   params = builders.numpy_init(shapes, seed=0)["params"]
   out = str(tmp_path / "clip")
   save_converted(out, cfg, jax.tree.map(np.asarray, params), source="test")
@@ -36,6 +42,7 @@ def photo_dir(tmp_path_factory):
 def test_zero_shot_folder_real_photo_sliding_windows(tmp_path, photo_dir):
   from configs import zero_shot as zcfg
   from regionclip_jax.tools import zero_shot
+
   ckpt, _ = _tiny_clip_dir(tmp_path)
   c = zcfg.get_config("folder")
   z = c.zero_shot
@@ -58,14 +65,30 @@ def test_zero_shot_folder_real_photo_sliding_windows(tmp_path, photo_dir):
 
 def test_zero_shot_with_rpn_and_gt_boxes(tmp_path, photo_dir):
   from regionclip_jax.tools.zero_shot import ZeroShotDetector, parse_vocabulary, sliding_window_boxes
+
   ckpt, cfg = _tiny_clip_dir(tmp_path)
   rpn, gen = builders.build_rpn(cfg, anchor_sizes=(16, 32, 64))
   rv = builders.init_rpn(rpn, 64)
-  builders.export_model(str(tmp_path / "rpn" / "export"), rv,
-                        {"kind": "rpn", "clip_config": cfg.to_dict(), "anchor_sizes": [16, 32, 64],
-                         "aspect_ratios": [0.5, 1.0, 2.0], "stride": 16})
-  det = ZeroShotDetector(ckpt, rpn=str(tmp_path / "rpn"), test_size=64, max_size=96,
-                         score_thresh=0.0, topk=7, rpn_fusion="sigmoid")
+  builders.export_model(
+      str(tmp_path / "rpn" / "export"),
+      rv,
+      {
+          "kind": "rpn",
+          "clip_config": cfg.to_dict(),
+          "anchor_sizes": [16, 32, 64],
+          "aspect_ratios": [0.5, 1.0, 2.0],
+          "stride": 16,
+      },
+  )
+  det = ZeroShotDetector(
+      ckpt,
+      rpn=str(tmp_path / "rpn"),
+      test_size=64,
+      max_size=96,
+      score_thresh=0.0,
+      topk=7,
+      rpn_fusion="sigmoid",
+  )
   names = parse_vocabulary("person,cat")
   emb = det.text_embeddings(names)
   assert emb.shape == (2, 64)
@@ -89,12 +112,17 @@ def test_classifier_temperature_from_checkpoint(tmp_path, log_scale, want):
   from regionclip_jax.detection.finetune import with_classifier_temperature
   from regionclip_jax.models.checkpoints import save_converted
   from regionclip_jax.models.clip import load
+
   src, _ = _tiny_clip_dir(tmp_path)
   loaded = load(src)
-  params = dict(jax.tree.map(np.asarray, loaded.params), logit_scale=np.asarray(log_scale, np.float32))
+  params = dict(
+      jax.tree.map(np.asarray, loaded.params), logit_scale=np.asarray(log_scale, np.float32)
+  )
   path = str(tmp_path / "scaled")
   save_converted(path, loaded.config, params, source="test")
-  cfg = ml_collections.ConfigDict({"roi_heads": {"temperature": 0.01, "temperature_from_checkpoint": path}})
+  cfg = ml_collections.ConfigDict(
+      {"roi_heads": {"temperature": 0.01, "temperature_from_checkpoint": path}}
+  )
   out = with_classifier_temperature(cfg)
   assert out.roi_heads.temperature == pytest.approx(want, rel=1e-5)
   assert cfg.roi_heads.temperature == 0.01

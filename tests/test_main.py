@@ -1,4 +1,5 @@
 """configs/pretrain.py presets and typo handling; `python -m regionclip_jax.main` end to end."""
+
 import json
 import os
 import subprocess
@@ -13,10 +14,20 @@ import pretrain as pretrain_config  # noqa: E402
 
 def test_presets_carry_official_hyperparameters():
   c = pretrain_config.get_config("rn50_cc3m")
-  assert (c.batch_size, c.num_steps, tuple(c.optimizer.decay_steps)) == (96, 600_000, (300_000, 525_000))
+  assert (c.batch_size, c.num_steps, tuple(c.optimizer.decay_steps)) == (
+      96,
+      600_000,
+      (300_000, 525_000),
+  )
   o = c.optimizer
-  assert (o.name, o.lr, o.momentum, o.weight_decay, o.warmup_steps, o.warmup_factor) == \
-      ("sgd", 0.002, 0.9, 1e-4, 1000, 0.001)
+  assert (o.name, o.lr, o.momentum, o.weight_decay, o.warmup_steps, o.warmup_factor) == (
+      "sgd",
+      0.002,
+      0.9,
+      1e-4,
+      1000,
+      0.001,
+  )
   assert (o.clip_norm, o.clip_type) == (5.0, "per_tensor")
   L = c.loss
   assert (L.temperature, L.concept_threshold, L.group_size) == (0.01, 0.1, 3)
@@ -38,6 +49,7 @@ def test_typos_fail_listing_valid_names():
 
 def test_validate_names_bad_choices():
   from regionclip_jax.pretrain import run
+
   c = pretrain_config.get_config()
   with c.unlocked():
     c.proposals.kind = "rpnn"
@@ -53,8 +65,14 @@ def test_validate_names_bad_choices():
 
 def _main(*args, timeout=900):
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "regionclip_jax.main", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+      [sys.executable, "-m", "regionclip_jax.main", *args],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
 
 
 def test_cli_override_typo_fails_with_valid_keys():
@@ -65,12 +83,21 @@ def test_cli_override_typo_fails_with_valid_keys():
 
 @pytest.mark.slow
 def test_default_job_end_to_end_small(tmp_path):
-  res = _main("--config=configs/pretrain.py", f"--workdir={tmp_path}", "--config.num_steps=4",
-              "--config.teacher_stage.num_steps=4", "--config.data.num_train_scenes=128",
-              "--config.data.num_eval_scenes=64", "--config.eval.batch_size=32",
-              "--config.log_every=2", "--config.teacher_stage.log_every=2",
-              "--config.checkpoint_every=2", "--config.rpn_stage.train.num_steps=4",
-              "--config.rpn_stage.train.batch_size=4", "--config.rpn_stage.data.num_train=32")
+  res = _main(
+      "--config=configs/pretrain.py",
+      f"--workdir={tmp_path}",
+      "--config.num_steps=4",
+      "--config.teacher_stage.num_steps=4",
+      "--config.data.num_train_scenes=128",
+      "--config.data.num_eval_scenes=64",
+      "--config.eval.batch_size=32",
+      "--config.log_every=2",
+      "--config.teacher_stage.log_every=2",
+      "--config.checkpoint_every=2",
+      "--config.rpn_stage.train.num_steps=4",
+      "--config.rpn_stage.train.batch_size=4",
+      "--config.rpn_stage.data.num_train=32",
+  )
   assert res.returncode == 0, res.stderr[-3000:]
   out = res.stdout
   assert f"workdir: {tmp_path}" in out
@@ -84,9 +111,15 @@ def test_default_job_end_to_end_small(tmp_path):
   assert (tmp_path / "rpn" / "export").is_dir()  # the proposal RPN, trained on the fly
   assert any(p.startswith("events.out.tfevents") for p in os.listdir(tmp_path / "tensorboard"))
   # a second invocation resumes: the teacher is reused and the finished run is not redone
-  again = _main("--config=configs/pretrain.py", f"--workdir={tmp_path}", "--config.num_steps=4",
-                "--config.teacher_stage.num_steps=4", "--config.data.num_train_scenes=128",
-                "--config.data.num_eval_scenes=64", "--config.eval.batch_size=32")
+  again = _main(
+      "--config=configs/pretrain.py",
+      f"--workdir={tmp_path}",
+      "--config.num_steps=4",
+      "--config.teacher_stage.num_steps=4",
+      "--config.data.num_train_scenes=128",
+      "--config.data.num_eval_scenes=64",
+      "--config.eval.batch_size=32",
+  )
   assert again.returncode == 0, again.stderr[-3000:]
   assert "teacher found at" in again.stdout and "resumed at step 4 of 4" in again.stdout
   assert "RPN found at" in again.stdout

@@ -1,4 +1,5 @@
 """Box geometry, Box2BoxTransform and the Matcher against numpy ports of detectron2."""
+
 import math
 
 import jax
@@ -41,7 +42,9 @@ def test_pairwise_iou_area_clip():
   c = np.asarray(clip_boxes(a, 30.0, 40.0))
   assert c[:, [0, 2]].min() >= 0 and c[:, [0, 2]].max() <= 40 and c[:, [1, 3]].max() <= 30
   # per-image sizes broadcast: [N, R, 4] with [N, 1]
-  cb = np.asarray(clip_boxes(np.stack([a, a]), jnp.array([[10.0], [30.0]]), jnp.array([[20.0], [40.0]])))
+  cb = np.asarray(
+      clip_boxes(np.stack([a, a]), jnp.array([[10.0], [30.0]]), jnp.array([[20.0], [40.0]]))
+  )
   assert cb[0, :, [0, 2]].max() <= 20 and np.allclose(cb[1], c)
   with pytest.raises(ValueError, match=r"\[\.\.\., 4\]"):
     box_area(jnp.zeros((3, 5)))
@@ -54,9 +57,15 @@ def test_box2box_roundtrip_and_reference():
   d = np.asarray(t.get_deltas(src, tgt))
   sw, sh = src[:, 2] - src[:, 0], src[:, 3] - src[:, 1]
   tw, th = tgt[:, 2] - tgt[:, 0], tgt[:, 3] - tgt[:, 1]
-  ref = np.stack([10 * ((tgt[:, 0] + tw / 2) - (src[:, 0] + sw / 2)) / sw,
-                  10 * ((tgt[:, 1] + th / 2) - (src[:, 1] + sh / 2)) / sh,
-                  5 * np.log(tw / sw), 5 * np.log(th / sh)], 1)
+  ref = np.stack(
+      [
+          10 * ((tgt[:, 0] + tw / 2) - (src[:, 0] + sw / 2)) / sw,
+          10 * ((tgt[:, 1] + th / 2) - (src[:, 1] + sh / 2)) / sh,
+          5 * np.log(tw / sw),
+          5 * np.log(th / sh),
+      ],
+      1,
+  )
   np.testing.assert_allclose(d, ref, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(np.asarray(t.apply_deltas(d, src)), tgt, rtol=1e-5, atol=1e-3)
   # class-specific deltas [N, 4k] and the scale clamp at log(1000 / 16)

@@ -1,4 +1,5 @@
 """NMS against numpy ports of torchvision's CPU nms kernel and detectron2's soft-NMS."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +22,7 @@ def ref_nms(boxes, scores, thr):
     if suppressed[i]:
       continue
     keep.append(int(i))
-    rest = order[a + 1:]
+    rest = order[a + 1 :]
     w = np.maximum(F32(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
     h = np.maximum(F32(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
     inter = w * h
@@ -52,7 +53,11 @@ def ref_soft_nms(boxes, scores, sigma, thr):
     w = np.maximum(F32(0), np.minimum(b[2], boxes[:, 2]) - np.maximum(b[0], boxes[:, 0]))
     h = np.maximum(F32(0), np.minimum(b[3], boxes[:, 3]) - np.maximum(b[1], boxes[:, 1]))
     inter = w * h
-    union = (b[2] - b[0]) * (b[3] - b[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
+    union = (
+        (b[2] - b[0]) * (b[3] - b[1])
+        + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        - inter
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
       iou = np.where(inter > 0, inter / union, F32(0))
     scores = scores * np.exp(-(iou * iou) / F32(sigma))
@@ -75,7 +80,7 @@ def _scene(rng, n, img=100.0):
 
 def _kept(idx, ok):
   idx, ok = np.asarray(idx), np.asarray(ok)
-  assert not np.any(ok[np.argmin(ok):]) if not ok.all() else True  # valid slots come first
+  assert not np.any(ok[np.argmin(ok) :]) if not ok.all() else True  # valid slots come first
   return [int(i) for i in idx[ok]]
 
 
@@ -101,7 +106,8 @@ def test_nms_vmap_valid_and_bad_values():
   b1 = b1.copy()
   b1[7, 0] = np.nan
   idx, ok = jax.jit(jax.vmap(lambda b, s, v: nms(b, s, 0.5, 120, valid=v)))(
-      np.stack([b1, b2]), np.stack([s1, s2]), valid)
+      np.stack([b1, b2]), np.stack([s1, s2]), valid
+  )
   keep1 = [i for i in range(120) if i != 7]
   keep2 = [i for i in range(60) if i != 5]
   assert _kept(idx[0], ok[0]) == [keep1[k] for k in ref_nms(b1[keep1], s1[keep1], 0.5)]

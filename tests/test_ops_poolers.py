@@ -1,4 +1,5 @@
 """FPN level assignment (detectron2 rule) and multi-level pooling = per-level roi_align."""
+
 import math
 
 import jax
@@ -13,7 +14,9 @@ from regionclip_jax.ops.roi_align import roi_align
 def ref_levels(boxes, min_level, max_level, canonical=224.0, canonical_level=4):
   out = []
   for x1, y1, x2, y2 in boxes.astype(np.float64):
-    lvl = math.floor(canonical_level + math.log2(math.sqrt((x2 - x1) * (y2 - y1)) / canonical + 1e-8))
+    lvl = math.floor(
+        canonical_level + math.log2(math.sqrt((x2 - x1) * (y2 - y1)) / canonical + 1e-8)
+    )
     out.append(min(max(lvl, min_level), max_level) - min_level)
   return np.array(out)
 
@@ -32,13 +35,17 @@ def test_multilevel_pooling_equals_selected_level():
   rng = np.random.default_rng(0)
   scales = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
   img = 256
-  feats = [jnp.asarray(rng.normal(size=(2, img // int(1 / s), img // int(1 / s), 3)), jnp.float32)
-           for s in scales]
+  feats = [
+      jnp.asarray(rng.normal(size=(2, img // int(1 / s), img // int(1 / s), 3)), jnp.float32)
+      for s in scales
+  ]
   xy = rng.uniform(0, 200, size=(2, 12, 2))
   wh = np.exp(rng.uniform(np.log(8), np.log(400), size=(2, 12, 2)))
   boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
   pooler = ROIPooler((3, 3), scales, sampling_ratio=0, canonical_box_size=112, canonical_level=4)
-  both = jax.jit(lambda f, b: (pooler(f, b), [roi_align(x, b, 3, s, 0, True) for x, s in zip(f, scales)]))
+  both = jax.jit(
+      lambda f, b: (pooler(f, b), [roi_align(x, b, 3, s, 0, True) for x, s in zip(f, scales)])
+  )
   out, per_level = both(feats, boxes)
   out = np.asarray(out)
   lvl = ref_levels(boxes.reshape(-1, 4), 2, 5, 112.0).reshape(2, 12)

@@ -1,4 +1,5 @@
 """RoIAlign against a slow numpy port of torchvision's CPU kernel (roi_align_kernel.cpp)."""
+
 import functools
 
 import jax
@@ -33,8 +34,12 @@ def _bilinear(f, y, x):
   ly, lx = F32(y - F32(y_low)), F32(x - F32(x_low))
   hy, hx = F32(1) - ly, F32(1) - lx
   f = f.astype(np.float64)
-  return (hy * hx * f[y_low, x_low] + hy * lx * f[y_low, x_high]
-          + ly * hx * f[y_high, x_low] + ly * lx * f[y_high, x_high])
+  return (
+      hy * hx * f[y_low, x_low]
+      + hy * lx * f[y_low, x_high]
+      + ly * hx * f[y_high, x_low]
+      + ly * lx * f[y_high, x_high]
+  )
 
 
 def ref_roi_align(feats, boxes, out_hw, scale, sampling_ratio, aligned):
@@ -77,22 +82,25 @@ def _boxes(rng, n_img, img_h, img_w, inside_only=False):
       y1, y2 = np.sort(rng.uniform(0, img_h, 2))
       b.append([x1, y1, x2, y2])
     cx, cy = rng.uniform(0, img_w), rng.uniform(0, img_h)
-    b.append([cx, cy, cx + 0.05, cy + 0.08])                       # tiny
-    b.append([cx, cy, cx, cy + 3.0])                               # zero width
-    b.append([0, 0, img_w, img_h])                                 # whole image
+    b.append([cx, cy, cx + 0.05, cy + 0.08])  # tiny
+    b.append([cx, cy, cx, cy + 3.0])  # zero width
+    b.append([0, 0, img_w, img_h])  # whole image
     if not inside_only:
       b.append([-2.5 * img_w, -1.7 * img_h, 3.1 * img_w, 2.2 * img_h])  # huge
-      b.append([-0.4 * img_w, 0.3 * img_h, 0.5 * img_w, 1.6 * img_h])   # partly outside
-      b.append([1.3 * img_w, 1.2 * img_h, 1.9 * img_w, 1.5 * img_h])    # wholly outside
-      b.append([0.7 * img_w, 0.6 * img_h, 0.2 * img_w, 0.1 * img_h])    # x2 < x1, y2 < y1
+      b.append([-0.4 * img_w, 0.3 * img_h, 0.5 * img_w, 1.6 * img_h])  # partly outside
+      b.append([1.3 * img_w, 1.2 * img_h, 1.9 * img_w, 1.5 * img_h])  # wholly outside
+      b.append([0.7 * img_w, 0.6 * img_h, 0.2 * img_w, 0.1 * img_h])  # x2 < x1, y2 < y1
     out.append(b)
   return np.asarray(out, np.float32)
 
 
 @functools.lru_cache(maxsize=None)
 def _jitted(out_hw, scale, sampling_ratio, aligned, method, chunk):
-  return jax.jit(lambda f, b: roi_align(f, b, out_hw, scale, sampling_ratio, aligned,
-                                        chunk_size=chunk, method=method))
+  return jax.jit(
+      lambda f, b: roi_align(
+          f, b, out_hw, scale, sampling_ratio, aligned, chunk_size=chunk, method=method
+      )
+  )
 
 
 @pytest.mark.parametrize("aligned", [True, False])
@@ -142,8 +150,18 @@ def test_exact_bin_boundaries(method):
   rng = np.random.default_rng(2)
   feats = rng.normal(size=(1, 22, 23, 2)).astype(np.float32)
   # 21 / 7 = 3 exactly, but 21 * float32(1 / 7) = 3.0000002 -> ceil 4
-  boxes = np.array([[[0.5, 0.5, 21.5, 21.5], [1.5, 0.5, 22.5, 21.5], [-3.5, -2.5, 17.5, 18.5],
-                     [0, 0, 21, 21], [-30, -40, 47, 37]]], F32)
+  boxes = np.array(
+      [
+          [
+              [0.5, 0.5, 21.5, 21.5],
+              [1.5, 0.5, 22.5, 21.5],
+              [-3.5, -2.5, 17.5, 18.5],
+              [0, 0, 21, 21],
+              [-30, -40, 47, 37],
+          ]
+      ],
+      F32,
+  )
   if method == "gather":  # exact only for boxes no larger than the image (module doc)
     boxes = boxes[:, :4]
   for aligned in (True, False):
@@ -182,7 +200,7 @@ def test_bfloat16_features():
   assert out.dtype == jnp.bfloat16
   ref = ref_roi_align(np.asarray(f16.astype(jnp.float32)), boxes, (3, 4), 0.25, 0, True)
   # only the final rounding to bfloat16 (8 mantissa bits) separates us from the reference
-  np.testing.assert_allclose(np.asarray(out.astype(jnp.float32)), ref, rtol=2 ** -8, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(out.astype(jnp.float32)), ref, rtol=2**-8, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["separable", "gather"])

@@ -1,4 +1,5 @@
 """Balanced sampler: detectron2's counts, group membership, uniqueness, determinism, uniformity."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +12,7 @@ def _labels(rng, n, n_fg, n_bg, bg=5):
   lab = np.full(n, -1, np.int32)
   perm = rng.permutation(n)
   lab[perm[:n_fg]] = rng.integers(0, bg, n_fg)  # classes 0..bg-1 are foreground
-  lab[perm[n_fg:n_fg + n_bg]] = bg
+  lab[perm[n_fg : n_fg + n_bg]] = bg
   return lab
 
 
@@ -24,7 +25,7 @@ def test_counts_membership_uniqueness(n_fg, n_bg):
   exp_pos = min(n_fg, int(32 * 0.25))
   exp_neg = min(n_bg, 32 - exp_pos)
   assert ok.sum() == exp_pos + exp_neg and is_pos.sum() == exp_pos
-  assert np.all(ok[:exp_pos + exp_neg]) and not np.any(ok[exp_pos + exp_neg:])
+  assert np.all(ok[: exp_pos + exp_neg]) and not np.any(ok[exp_pos + exp_neg :])
   sel = idx[ok]
   assert len(set(sel.tolist())) == len(sel)
   assert np.all((lab[idx[is_pos]] != -1) & (lab[idx[is_pos]] != 5))
@@ -57,4 +58,6 @@ def test_errors():
   with pytest.raises(ValueError, match=r"\[P\]"):
     subsample_labels(jax.random.key(0), jnp.zeros((2, 3), jnp.int32), 4, 0.5, 0)
   with pytest.raises(ValueError, match="valid"):
-    subsample_labels(jax.random.key(0), jnp.zeros((3,), jnp.int32), 4, 0.5, 0, valid=jnp.ones(4, bool))
+    subsample_labels(
+        jax.random.key(0), jnp.zeros((3,), jnp.int32), 4, 0.5, 0, valid=jnp.ones(4, bool)
+    )

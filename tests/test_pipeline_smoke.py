@@ -1,6 +1,7 @@
 """`configs/pipeline.py:smoke`: every stage of the shapes-world pipeline runs for a few steps
 through the real entry point, writes its outputs, and the table holds finite, in-range numbers;
 a second invocation resumes without redoing any stage."""
+
 import json
 import math
 import os
@@ -11,21 +12,45 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(workdir):
-  return subprocess.run([sys.executable, "-m", "regionclip_jax.main", "--config=configs/pipeline.py:smoke",
-                         f"--workdir={workdir}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+  return subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "regionclip_jax.main",
+          "--config=configs/pipeline.py:smoke",
+          f"--workdir={workdir}",
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
 
 
 def test_smoke_pipeline_runs_every_stage(tmp_path):
   res = _run(tmp_path)
   assert res.returncode == 0, res.stderr[-3000:]
   seed = tmp_path / "seed_0"
-  for path in ("pretrain/teacher/final/config.json", "rpn/export", "pretrain/student/config.json",
-               "pretrain/control/final/config.json", "pretrain/metrics.json",
-               "finetune_student/metrics.json", "finetune_teacher/metrics.json",
-               "finetune_control/metrics.json", "finetune_student/examples.png"):
+  for path in (
+      "pretrain/teacher/final/config.json",
+      "rpn/export",
+      "pretrain/student/config.json",
+      "pretrain/control/final/config.json",
+      "pretrain/metrics.json",
+      "finetune_student/metrics.json",
+      "finetune_teacher/metrics.json",
+      "finetune_control/metrics.json",
+      "finetune_student/examples.png",
+  ):
     assert (seed / path).exists(), path
-  for fig in ("region_recognition.png", "loss_regionclip.png", "loss_teacher.png",
-              "detections_student.png", "table.md", "metrics.json"):
+  for fig in (
+      "region_recognition.png",
+      "loss_regionclip.png",
+      "loss_teacher.png",
+      "detections_student.png",
+      "table.md",
+      "metrics.json",
+  ):
     assert (tmp_path / fig).exists(), fig
   m = json.load(open(tmp_path / "metrics.json"))
   region = m["per_seed"][0]["region"]
@@ -46,8 +71,15 @@ def test_smoke_pipeline_runs_every_stage(tmp_path):
     assert math.isfinite(v) and 0.0 <= v <= 100.0
     assert (seed / f"finetune_{init}/export/pretrained_variables.msgpack").exists()
     assert (seed / f"zero_shot_detection_{init}.json").exists()
-  assert set(m["per_seed"][0]["seconds"]) >= {"teacher", "rpn", "pretrain_and_control", "finetune_student",
-                                               "finetune_teacher", "finetune_control", "zero_shot_detection"}
+  assert set(m["per_seed"][0]["seconds"]) >= {
+      "teacher",
+      "rpn",
+      "pretrain_and_control",
+      "finetune_student",
+      "finetune_teacher",
+      "finetune_control",
+      "zero_shot_detection",
+  }
   assert "Zero-shot detection AP50" in res.stdout and "without the score ensemble" in res.stdout
   assert "without_ensemble_novel_ap50_student_minus_teacher_points" in m["targets"]
   assert "| student − teacher (paired) |" in res.stdout and "Claim b" in res.stdout

@@ -1,8 +1,8 @@
 """Frozen-BN statistics re-estimation (teacher stage option): after calibration, each frozen BN's
 stored mean / var equal the batch statistics of the inputs it actually receives in a plain
 (frozen-BN) forward pass, and nothing but BN mean / var changes."""
+
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
@@ -37,7 +37,9 @@ def test_calibrated_bn_matches_the_statistics_of_its_inputs():
   assert len(inputs) >= 10
   for path, x in inputs.items():
     axes = tuple(range(x.ndim - 1))
-    np.testing.assert_allclose(np.asarray(flat[path + ("mean",)]), x.mean(axes), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(flat[path + ("mean",)]), x.mean(axes), rtol=1e-3, atol=1e-4
+    )
     np.testing.assert_allclose(np.asarray(flat[path + ("var",)]), x.var(axes), rtol=1e-3, atol=1e-4)
 
   old = traverse_util.flatten_dict(dict(params))

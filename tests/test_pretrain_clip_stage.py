@@ -1,6 +1,7 @@
 """The image-level CLIP stage with batch_norm="train": BN normalises with batch statistics and its
 affine trains (the statistics do not); after `calibrate_frozen_bn` on the same batch the frozen
 tower reproduces the train-mode embeddings."""
+
 import re
 
 import flax.linen as nn
@@ -25,9 +26,17 @@ def _setup(batch_norm):
   tx = opt.make_optimizer("adamw", 1e-3, weight_decay=0.0, clip_norm=1.0)
   state = create_train_state(params, tx, mask)
   rng = np.random.default_rng(0)
-  batch = {"image": jnp.asarray(rng.normal(size=(6, 64, 64, 3)), jnp.float32),
-           "caption_tokens": jnp.asarray(rng.integers(1, 400, (6, 8)), jnp.int32)}
-  return model, params, jax.jit(cp.make_clip_step(model, tx, mask, batch_norm=batch_norm)), state, batch
+  batch = {
+      "image": jnp.asarray(rng.normal(size=(6, 64, 64, 3)), jnp.float32),
+      "caption_tokens": jnp.asarray(rng.integers(1, 400, (6, 8)), jnp.int32),
+  }
+  return (
+      model,
+      params,
+      jax.jit(cp.make_clip_step(model, tx, mask, batch_norm=batch_norm)),
+      state,
+      batch,
+  )
 
 
 def _changed(a, b):

@@ -1,4 +1,5 @@
 """Losses and pseudo-labels: hand-computed cases + a PyTorch port of the official code."""
+
 import math
 
 import jax
@@ -19,7 +20,7 @@ def test_distill_hand_case_and_dropped_rows():
   keep = jnp.array([[True, False, True]])
   got = losses.region_distill_loss(s, c, p, keep, temperature=1.0)
   row0 = -math.log(2) - 0.5 + math.log(1 + E)  # KL([.5,.5] || softmax([1,0]))
-  row2 = math.log(1 + E) - 1.0                  # zero target entry contributes 0
+  row2 = math.log(1 + E) - 1.0  # zero target entry contributes 0
   np.testing.assert_allclose(got, (row0 + row2) / 2, rtol=1e-6)
 
 
@@ -42,8 +43,9 @@ def test_all_regions_dropped_is_zero_and_finite_grad():
   t = jnp.zeros((2, 3), jnp.int32)
 
   def total(s):
-    return (losses.region_distill_loss(s, c, p, keep)
-            + losses.region_contrastive_loss(s, jnp.ones((2, 3, 4)), t, keep))
+    return losses.region_distill_loss(s, c, p, keep) + losses.region_contrastive_loss(
+        s, jnp.ones((2, 3, 4)), t, keep
+    )
 
   val, g = jax.value_and_grad(total)(s)
   assert float(val) == 0.0
@@ -83,6 +85,7 @@ def test_pseudo_labels_threshold_and_fallback():
 
 
 # --- PyTorch port of the official region_concept_matching / image_text_matching ----------------
+
 
 def _torch_reference(teacher, student, concepts, glob, text, thres, tau=0.01):
   torch = pytest.importorskip("torch")
@@ -143,7 +146,8 @@ def test_matches_pytorch_port_of_official_code():
   assert 0 < int(pl.keep[:2].sum()) < 2 * r, "want some regions kept and some dropped"
   assert bool(pl.keep[2].all()), "group 2 exercises the keep-all fallback"
   got_d = losses.region_distill_loss(f32(student), f32(concepts), pl.probs, pl.keep)
-  got_c = losses.region_contrastive_loss(f32(student), f32(concepts)[pl.targets], pl.targets,
-                                         pl.keep)
+  got_c = losses.region_contrastive_loss(
+      f32(student), f32(concepts)[pl.targets], pl.targets, pl.keep
+  )
   got_i = losses.image_text_loss(f32(glob), f32(text))
   np.testing.assert_allclose([got_d, got_c, got_i], want, rtol=2e-4, atol=1e-5)

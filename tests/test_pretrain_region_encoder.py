@@ -1,12 +1,12 @@
 """Region encoder: whole-image box == the image-level CLIP forward (ResNet), patch box == patch
 token readout (ViT); regions are independent of each other and of padding boxes."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from regionclip_jax.models import clip
 from regionclip_jax.models.region_encoder import global_boxes, region_features
-
 
 _TEXT = clip.TextConfig(context_length=8, vocab_size=64, width=16, heads=1, layers=1)
 CONFIGS = {  # smaller than the tiny presets: fast to compile, same code paths
@@ -26,9 +26,9 @@ def _setup(name, n=2):
 
 def test_resnet_whole_image_box_equals_encode_image():
   module, params, images = _setup("rn")
-  s = images.shape[1]
-  boxes = jnp.concatenate([global_boxes(images),
-                           jnp.asarray([[[8.0, 4.0, 40.0, 30.0]]] * 2)], axis=1)  # [2, 2, 4]
+  boxes = jnp.concatenate(
+      [global_boxes(images), jnp.asarray([[[8.0, 4.0, 40.0, 30.0]]] * 2)], axis=1
+  )  # [2, 2, 4]
   f = jax.jit(lambda p, x, b: region_features(module, p, x, b))
   got = f(params, images, boxes)
   want = module.apply({"params": params}, images, method=clip.CLIP.encode_image)
@@ -53,5 +53,7 @@ def test_vit_patch_box_reads_out_that_token():
   # whole image with one bin per patch = projection of the mean patch token
   g = grid.shape[1]
   got_all = region_features(module, params, images, global_boxes(images), pooler_resolution=g)
-  want_all = module.apply({"params": params}, grid.mean(axis=(1, 2)), method=clip.CLIP.image_project)
+  want_all = module.apply(
+      {"params": params}, grid.mean(axis=(1, 2)), method=clip.CLIP.image_project
+  )
   np.testing.assert_allclose(got_all[:, 0], want_all, rtol=1e-4, atol=1e-5)

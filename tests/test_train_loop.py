@@ -1,5 +1,6 @@
 """Train loop on a toy model: SIGKILL + resume equals an uninterrupted run; non-finite loss stops
 the run naming step and term with the last good checkpoint intact; TensorBoard + progress lines."""
+
 import glob
 import os
 import signal
@@ -8,11 +9,10 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TOY_JOB = textwrap.dedent('''
+TOY_JOB = textwrap.dedent("""
   import os, signal, sys
   import grain, jax, jax.numpy as jnp, numpy as np
   from regionclip_jax.train import optimizer as opt
@@ -55,15 +55,20 @@ TOY_JOB = textwrap.dedent('''
                      checkpoint_every=2, log_every=3, images_per_step=4, name="toy")
   np.save(os.path.join(workdir, "final.npy"), np.concatenate([np.asarray(state.params["w"]).ravel(),
           np.asarray(state.params["b"]), np.asarray(state.params["frozen"])]))
-''')
+""")
 
 
 def _run(tmp_path, workdir, num_steps, kill_at=-1, nan_at=-1):
   script = tmp_path / "toy_job.py"
   script.write_text(TOY_JOB)
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, str(script), str(workdir), str(num_steps), str(kill_at),
-                         str(nan_at)], env=env, capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+      [sys.executable, str(script), str(workdir), str(num_steps), str(kill_at), str(nan_at)],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
 
 
 def test_sigkill_resume_equals_uninterrupted(tmp_path):
@@ -78,7 +83,9 @@ def test_sigkill_resume_equals_uninterrupted(tmp_path):
   resumed = _run(tmp_path, tmp_path / "run", 11)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   # async saves: step 6 (or, if it had not committed when killed, step 4) is where it resumes.
-  assert ("resumed at step 6" in resumed.stdout) or ("resumed at step 4" in resumed.stdout), resumed.stdout
+  assert ("resumed at step 6" in resumed.stdout) or (
+      "resumed at step 4" in resumed.stdout
+  ), resumed.stdout
   a = np.load(tmp_path / "ref" / "final.npy")
   b = np.load(tmp_path / "run" / "final.npy")
   np.testing.assert_array_equal(a, b)
@@ -89,17 +96,21 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   res = _run(tmp_path, tmp_path / "nan", 11, nan_at=5)
   assert res.returncode != 0
   assert "non-finite loss at step 6: loss = " in res.stderr, res.stderr[-2000:]
-  steps = sorted(int(os.path.basename(p)) for p in glob.glob(str(tmp_path / "nan" / "checkpoints" / "*"))
-                 if os.path.basename(p).isdigit())
+  steps = sorted(
+      int(os.path.basename(p))
+      for p in glob.glob(str(tmp_path / "nan" / "checkpoints" / "*"))
+      if os.path.basename(p).isdigit()
+  )
   assert steps and max(steps) == 4
   # the kept checkpoint restores to finite parameters
   from regionclip_jax.train.checkpoint import Checkpointer
-  import jax.numpy as jnp
+
   ck = Checkpointer(str(tmp_path / "nan" / "checkpoints"))
-  like = {"step": jnp.zeros((), jnp.int32)}
   import orbax.checkpoint as ocp
-  meta = ck.manager.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                        data=ocp.args.JsonRestore()))
+
+  meta = ck.manager.restore(
+      4, args=ocp.args.Composite(state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore())
+  )
   ck.close()
   leaves = [np.asarray(x) for x in __import__("jax").tree.leaves(meta["state"])]
   assert all(np.all(np.isfinite(x)) for x in leaves)
@@ -126,8 +137,17 @@ def test_skipped_records_are_reported_at_the_end(tmp_path, capsys):
     return apply_gradients(state, g, tx, mask), {"loss": loss}
 
   data = iter([jnp.ones((2,))] * 3)
-  train_loop(state=state, step_fn=step_fn, data=data, num_steps=3, workdir=str(tmp_path),
-             checkpoint_every=10, log_every=1, async_checkpoints=False, name="toy")
+  train_loop(
+      state=state,
+      step_fn=step_fn,
+      data=data,
+      num_steps=3,
+      workdir=str(tmp_path),
+      checkpoint_every=10,
+      log_every=1,
+      async_checkpoints=False,
+      name="toy",
+  )
   out = capsys.readouterr().out
   assert "data records skipped or repaired" in out
   assert "toy_instances.json: empty_box: 1 (e.g. image 7 box 2)" in out

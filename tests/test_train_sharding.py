@@ -1,5 +1,6 @@
 """The RegionCLIP step under jit + NamedSharding: 1 device == 8 simulated devices (data parallel
 and FSDP) == 2 processes x 4 devices through jax.distributed, within 1e-5 relative."""
+
 import os
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-JOB = textwrap.dedent('''
+JOB = textwrap.dedent("""
   import os, sys
   import numpy as np
   mode, out = sys.argv[1], sys.argv[2]
@@ -78,12 +79,16 @@ JOB = textwrap.dedent('''
   if jax.process_index() == 0:
     np.savez(out, **{f"{name}|{k}": v for name, r in results.items() for k, v in r.items()})
   print("ok", jax.process_index(), jax.device_count(), flush=True)
-''')
+""")
 
 
 def _env():
-  return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
-              XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  return dict(
+      os.environ,
+      PYTHONPATH=REPO,
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  )
 
 
 def _load(path):
@@ -107,8 +112,9 @@ def _assert_close(a, b, what, rtol=1e-5, atol=1e-7):
     rel = err / max(np.linalg.norm(x), 1e-30)
     if np.linalg.norm(x) > 1e-3:
       worst = max(worst, rel)
-    assert err <= rtol * np.linalg.norm(x) + atol * np.sqrt(x.size), \
-        f"{what}: {k} differs by {rel:.2e} relative (|a| = {np.linalg.norm(x):.3g})"
+    assert err <= rtol * np.linalg.norm(x) + atol * np.sqrt(
+        x.size
+    ), f"{what}: {k} differs by {rel:.2e} relative (|a| = {np.linalg.norm(x):.3g})"
   print(f"{what}: worst tensor relative difference {worst:.2e}")
 
 
@@ -116,8 +122,13 @@ def _assert_close(a, b, what, rtol=1e-5, atol=1e-7):
 def single_process(tmp_path_factory):
   d = tmp_path_factory.mktemp("shard")
   (d / "job.py").write_text(JOB)
-  res = subprocess.run([sys.executable, str(d / "job.py"), "single", str(d / "single.npz")],
-                       env=_env(), capture_output=True, text=True, timeout=600)
+  res = subprocess.run(
+      [sys.executable, str(d / "job.py"), "single", str(d / "single.npz")],
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert res.returncode == 0, res.stderr[-3000:]
   return d, _load(d / "single.npz")
 
@@ -139,9 +150,16 @@ def test_two_processes_equal_one_process(single_process):
     port = str(s.getsockname()[1])
   env = _env()
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-  procs = [subprocess.Popen([sys.executable, str(d / "job.py"), "multiprocess", str(d / "multi.npz"),
-                             str(i), port], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for i in range(2)]
+  procs = [
+      subprocess.Popen(
+          [sys.executable, str(d / "job.py"), "multiprocess", str(d / "multi.npz"), str(i), port],
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for i in range(2)
+  ]
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (o, e) in zip(procs, outs):
     assert p.returncode == 0, e[-3000:]

@@ -8,6 +8,7 @@ captions list[str], image_id int. After the transforms: image float32 [S, S, 3] 
 or uint8, image_mask bool [S, S], image_size int32 [2], boxes [B, 4], box_mask [B], labels [B],
 caption_tokens int32 [77].
 """
+
 from regionclip_jax.data.coco import CocoCaptions, CocoDetection
 from regionclip_jax.data.image_text import JsonlImageText, TsvImageText
 from regionclip_jax.data.pipeline import CachedSource, make_dataset, make_pipeline
@@ -15,6 +16,16 @@ from regionclip_jax.data.shapes_world import DEFAULT_CONCEPTS, DEFAULT_NOVEL, Sh
 from regionclip_jax.data.validation import DataError, IssueCounter
 
 __all__ = [
-    "CachedSource", "CocoCaptions", "CocoDetection", "DataError", "DEFAULT_CONCEPTS", "DEFAULT_NOVEL",
-    "IssueCounter", "JsonlImageText", "ShapesWorld", "TsvImageText", "make_dataset", "make_pipeline",
+    "CachedSource",
+    "CocoCaptions",
+    "CocoDetection",
+    "DataError",
+    "DEFAULT_CONCEPTS",
+    "DEFAULT_NOVEL",
+    "IssueCounter",
+    "JsonlImageText",
+    "ShapesWorld",
+    "TsvImageText",
+    "make_dataset",
+    "make_pipeline",
 ]

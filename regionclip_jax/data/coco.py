@@ -9,6 +9,7 @@ means), and images with no box left are dropped when `drop_empty` (detectron2's 
 default). Crowd boxes are left out (detectron2 ignores them in training); both are counted in
 `filtered` for the log, not as data issues.
 """
+
 from __future__ import annotations
 
 import collections
@@ -20,214 +21,294 @@ import numpy as np
 
 from regionclip_jax.data import categories as cats
 from regionclip_jax.data.images import decode_image
-from regionclip_jax.data.validation import (IssueCounter, check_policy, handle, sanitize_boxes,
-                                            sanitize_captions)
+from regionclip_jax.data.validation import (
+    IssueCounter,
+    check_policy,
+    handle,
+    sanitize_boxes,
+    sanitize_captions,
+)
 
-SPLITS = ("all", "coco_ovd_base", "coco_ovd_novel", "coco_ovd_all", "lvis_base", "lvis_rare", "lvis_all")
+SPLITS = (
+    "all",
+    "coco_ovd_base",
+    "coco_ovd_novel",
+    "coco_ovd_all",
+    "lvis_base",
+    "lvis_rare",
+    "lvis_all",
+)
 
 
 def load_json(path: str | os.PathLike) -> Any:
-    """json.load with one-line errors naming the file."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not readable json ({e})") from None
+  """json.load with one-line errors naming the file."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"annotation file not found: {path}")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: not readable json ({e})") from None
 
 
 def require(entry: Any, keys: Sequence[str], path: str, what: str, index: int) -> None:
-    if not isinstance(entry, Mapping):
-        raise ValueError(f"{path}: {what} {index} is not an object: {str(entry)[:80]}")
-    missing = [k for k in keys if k not in entry]
-    if missing:
-        raise ValueError(f"{path}: {what} {index} (id {entry.get('id')}) lacks required field(s) {missing}")
+  if not isinstance(entry, Mapping):
+    raise ValueError(f"{path}: {what} {index} is not an object: {str(entry)[:80]}")
+  missing = [k for k in keys if k not in entry]
+  if missing:
+    raise ValueError(
+        f"{path}: {what} {index} (id {entry.get('id')}) lacks required field(s) {missing}"
+    )
 
 
 def split_class_names(split: str, json_categories: Sequence[Mapping]) -> list[str]:
-    """Class names of `split`, in the order labels index them."""
-    if split == "all":
-        return [c["name"] for c in json_categories]
-    if split.startswith("coco_ovd_"):
-        return list({"base": cats.COCO_OVD_BASE, "novel": cats.COCO_OVD_NOVEL,
-                     "all": cats.COCO_OVD_ALL}[split[len("coco_ovd_"):]])
-    if split.startswith("lvis_"):
-        # The json's own frequency field when it has one (LVIS v1 does), else the shipped list.
-        source = json_categories if all("frequency" in c for c in json_categories) else cats.read_lvis_v1_categories()
-        names = cats.lvis_split_names(source)
-        key = split[len("lvis_"):]
-        if key == "all":
-            return [c["name"] for c in sorted(source, key=lambda c: c["id"])]
-        return names["base" if key == "base" else "novel"]
-    raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+  """Class names of `split`, in the order labels index them."""
+  if split == "all":
+    return [c["name"] for c in json_categories]
+  if split.startswith("coco_ovd_"):
+    return list(
+        {"base": cats.COCO_OVD_BASE, "novel": cats.COCO_OVD_NOVEL, "all": cats.COCO_OVD_ALL}[
+            split[len("coco_ovd_") :]
+        ]
+    )
+  if split.startswith("lvis_"):
+    # The json's own frequency field when it has one (LVIS v1 does), else the shipped list.
+    source = (
+        json_categories
+        if all("frequency" in c for c in json_categories)
+        else cats.read_lvis_v1_categories()
+    )
+    names = cats.lvis_split_names(source)
+    key = split[len("lvis_") :]
+    if key == "all":
+      return [c["name"] for c in sorted(source, key=lambda c: c["id"])]
+    return names["base" if key == "base" else "novel"]
+  raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
 
 
 def _image_file(image: Mapping) -> str:
-    if "file_name" in image:
-        return image["file_name"]
-    # LVIS v1 lists coco_url only; its last two parts are e.g. "train2017/000000391895.jpg".
-    return "/".join(image["coco_url"].split("/")[-2:])
+  if "file_name" in image:
+    return image["file_name"]
+  # LVIS v1 lists coco_url only; its last two parts are e.g. "train2017/000000391895.jpg".
+  return "/".join(image["coco_url"].split("/")[-2:])
 
 
-def read_captions(path: str | os.PathLike, *, policy: str = "skip", counter: IssueCounter | None = None,
-                  data: Mapping | None = None) -> dict[int, list[str]]:
-    """COCO Captions json -> {image_id: [caption, ...]} (empty captions per `policy`)."""
-    path = os.fspath(path)
-    data = load_json(path) if data is None else data
-    if not isinstance(data, Mapping) or "annotations" not in data:
-        raise ValueError(f"{path}: captions json lacks required field 'annotations'")
-    out: dict[int, list[str]] = collections.defaultdict(list)
-    for i, a in enumerate(data["annotations"]):
-        require(a, ("image_id", "caption"), path, "annotation", i)
-        out[int(a["image_id"])] += sanitize_captions([a["caption"]], policy=policy, counter=counter,
-                                                     where=f"{path} annotation {i} (image {a['image_id']})")
-    return dict(out)
+def read_captions(
+    path: str | os.PathLike,
+    *,
+    policy: str = "skip",
+    counter: IssueCounter | None = None,
+    data: Mapping | None = None,
+) -> dict[int, list[str]]:
+  """COCO Captions json -> {image_id: [caption, ...]} (empty captions per `policy`)."""
+  path = os.fspath(path)
+  data = load_json(path) if data is None else data
+  if not isinstance(data, Mapping) or "annotations" not in data:
+    raise ValueError(f"{path}: captions json lacks required field 'annotations'")
+  out: dict[int, list[str]] = collections.defaultdict(list)
+  for i, a in enumerate(data["annotations"]):
+    require(a, ("image_id", "caption"), path, "annotation", i)
+    out[int(a["image_id"])] += sanitize_captions(
+        [a["caption"]],
+        policy=policy,
+        counter=counter,
+        where=f"{path} annotation {i} (image {a['image_id']})",
+    )
+  return dict(out)
 
 
 class CocoDetection:
-    """COCO-format instances json + image folder -> records (grain `RandomAccessDataSource`).
+  """COCO-format instances json + image folder -> records (grain `RandomAccessDataSource`).
 
-    Record: image uint8 [H, W, 3], boxes float32 [K, 4] x1y1x2y2 px, labels int32 [K] (index into
-    `class_names`), image_id int, file_name str, and captions list[str] when `captions` (a COCO
-    Captions json) is given. `policy`: "strict" raises on a bad box / image; "skip" repairs or drops
-    and counts in `self.issues` (see `report()`). A record whose image cannot be read comes back
-    as None in skip mode; the pipeline drops it.
-    """
+  Record: image uint8 [H, W, 3], boxes float32 [K, 4] x1y1x2y2 px, labels int32 [K] (index into
+  `class_names`), image_id int, file_name str, and captions list[str] when `captions` (a COCO
+  Captions json) is given. `policy`: "strict" raises on a bad box / image; "skip" repairs or drops
+  and counts in `self.issues` (see `report()`). A record whose image cannot be read comes back
+  as None in skip mode; the pipeline drops it.
+  """
 
-    def __init__(self, annotations: str | os.PathLike, image_dir: str | os.PathLike, split: str = "all",
-                 *, captions: str | os.PathLike | None = None, policy: str = "strict",
-                 drop_empty: bool = True, counter: IssueCounter | None = None):
-        self.policy = check_policy(policy)
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-        path = os.fspath(annotations)
-        self.path, self.image_dir, self.split = path, os.fspath(image_dir), split
-        self.issues = counter or IssueCounter(os.path.basename(path))
-        data = load_json(path)
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{path}: top level is not an object")
-        for key in ("images", "annotations", "categories"):
-            if key not in data:
-                raise ValueError(f"{path}: lacks required field {key!r}")
-        for i, c in enumerate(data["categories"]):
-            require(c, ("id", "name"), path, "category", i)
-        self.class_names = split_class_names(split, data["categories"])
-        name_to_label = {n: i for i, n in enumerate(self.class_names)}
-        cat_to_label = {int(c["id"]): name_to_label.get(c["name"], -1) for c in data["categories"]}
-        if split != "all" and not any(v >= 0 for v in cat_to_label.values()):
-            raise ValueError(f"{path}: no category of split {split!r} is in this json (matched by name)")
+  def __init__(
+      self,
+      annotations: str | os.PathLike,
+      image_dir: str | os.PathLike,
+      split: str = "all",
+      *,
+      captions: str | os.PathLike | None = None,
+      policy: str = "strict",
+      drop_empty: bool = True,
+      counter: IssueCounter | None = None,
+  ):
+    self.policy = check_policy(policy)
+    if split not in SPLITS:
+      raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    path = os.fspath(annotations)
+    self.path, self.image_dir, self.split = path, os.fspath(image_dir), split
+    self.issues = counter or IssueCounter(os.path.basename(path))
+    data = load_json(path)
+    if not isinstance(data, Mapping):
+      raise ValueError(f"{path}: top level is not an object")
+    for key in ("images", "annotations", "categories"):
+      if key not in data:
+        raise ValueError(f"{path}: lacks required field {key!r}")
+    for i, c in enumerate(data["categories"]):
+      require(c, ("id", "name"), path, "category", i)
+    self.class_names = split_class_names(split, data["categories"])
+    name_to_label = {n: i for i, n in enumerate(self.class_names)}
+    cat_to_label = {int(c["id"]): name_to_label.get(c["name"], -1) for c in data["categories"]}
+    if split != "all" and not any(v >= 0 for v in cat_to_label.values()):
+      raise ValueError(f"{path}: no category of split {split!r} is in this json (matched by name)")
 
-        images: dict[int, dict] = {}
-        for i, im in enumerate(data["images"]):
-            require(im, ("id", "height", "width"), path, "image", i)
-            if "file_name" not in im and "coco_url" not in im:
-                raise ValueError(f"{path}: image {i} (id {im['id']}) lacks required field 'file_name'")
-            images[int(im["id"])] = {"file": _image_file(im), "h": int(im["height"]), "w": int(im["width"])}
-        per_image: dict[int, list] = collections.defaultdict(list)
-        self.filtered: collections.Counter = collections.Counter()
-        for i, a in enumerate(data["annotations"]):
-            require(a, ("image_id", "bbox", "category_id"), path, "annotation", i)
-            if int(a["image_id"]) not in images:
-                raise ValueError(f"{path}: annotation {i} (id {a.get('id')}) refers to unknown image {a['image_id']}")
-            if int(a["category_id"]) not in cat_to_label:
-                raise ValueError(f"{path}: annotation {i} (id {a.get('id')}) has unknown category {a['category_id']}")
-            bbox = a["bbox"]
-            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-                raise ValueError(f"{path}: annotation {i} (id {a.get('id')}) bbox must be [x, y, w, h], got {bbox!r}")
-            if a.get("iscrowd", 0):
-                self.filtered["crowd"] += 1
-                continue
-            label = cat_to_label[int(a["category_id"])]
-            if label < 0:
-                self.filtered["outside_split"] += 1
-                continue
-            per_image[int(a["image_id"])].append((i, a.get("id"), bbox, label))
+    images: dict[int, dict] = {}
+    for i, im in enumerate(data["images"]):
+      require(im, ("id", "height", "width"), path, "image", i)
+      if "file_name" not in im and "coco_url" not in im:
+        raise ValueError(f"{path}: image {i} (id {im['id']}) lacks required field 'file_name'")
+      images[int(im["id"])] = {
+          "file": _image_file(im),
+          "h": int(im["height"]),
+          "w": int(im["width"]),
+      }
+    per_image: dict[int, list] = collections.defaultdict(list)
+    self.filtered: collections.Counter = collections.Counter()
+    for i, a in enumerate(data["annotations"]):
+      require(a, ("image_id", "bbox", "category_id"), path, "annotation", i)
+      if int(a["image_id"]) not in images:
+        raise ValueError(
+            f"{path}: annotation {i} (id {a.get('id')}) refers to unknown image {a['image_id']}"
+        )
+      if int(a["category_id"]) not in cat_to_label:
+        raise ValueError(
+            f"{path}: annotation {i} (id {a.get('id')}) has unknown category {a['category_id']}"
+        )
+      bbox = a["bbox"]
+      if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        raise ValueError(
+            f"{path}: annotation {i} (id {a.get('id')}) bbox must be [x, y, w, h], got {bbox!r}"
+        )
+      if a.get("iscrowd", 0):
+        self.filtered["crowd"] += 1
+        continue
+      label = cat_to_label[int(a["category_id"])]
+      if label < 0:
+        self.filtered["outside_split"] += 1
+        continue
+      per_image[int(a["image_id"])].append((i, a.get("id"), bbox, label))
 
-        caps = read_captions(captions, policy=policy, counter=self.issues) if captions else None
-        self._records = []
-        for image_id, info in images.items():
-            anns = per_image.get(image_id, [])
-            xywh = np.array([b for _, _, b, _ in anns], np.float64).reshape(-1, 4)
-            boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
-            labels = np.array([l for *_, l in anns], np.int32)
-            where = f"{path} image {image_id}"
-            boxes, labels = sanitize_boxes(boxes, labels, info["h"], info["w"], policy=policy,
-                                           counter=self.issues, where=where)
-            if drop_empty and len(boxes) == 0:
-                self.filtered["image_without_boxes"] += 1
-                continue
-            rec = {"image_id": image_id, "file": info["file"], "h": info["h"], "w": info["w"],
-                   "boxes": boxes, "labels": labels}
-            if caps is not None:
-                rec["captions"] = caps.get(image_id, [])
-            self._records.append(rec)
-        self._records.sort(key=lambda r: r["image_id"])
+    caps = read_captions(captions, policy=policy, counter=self.issues) if captions else None
+    self._records = []
+    for image_id, info in images.items():
+      anns = per_image.get(image_id, [])
+      xywh = np.array([b for _, _, b, _ in anns], np.float64).reshape(-1, 4)
+      boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+      labels = np.array([l for *_, l in anns], np.int32)
+      where = f"{path} image {image_id}"
+      boxes, labels = sanitize_boxes(
+          boxes, labels, info["h"], info["w"], policy=policy, counter=self.issues, where=where
+      )
+      if drop_empty and len(boxes) == 0:
+        self.filtered["image_without_boxes"] += 1
+        continue
+      rec = {
+          "image_id": image_id,
+          "file": info["file"],
+          "h": info["h"],
+          "w": info["w"],
+          "boxes": boxes,
+          "labels": labels,
+      }
+      if caps is not None:
+        rec["captions"] = caps.get(image_id, [])
+      self._records.append(rec)
+    self._records.sort(key=lambda r: r["image_id"])
 
-    def __len__(self) -> int:
-        return len(self._records)
+  def __len__(self) -> int:
+    return len(self._records)
 
-    def __repr__(self) -> str:
-        return f"CocoDetection({self.path!r}, split={self.split!r}, images={len(self)}, classes={len(self.class_names)})"
+  def __repr__(self) -> str:
+    return f"CocoDetection({self.path!r}, split={self.split!r}, images={len(self)}, classes={len(self.class_names)})"
 
-    def __getitem__(self, index: int) -> dict | None:
-        r = self._records[index]
-        where = f"{self.path} image {r['image_id']} ({r['file']})"
-        image = decode_image(os.path.join(self.image_dir, r["file"]), policy=self.policy,
-                             counter=self.issues, where=where)
-        if image is None:
-            return None
-        if image.shape[:2] != (r["h"], r["w"]):
-            # Boxes are in the json's pixel frame; a different size means they would not fit.
-            handle(self.policy, self.issues, "image_size_mismatch", where,
-                   f"file is {image.shape[0]}x{image.shape[1]}, json says {r['h']}x{r['w']}")
-            return None
-        out = {"image": image, "boxes": r["boxes"].copy(), "labels": r["labels"].copy(),
-               "image_id": r["image_id"], "file_name": r["file"]}
-        if "captions" in r:
-            out["captions"] = list(r["captions"])
-        return out
+  def __getitem__(self, index: int) -> dict | None:
+    r = self._records[index]
+    where = f"{self.path} image {r['image_id']} ({r['file']})"
+    image = decode_image(
+        os.path.join(self.image_dir, r["file"]),
+        policy=self.policy,
+        counter=self.issues,
+        where=where,
+    )
+    if image is None:
+      return None
+    if image.shape[:2] != (r["h"], r["w"]):
+      # Boxes are in the json's pixel frame; a different size means they would not fit.
+      handle(
+          self.policy,
+          self.issues,
+          "image_size_mismatch",
+          where,
+          f"file is {image.shape[0]}x{image.shape[1]}, json says {r['h']}x{r['w']}",
+      )
+      return None
+    out = {
+        "image": image,
+        "boxes": r["boxes"].copy(),
+        "labels": r["labels"].copy(),
+        "image_id": r["image_id"],
+        "file_name": r["file"],
+    }
+    if "captions" in r:
+      out["captions"] = list(r["captions"])
+    return out
 
-    def report(self) -> str:
-        return self.issues.report()
+  def report(self) -> str:
+    return self.issues.report()
 
 
 class CocoCaptions:
-    """COCO Captions json + image folder -> image-text records (image, captions, image_id).
+  """COCO Captions json + image folder -> image-text records (image, captions, image_id).
 
-    Images whose captions are all empty are dropped at construction in skip mode (counted).
-    """
+  Images whose captions are all empty are dropped at construction in skip mode (counted).
+  """
 
-    def __init__(self, captions: str | os.PathLike, image_dir: str | os.PathLike, *, policy: str = "strict",
-                 counter: IssueCounter | None = None):
-        self.policy = check_policy(policy)
-        path = os.fspath(captions)
-        self.path, self.image_dir = path, os.fspath(image_dir)
-        self.issues = counter or IssueCounter(os.path.basename(path))
-        data = load_json(path)
-        if not isinstance(data, Mapping) or "images" not in data:
-            raise ValueError(f"{path}: lacks required field 'images'")
-        caps = read_captions(path, policy=policy, counter=self.issues, data=data)
-        self._records = []
-        for i, im in enumerate(data["images"]):
-            require(im, ("id", "file_name"), path, "image", i)
-            c = caps.get(int(im["id"]), [])
-            if not c:
-                handle(policy, self.issues, "image_without_captions", f"{path} image {im['id']}")
-                continue
-            self._records.append((int(im["id"]), im["file_name"], c))
+  def __init__(
+      self,
+      captions: str | os.PathLike,
+      image_dir: str | os.PathLike,
+      *,
+      policy: str = "strict",
+      counter: IssueCounter | None = None,
+  ):
+    self.policy = check_policy(policy)
+    path = os.fspath(captions)
+    self.path, self.image_dir = path, os.fspath(image_dir)
+    self.issues = counter or IssueCounter(os.path.basename(path))
+    data = load_json(path)
+    if not isinstance(data, Mapping) or "images" not in data:
+      raise ValueError(f"{path}: lacks required field 'images'")
+    caps = read_captions(path, policy=policy, counter=self.issues, data=data)
+    self._records = []
+    for i, im in enumerate(data["images"]):
+      require(im, ("id", "file_name"), path, "image", i)
+      c = caps.get(int(im["id"]), [])
+      if not c:
+        handle(policy, self.issues, "image_without_captions", f"{path} image {im['id']}")
+        continue
+      self._records.append((int(im["id"]), im["file_name"], c))
 
-    def __len__(self) -> int:
-        return len(self._records)
+  def __len__(self) -> int:
+    return len(self._records)
 
-    def __getitem__(self, index: int) -> dict | None:
-        image_id, file, captions = self._records[index]
-        image = decode_image(os.path.join(self.image_dir, file), policy=self.policy, counter=self.issues,
-                             where=f"{self.path} image {image_id} ({file})")
-        if image is None:
-            return None
-        return {"image": image, "captions": list(captions), "image_id": image_id}
+  def __getitem__(self, index: int) -> dict | None:
+    image_id, file, captions = self._records[index]
+    image = decode_image(
+        os.path.join(self.image_dir, file),
+        policy=self.policy,
+        counter=self.issues,
+        where=f"{self.path} image {image_id} ({file})",
+    )
+    if image is None:
+      return None
+    return {"image": image, "captions": list(captions), "image_id": image_id}
 
-    def report(self) -> str:
-        return self.issues.report()
+  def report(self) -> str:
+    return self.issues.report()

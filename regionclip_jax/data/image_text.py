@@ -10,6 +10,7 @@ tools write) is used when present, otherwise the file is scanned once at start-u
 JSONL: one object per line, `{"image": path, "captions": [...]}` (a single "caption" string is
 accepted too); relative paths are taken from `image_root` (default: the JSONL's folder).
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,156 +29,202 @@ MAX_CAPTIONS = 5  # official: captions[:5]
 
 
 def _line_offsets(path: str) -> np.ndarray:
-    """Byte offset of every non-empty line of `path` (from `path.lineidx` when it is there)."""
-    idx = os.path.splitext(path)[0] + ".lineidx"
-    if os.path.isfile(idx):
-        with open(idx) as f:
-            try:
-                return np.array([int(x) for x in f if x.strip()], np.int64)
-            except ValueError as e:
-                raise ValueError(f"{idx}: not a list of byte offsets ({e})") from None
-    offsets, pos = [], 0
-    with open(path, "rb") as f:
-        for line in f:
-            if line.strip():
-                offsets.append(pos)
-            pos += len(line)
-    return np.array(offsets, np.int64)
+  """Byte offset of every non-empty line of `path` (from `path.lineidx` when it is there)."""
+  idx = os.path.splitext(path)[0] + ".lineidx"
+  if os.path.isfile(idx):
+    with open(idx) as f:
+      try:
+        return np.array([int(x) for x in f if x.strip()], np.int64)
+      except ValueError as e:
+        raise ValueError(f"{idx}: not a list of byte offsets ({e})") from None
+  offsets, pos = [], 0
+  with open(path, "rb") as f:
+    for line in f:
+      if line.strip():
+        offsets.append(pos)
+      pos += len(line)
+  return np.array(offsets, np.int64)
 
 
 class _TsvFile:
-    """Random access to rows of one or several TSV shards; thread-safe (one handle per thread)."""
+  """Random access to rows of one or several TSV shards; thread-safe (one handle per thread)."""
 
-    def __init__(self, paths: Sequence[str]):
-        self.paths = [os.fspath(p) for p in paths]
-        for p in self.paths:
-            if not os.path.isfile(p):
-                raise FileNotFoundError(f"TSV file not found: {p}")
-        self.offsets = [_line_offsets(p) for p in self.paths]
-        self.starts = np.cumsum([0] + [len(o) for o in self.offsets])
-        self._local = threading.local()
+  def __init__(self, paths: Sequence[str]):
+    self.paths = [os.fspath(p) for p in paths]
+    for p in self.paths:
+      if not os.path.isfile(p):
+        raise FileNotFoundError(f"TSV file not found: {p}")
+    self.offsets = [_line_offsets(p) for p in self.paths]
+    self.starts = np.cumsum([0] + [len(o) for o in self.offsets])
+    self._local = threading.local()
 
-    def __len__(self) -> int:
-        return int(self.starts[-1])
+  def __len__(self) -> int:
+    return int(self.starts[-1])
 
-    def row(self, index: int) -> tuple[str, int, list[str]]:
-        """(path, line number 1-based among non-empty lines, tab-split fields)."""
-        shard = int(np.searchsorted(self.starts, index, side="right") - 1)
-        local = index - int(self.starts[shard])
-        handles = getattr(self._local, "handles", None)
-        if handles is None:
-            handles = self._local.handles = {}
-        f = handles.get(shard)
-        if f is None:
-            f = handles[shard] = open(self.paths[shard], "rb")
-        f.seek(int(self.offsets[shard][local]))
-        line = f.readline().decode("utf-8").rstrip("\r\n")
-        return self.paths[shard], local + 1, line.split("\t")
+  def row(self, index: int) -> tuple[str, int, list[str]]:
+    """(path, line number 1-based among non-empty lines, tab-split fields)."""
+    shard = int(np.searchsorted(self.starts, index, side="right") - 1)
+    local = index - int(self.starts[shard])
+    handles = getattr(self._local, "handles", None)
+    if handles is None:
+      handles = self._local.handles = {}
+    f = handles.get(shard)
+    if f is None:
+      f = handles[shard] = open(self.paths[shard], "rb")
+    f.seek(int(self.offsets[shard][local]))
+    line = f.readline().decode("utf-8").rstrip("\r\n")
+    return self.paths[shard], local + 1, line.split("\t")
 
 
 def _as_list(p) -> list:
-    return [p] if isinstance(p, (str, os.PathLike)) else list(p)
+  return [p] if isinstance(p, (str, os.PathLike)) else list(p)
 
 
 class TsvImageText:
-    """RegionCLIP image/text TSV pairs -> records (image, captions, image_id = row index, key)."""
+  """RegionCLIP image/text TSV pairs -> records (image, captions, image_id = row index, key)."""
 
-    def __init__(self, image_tsv, text_tsv, *, policy: str = "strict", counter: IssueCounter | None = None,
-                 max_captions: int = MAX_CAPTIONS):
-        self.policy = check_policy(policy)
-        self.images, self.texts = _TsvFile(_as_list(image_tsv)), _TsvFile(_as_list(text_tsv))
-        if len(self.images) != len(self.texts):
-            raise ValueError(f"image TSV {self.images.paths} has {len(self.images)} rows but text TSV "
-                             f"{self.texts.paths} has {len(self.texts)}")
-        self.max_captions = max_captions
-        self.issues = counter or IssueCounter("tsv")
+  def __init__(
+      self,
+      image_tsv,
+      text_tsv,
+      *,
+      policy: str = "strict",
+      counter: IssueCounter | None = None,
+      max_captions: int = MAX_CAPTIONS,
+  ):
+    self.policy = check_policy(policy)
+    self.images, self.texts = _TsvFile(_as_list(image_tsv)), _TsvFile(_as_list(text_tsv))
+    if len(self.images) != len(self.texts):
+      raise ValueError(
+          f"image TSV {self.images.paths} has {len(self.images)} rows but text TSV "
+          f"{self.texts.paths} has {len(self.texts)}"
+      )
+    self.max_captions = max_captions
+    self.issues = counter or IssueCounter("tsv")
 
-    def __len__(self) -> int:
-        return len(self.images)
+  def __len__(self) -> int:
+    return len(self.images)
 
-    def __getitem__(self, index: int) -> dict | None:
-        ipath, line, irow = self.images.row(index)
-        tpath, _, trow = self.texts.row(index)
-        if len(irow) < 2 or len(trow) < 2:
-            bad = ipath if len(irow) < 2 else tpath
-            raise ValueError(f"{bad}: row {line} needs 'key<TAB>value', got {len(irow if bad == ipath else trow)} field(s)")
-        if irow[0] != trow[0]:
-            raise ValueError(f"{tpath}: row {line} key {trow[0]!r} does not match image key {irow[0]!r} in {ipath}")
-        try:
-            text = json.loads(trow[-1])
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{tpath}: row {line} (key {trow[0]}) text is not readable json ({e})") from None
-        if not isinstance(text, dict) or not ("captions" in text or "tags" in text):
-            raise ValueError(f"{tpath}: row {line} (key {trow[0]}) lacks required field 'captions'")
-        raw = text.get("captions", text.get("tags"))
-        where = f"{tpath} row {line} (key {trow[0]})"
-        captions = sanitize_captions(raw, policy=self.policy, counter=self.issues, where=where)[: self.max_captions]
-        if not captions:
-            handle(self.policy, self.issues, "record_without_captions", where)
-            return None
-        try:
-            data = base64.b64decode(irow[-1], validate=True)
-        except (binascii.Error, ValueError) as e:
-            handle(self.policy, self.issues, "corrupt_image", f"{ipath} row {line} (key {irow[0]})", f"base64: {e}")
-            return None
-        image = decode_image(data, policy=self.policy, counter=self.issues,
-                             where=f"{ipath} row {line} (key {irow[0]})")
-        if image is None:
-            return None
-        return {"image": image, "captions": captions, "image_id": int(index), "key": irow[0]}
+  def __getitem__(self, index: int) -> dict | None:
+    ipath, line, irow = self.images.row(index)
+    tpath, _, trow = self.texts.row(index)
+    if len(irow) < 2 or len(trow) < 2:
+      bad = ipath if len(irow) < 2 else tpath
+      raise ValueError(
+          f"{bad}: row {line} needs 'key<TAB>value', got {len(irow if bad == ipath else trow)} field(s)"
+      )
+    if irow[0] != trow[0]:
+      raise ValueError(
+          f"{tpath}: row {line} key {trow[0]!r} does not match image key {irow[0]!r} in {ipath}"
+      )
+    try:
+      text = json.loads(trow[-1])
+    except json.JSONDecodeError as e:
+      raise ValueError(
+          f"{tpath}: row {line} (key {trow[0]}) text is not readable json ({e})"
+      ) from None
+    if not isinstance(text, dict) or not ("captions" in text or "tags" in text):
+      raise ValueError(f"{tpath}: row {line} (key {trow[0]}) lacks required field 'captions'")
+    raw = text.get("captions", text.get("tags"))
+    where = f"{tpath} row {line} (key {trow[0]})"
+    captions = sanitize_captions(raw, policy=self.policy, counter=self.issues, where=where)[
+        : self.max_captions
+    ]
+    if not captions:
+      handle(self.policy, self.issues, "record_without_captions", where)
+      return None
+    try:
+      data = base64.b64decode(irow[-1], validate=True)
+    except (binascii.Error, ValueError) as e:
+      handle(
+          self.policy,
+          self.issues,
+          "corrupt_image",
+          f"{ipath} row {line} (key {irow[0]})",
+          f"base64: {e}",
+      )
+      return None
+    image = decode_image(
+        data, policy=self.policy, counter=self.issues, where=f"{ipath} row {line} (key {irow[0]})"
+    )
+    if image is None:
+      return None
+    return {"image": image, "captions": captions, "image_id": int(index), "key": irow[0]}
 
-    def report(self) -> str:
-        return self.issues.report()
+  def report(self) -> str:
+    return self.issues.report()
 
 
 class JsonlImageText:
-    """`{"image": path, "captions": [...]}` per line -> records (image, captions, image_id = line index)."""
+  """`{"image": path, "captions": [...]}` per line -> records (image, captions, image_id = line index)."""
 
-    def __init__(self, path: str | os.PathLike, image_root: str | os.PathLike | None = None, *,
-                 policy: str = "strict", counter: IssueCounter | None = None):
-        self.policy = check_policy(policy)
-        self.path = os.fspath(path)
-        if not os.path.isfile(self.path):
-            raise FileNotFoundError(f"JSONL file not found: {self.path}")
-        self.image_root = os.fspath(image_root) if image_root is not None else os.path.dirname(self.path)
-        self.issues = counter or IssueCounter(os.path.basename(self.path))
-        self._records: list[tuple[int, str, list[str]]] = []
-        with open(self.path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{self.path}: line {lineno} is not readable json ({e})") from None
-                if not isinstance(obj, dict) or "image" not in obj or not ("captions" in obj or "caption" in obj):
-                    raise ValueError(f"{self.path}: line {lineno} lacks required field "
-                                     f"{'image' if not isinstance(obj, dict) or 'image' not in obj else 'captions'}")
-                captions = sanitize_captions(obj.get("captions", obj.get("caption")), policy=self.policy,
-                                             counter=self.issues, where=f"{self.path} line {lineno}")
-                if not captions:
-                    handle(self.policy, self.issues, "record_without_captions", f"{self.path} line {lineno}")
-                    continue
-                self._records.append((lineno, obj["image"], captions))
+  def __init__(
+      self,
+      path: str | os.PathLike,
+      image_root: str | os.PathLike | None = None,
+      *,
+      policy: str = "strict",
+      counter: IssueCounter | None = None,
+  ):
+    self.policy = check_policy(policy)
+    self.path = os.fspath(path)
+    if not os.path.isfile(self.path):
+      raise FileNotFoundError(f"JSONL file not found: {self.path}")
+    self.image_root = (
+        os.fspath(image_root) if image_root is not None else os.path.dirname(self.path)
+    )
+    self.issues = counter or IssueCounter(os.path.basename(self.path))
+    self._records: list[tuple[int, str, list[str]]] = []
+    with open(self.path) as f:
+      for lineno, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          obj = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{self.path}: line {lineno} is not readable json ({e})") from None
+        if (
+            not isinstance(obj, dict)
+            or "image" not in obj
+            or not ("captions" in obj or "caption" in obj)
+        ):
+          raise ValueError(
+              f"{self.path}: line {lineno} lacks required field "
+              f"{'image' if not isinstance(obj, dict) or 'image' not in obj else 'captions'}"
+          )
+        captions = sanitize_captions(
+            obj.get("captions", obj.get("caption")),
+            policy=self.policy,
+            counter=self.issues,
+            where=f"{self.path} line {lineno}",
+        )
+        if not captions:
+          handle(self.policy, self.issues, "record_without_captions", f"{self.path} line {lineno}")
+          continue
+        self._records.append((lineno, obj["image"], captions))
 
-    def __len__(self) -> int:
-        return len(self._records)
+  def __len__(self) -> int:
+    return len(self._records)
 
-    def __getitem__(self, index: int) -> dict | None:
-        lineno, image, captions = self._records[index]
-        path = image if os.path.isabs(image) else os.path.join(self.image_root, image)
-        arr = decode_image(path, policy=self.policy, counter=self.issues, where=f"{self.path} line {lineno}")
-        if arr is None:
-            return None
-        return {"image": arr, "captions": list(captions), "image_id": int(index)}
+  def __getitem__(self, index: int) -> dict | None:
+    lineno, image, captions = self._records[index]
+    path = image if os.path.isabs(image) else os.path.join(self.image_root, image)
+    arr = decode_image(
+        path, policy=self.policy, counter=self.issues, where=f"{self.path} line {lineno}"
+    )
+    if arr is None:
+      return None
+    return {"image": arr, "captions": list(captions), "image_id": int(index)}
 
-    def report(self) -> str:
-        return self.issues.report()
+  def report(self) -> str:
+    return self.issues.report()
 
 
-def write_tsv_pairs(image_tsv: str, text_tsv: str, items: Sequence[tuple[str, bytes, list[str]]]) -> None:
-    """Writes (key, encoded image bytes, captions) items in the RegionCLIP TSV pair format."""
-    with open(image_tsv, "w") as fi, open(text_tsv, "w") as ft:
-        for key, data, captions in items:
-            fi.write(f"{key}\t{base64.b64encode(data).decode('ascii')}\n")
-            ft.write(f"{key}\t{json.dumps({'captions': list(captions)})}\n")
+def write_tsv_pairs(
+    image_tsv: str, text_tsv: str, items: Sequence[tuple[str, bytes, list[str]]]
+) -> None:
+  """Writes (key, encoded image bytes, captions) items in the RegionCLIP TSV pair format."""
+  with open(image_tsv, "w") as fi, open(text_tsv, "w") as ft:
+    for key, data, captions in items:
+      fi.write(f"{key}\t{base64.b64encode(data).decode('ascii')}\n")
+      ft.write(f"{key}\t{json.dumps({'captions': list(captions)})}\n")

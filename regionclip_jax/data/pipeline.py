@@ -7,6 +7,7 @@ records the uninterrupted run would have produced. Multi-host: each process read
 `[process_index::process_count]` of the source and batches `batch_size` records of its own
 (`batch_size` is per process).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,124 +19,157 @@ import numpy as np
 
 
 def _process_info() -> tuple[int, int]:
-    import jax  # only when sharding by process: keeps data tests free of jax start-up
-    return jax.process_index(), jax.process_count()
+  import jax  # only when sharding by process: keeps data tests free of jax start-up
+
+  return jax.process_index(), jax.process_count()
 
 
-def make_dataset(source, transforms: Sequence = (), *, seed: int = 0, shuffle: bool = True,
-                 num_epochs: int | None = None, shard_by_process: bool = True,
-                 shard_index: int | None = None, shard_count: int | None = None) -> grain.MapDataset:
-    """The random-access part of the pipeline (grain.MapDataset, before batching).
+def make_dataset(
+    source,
+    transforms: Sequence = (),
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    shard_by_process: bool = True,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+) -> grain.MapDataset:
+  """The random-access part of the pipeline (grain.MapDataset, before batching).
 
-    num_epochs None repeats forever; each epoch is reshuffled (grain reseeds per epoch).
-    Sharding: explicit (shard_index, shard_count) wins; else by jax process when
-    `shard_by_process`.
-    """
-    if len(source) == 0:
-        raise ValueError(f"make_pipeline: source {source!r} is empty")
-    ds = grain.MapDataset.source(source)
-    if shard_index is None and shard_by_process:
-        shard_index, shard_count = _process_info()
-    if shard_index is not None:
-        shard_count = shard_count or 1
-        if not 0 <= shard_index < shard_count:
-            raise ValueError(f"make_pipeline: shard_index {shard_index} not in [0, {shard_count})")
-        if len(source) < shard_count:
-            raise ValueError(f"make_pipeline: {len(source)} records cannot be split over {shard_count} shards")
-        # Equal shard lengths so that every process runs the same number of steps.
-        per = len(source) // shard_count
-        ds = ds[shard_index * per:(shard_index + 1) * per]
-    ds = ds.seed(seed)
-    if shuffle:
-        ds = ds.shuffle()
-    if num_epochs != 1:
-        ds = ds.repeat(num_epochs)
-    for t in transforms:
-        if isinstance(t, grain.transforms.RandomMap):
-            ds = ds.random_map(t)
-        elif isinstance(t, grain.transforms.Map):
-            ds = ds.map(t)
-        elif isinstance(t, grain.transforms.Filter):
-            ds = ds.filter(t)
-        elif callable(t):
-            ds = ds.map(t)
-        else:
-            raise TypeError(f"make_pipeline: transform {t!r} is not a grain Map/RandomMap/Filter or callable")
-    return ds
+  num_epochs None repeats forever; each epoch is reshuffled (grain reseeds per epoch).
+  Sharding: explicit (shard_index, shard_count) wins; else by jax process when
+  `shard_by_process`.
+  """
+  if len(source) == 0:
+    raise ValueError(f"make_pipeline: source {source!r} is empty")
+  ds = grain.MapDataset.source(source)
+  if shard_index is None and shard_by_process:
+    shard_index, shard_count = _process_info()
+  if shard_index is not None:
+    shard_count = shard_count or 1
+    if not 0 <= shard_index < shard_count:
+      raise ValueError(f"make_pipeline: shard_index {shard_index} not in [0, {shard_count})")
+    if len(source) < shard_count:
+      raise ValueError(
+          f"make_pipeline: {len(source)} records cannot be split over {shard_count} shards"
+      )
+    # Equal shard lengths so that every process runs the same number of steps.
+    per = len(source) // shard_count
+    ds = ds[shard_index * per : (shard_index + 1) * per]
+  ds = ds.seed(seed)
+  if shuffle:
+    ds = ds.shuffle()
+  if num_epochs != 1:
+    ds = ds.repeat(num_epochs)
+  for t in transforms:
+    if isinstance(t, grain.transforms.RandomMap):
+      ds = ds.random_map(t)
+    elif isinstance(t, grain.transforms.Map):
+      ds = ds.map(t)
+    elif isinstance(t, grain.transforms.Filter):
+      ds = ds.filter(t)
+    elif callable(t):
+      ds = ds.map(t)
+    else:
+      raise TypeError(
+          f"make_pipeline: transform {t!r} is not a grain Map/RandomMap/Filter or callable"
+      )
+  return ds
 
 
-def make_pipeline(source, transforms: Sequence = (), batch_size: int = 1, seed: int = 0,
-                  shuffle: bool = True, num_epochs: int | None = None, shard_by_process: bool = True,
-                  *, shard_index: int | None = None, shard_count: int | None = None,
-                  drop_remainder: bool = True, num_threads: int = 4, prefetch_buffer_size: int = 64,
-                  batch_prefetch: int = 2):
-    """A grain iterator of batches (dicts of stacked numpy arrays [batch_size, ...]).
+def make_pipeline(
+    source,
+    transforms: Sequence = (),
+    batch_size: int = 1,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    shard_by_process: bool = True,
+    *,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    drop_remainder: bool = True,
+    num_threads: int = 4,
+    prefetch_buffer_size: int = 64,
+    batch_prefetch: int = 2,
+):
+  """A grain iterator of batches (dicts of stacked numpy arrays [batch_size, ...]).
 
-    Records that a source or transform turned into None (skipped bad records) are dropped before
-    batching, so every batch is full. `num_threads` threads read and transform records ahead
-    (`prefetch_buffer_size` records); `batch_prefetch` > 0 adds a background thread that keeps
-    that many batches ready. The returned iterator has `get_state()` / `set_state(state)`.
-    """
-    ds = make_dataset(source, transforms, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-                      shard_by_process=shard_by_process, shard_index=shard_index, shard_count=shard_count)
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                 prefetch_buffer_size=prefetch_buffer_size))
-    it_ds = it_ds.batch(batch_size, drop_remainder=drop_remainder)
-    if batch_prefetch:
-        it_ds = grain.experimental.ThreadPrefetchIterDataset(it_ds, prefetch_buffer_size=batch_prefetch)
-    return iter(it_ds)
+  Records that a source or transform turned into None (skipped bad records) are dropped before
+  batching, so every batch is full. `num_threads` threads read and transform records ahead
+  (`prefetch_buffer_size` records); `batch_prefetch` > 0 adds a background thread that keeps
+  that many batches ready. The returned iterator has `get_state()` / `set_state(state)`.
+  """
+  ds = make_dataset(
+      source,
+      transforms,
+      seed=seed,
+      shuffle=shuffle,
+      num_epochs=num_epochs,
+      shard_by_process=shard_by_process,
+      shard_index=shard_index,
+      shard_count=shard_count,
+  )
+  it_ds = ds.to_iter_dataset(
+      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
+  )
+  it_ds = it_ds.batch(batch_size, drop_remainder=drop_remainder)
+  if batch_prefetch:
+    it_ds = grain.experimental.ThreadPrefetchIterDataset(it_ds, prefetch_buffer_size=batch_prefetch)
+  return iter(it_ds)
 
 
 class CachedSource:
-    """Keeps every record of `source` after its first read (thread-safe), so that epochs after
-    the first cost no generation or decoding: for the shapes world (deterministic, ~12 KiB a
-    64 px scene) this takes generation off the training loop's critical path.
+  """Keeps every record of `source` after its first read (thread-safe), so that epochs after
+  the first cost no generation or decoding: for the shapes world (deterministic, ~12 KiB a
+  64 px scene) this takes generation off the training loop's critical path.
 
-    Records must not be mutated in place by transforms (ours copy); None records are cached too.
-    """
+  Records must not be mutated in place by transforms (ours copy); None records are cached too.
+  """
 
-    def __init__(self, source):
-        self.source = source
-        self._cache: dict[int, Any] = {}
-        self._lock = threading.Lock()
+  def __init__(self, source):
+    self.source = source
+    self._cache: dict[int, Any] = {}
+    self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        return len(self.source)
+  def __len__(self) -> int:
+    return len(self.source)
 
-    def __getitem__(self, index: int):
-        index = int(index)
-        hit = self._cache.get(index, _MISSING)
-        if hit is not _MISSING:
-            return hit
-        record = self.source[index]
-        with self._lock:
-            self._cache.setdefault(index, record)
-        return record
+  def __getitem__(self, index: int):
+    index = int(index)
+    hit = self._cache.get(index, _MISSING)
+    if hit is not _MISSING:
+      return hit
+    record = self.source[index]
+    with self._lock:
+      self._cache.setdefault(index, record)
+    return record
 
-    def __getattr__(self, name):  # expose the wrapped source's metadata (concepts, class_names...)
-        if name in ("source", "_cache", "_lock"):
-            raise AttributeError(name)
-        return getattr(self.source, name)
+  def __getattr__(self, name):  # expose the wrapped source's metadata (concepts, class_names...)
+    if name in ("source", "_cache", "_lock"):
+      raise AttributeError(name)
+    return getattr(self.source, name)
 
 
 _MISSING = object()
 
 
 def state_to_json(state: Any) -> str:
-    """Iterator state -> json text (orbax / plain files); raises if the state is not json-clean."""
-    return json.dumps(state, sort_keys=True)
+  """Iterator state -> json text (orbax / plain files); raises if the state is not json-clean."""
+  return json.dumps(state, sort_keys=True)
 
 
 def state_from_json(text: str) -> Any:
-    return json.loads(text)
+  return json.loads(text)
 
 
 def take(iterator, n: int) -> list:
-    """The next `n` batches as a list (tests, benchmarks)."""
-    return [next(iterator) for _ in range(n)]
+  """The next `n` batches as a list (tests, benchmarks)."""
+  return [next(iterator) for _ in range(n)]
 
 
 def batch_equal(a: dict, b: dict) -> bool:
-    if a.keys() != b.keys():
-        return False
-    return all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
+  if a.keys() != b.keys():
+    return False
+  return all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)

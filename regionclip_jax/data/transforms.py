@@ -7,6 +7,7 @@ A record is a dict of numpy arrays (see `regionclip_jax.data`). Geometry transfo
 `labels` [B] (-1 where padded). Random transforms take the per-record generator that grain derives
 from (seed, index), so a record's augmentation does not depend on thread timing or resume point.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -20,297 +21,365 @@ from regionclip_jax.data.validation import IssueCounter, check_policy, handle
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-_INTERP = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
-           "lanczos": Image.LANCZOS}
+_INTERP = {
+    "bicubic": Image.BICUBIC,
+    "bilinear": Image.BILINEAR,
+    "nearest": Image.NEAREST,
+    "lanczos": Image.LANCZOS,
+}
 
 
 def _interp(name: str) -> int:
-    if name not in _INTERP:
-        raise ValueError(f"unknown interpolation {name!r}; expected one of {sorted(_INTERP)}")
-    return _INTERP[name]
+  if name not in _INTERP:
+    raise ValueError(f"unknown interpolation {name!r}; expected one of {sorted(_INTERP)}")
+  return _INTERP[name]
 
 
-def resize_image(image: np.ndarray, height: int, width: int, interpolation: str = "bilinear",
-                 backend: str = "pil") -> np.ndarray:
-    """uint8 [H, W, 3] -> uint8 [height, width, 3].
+def resize_image(
+    image: np.ndarray,
+    height: int,
+    width: int,
+    interpolation: str = "bilinear",
+    backend: str = "pil",
+) -> np.ndarray:
+  """uint8 [H, W, 3] -> uint8 [height, width, 3].
 
-    backend "pil" is what detectron2's ResizeTransform (and so the official code) uses; "cv2" is
-    ~5-8x faster on CPU with slightly different kernels (bicubic a=-0.75 vs PIL's -0.5, no
-    antialiasing when shrinking) — see BENCHMARKS.md.
-    """
-    if image.shape[:2] == (height, width):
-        return image
-    if backend == "cv2":
-        import cv2  # optional dependency (opencv-python)
-        code = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST,
-                "lanczos": cv2.INTER_LANCZOS4}[interpolation]
-        return cv2.resize(image, (width, height), interpolation=code)
-    if backend != "pil":
-        raise ValueError(f"unknown resize backend {backend!r}; expected 'pil' or 'cv2'")
-    return np.asarray(Image.fromarray(image).resize((width, height), _interp(interpolation)))
+  backend "pil" is what detectron2's ResizeTransform (and so the official code) uses; "cv2" is
+  ~5-8x faster on CPU with slightly different kernels (bicubic a=-0.75 vs PIL's -0.5, no
+  antialiasing when shrinking) — see BENCHMARKS.md.
+  """
+  if image.shape[:2] == (height, width):
+    return image
+  if backend == "cv2":
+    import cv2  # optional dependency (opencv-python)
+
+    code = {
+        "bicubic": cv2.INTER_CUBIC,
+        "bilinear": cv2.INTER_LINEAR,
+        "nearest": cv2.INTER_NEAREST,
+        "lanczos": cv2.INTER_LANCZOS4,
+    }[interpolation]
+    return cv2.resize(image, (width, height), interpolation=code)
+  if backend != "pil":
+    raise ValueError(f"unknown resize backend {backend!r}; expected 'pil' or 'cv2'")
+  return np.asarray(Image.fromarray(image).resize((width, height), _interp(interpolation)))
 
 
 def shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-    """detectron2 ResizeShortestEdge.get_output_shape: shorter side -> short, longer <= max_size."""
-    scale = short / min(h, w)
-    newh, neww = (short, scale * w) if h < w else (scale * h, short)
-    if max(newh, neww) > max_size:
-        s = max_size / max(newh, neww)
-        newh, neww = newh * s, neww * s
-    return int(newh + 0.5), int(neww + 0.5)
+  """detectron2 ResizeShortestEdge.get_output_shape: shorter side -> short, longer <= max_size."""
+  scale = short / min(h, w)
+  newh, neww = (short, scale * w) if h < w else (scale * h, short)
+  if max(newh, neww) > max_size:
+    s = max_size / max(newh, neww)
+    newh, neww = newh * s, neww * s
+  return int(newh + 0.5), int(neww + 0.5)
 
 
 def _scale_boxes(record: dict, sy: float, sx: float) -> None:
-    if "boxes" in record:
-        record["boxes"] = (np.asarray(record["boxes"], np.float32).reshape(-1, 4)
-                           * np.array([sx, sy, sx, sy], np.float32))
+  if "boxes" in record:
+    record["boxes"] = np.asarray(record["boxes"], np.float32).reshape(-1, 4) * np.array(
+        [sx, sy, sx, sy], np.float32
+    )
 
 
 class ResizeShortestEdge(grain.transforms.RandomMap):
-    """Shorter side to a size drawn from `short_edge_lengths`, longer side capped at `max_size`.
+  """Shorter side to a size drawn from `short_edge_lengths`, longer side capped at `max_size`.
 
-    sample_style "choice": one of the listed sizes (official pretraining: 640..800 step 32);
-    "range": an integer in [min, max]. A single size makes it deterministic (test time).
-    Interpolation: "bicubic" for pretraining as the official code, "bilinear" for detection.
-    """
+  sample_style "choice": one of the listed sizes (official pretraining: 640..800 step 32);
+  "range": an integer in [min, max]. A single size makes it deterministic (test time).
+  Interpolation: "bicubic" for pretraining as the official code, "bilinear" for detection.
+  """
 
-    def __init__(self, short_edge_lengths: int | Sequence[int], max_size: int = 1333,
-                 sample_style: str = "choice", interpolation: str = "bilinear", backend: str = "pil"):
-        if isinstance(short_edge_lengths, int):
-            short_edge_lengths = (short_edge_lengths,)
-        self.short_edge_lengths = tuple(int(s) for s in short_edge_lengths)
-        if not self.short_edge_lengths or min(self.short_edge_lengths) <= 0:
-            raise ValueError(f"ResizeShortestEdge: bad short_edge_lengths {short_edge_lengths}")
-        if sample_style not in ("choice", "range"):
-            raise ValueError(f"ResizeShortestEdge: sample_style must be 'choice' or 'range', got {sample_style!r}")
-        if sample_style == "range" and len(self.short_edge_lengths) != 2:
-            raise ValueError("ResizeShortestEdge: sample_style='range' needs (min, max)")
-        self.max_size = int(max_size)
-        self.sample_style = sample_style
-        self.interpolation = interpolation
-        self.backend = backend
-        _interp(interpolation)
+  def __init__(
+      self,
+      short_edge_lengths: int | Sequence[int],
+      max_size: int = 1333,
+      sample_style: str = "choice",
+      interpolation: str = "bilinear",
+      backend: str = "pil",
+  ):
+    if isinstance(short_edge_lengths, int):
+      short_edge_lengths = (short_edge_lengths,)
+    self.short_edge_lengths = tuple(int(s) for s in short_edge_lengths)
+    if not self.short_edge_lengths or min(self.short_edge_lengths) <= 0:
+      raise ValueError(f"ResizeShortestEdge: bad short_edge_lengths {short_edge_lengths}")
+    if sample_style not in ("choice", "range"):
+      raise ValueError(
+          f"ResizeShortestEdge: sample_style must be 'choice' or 'range', got {sample_style!r}"
+      )
+    if sample_style == "range" and len(self.short_edge_lengths) != 2:
+      raise ValueError("ResizeShortestEdge: sample_style='range' needs (min, max)")
+    self.max_size = int(max_size)
+    self.sample_style = sample_style
+    self.interpolation = interpolation
+    self.backend = backend
+    _interp(interpolation)
 
-    def random_map(self, record: dict, rng: np.random.Generator) -> dict:
-        if self.sample_style == "range":
-            short = int(rng.integers(self.short_edge_lengths[0], self.short_edge_lengths[1] + 1))
-        else:
-            short = self.short_edge_lengths[int(rng.integers(len(self.short_edge_lengths)))]
-        record = dict(record)
-        h, w = record["image"].shape[:2]
-        newh, neww = shortest_edge_size(h, w, short, self.max_size)
-        record["image"] = resize_image(record["image"], newh, neww, self.interpolation, self.backend)
-        _scale_boxes(record, newh / h, neww / w)
-        return record
+  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+    if self.sample_style == "range":
+      short = int(rng.integers(self.short_edge_lengths[0], self.short_edge_lengths[1] + 1))
+    else:
+      short = self.short_edge_lengths[int(rng.integers(len(self.short_edge_lengths)))]
+    record = dict(record)
+    h, w = record["image"].shape[:2]
+    newh, neww = shortest_edge_size(h, w, short, self.max_size)
+    record["image"] = resize_image(record["image"], newh, neww, self.interpolation, self.backend)
+    _scale_boxes(record, newh / h, neww / w)
+    return record
 
 
 class RandomFlip(grain.transforms.RandomMap):
-    """Horizontal flip of image and boxes with probability `prob` (x -> W - x)."""
+  """Horizontal flip of image and boxes with probability `prob` (x -> W - x)."""
 
-    def __init__(self, prob: float = 0.5):
-        self.prob = float(prob)
+  def __init__(self, prob: float = 0.5):
+    self.prob = float(prob)
 
-    def random_map(self, record: dict, rng: np.random.Generator) -> dict:
-        if rng.random() >= self.prob:
-            return record
-        return hflip(record)
+  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+    if rng.random() >= self.prob:
+      return record
+    return hflip(record)
 
 
 def hflip(record: dict) -> dict:
-    record = dict(record)
-    w = record["image"].shape[1]
-    record["image"] = np.ascontiguousarray(record["image"][:, ::-1])
-    if "boxes" in record:
-        b = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
-        record["boxes"] = np.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1)
-    return record
+  record = dict(record)
+  w = record["image"].shape[1]
+  record["image"] = np.ascontiguousarray(record["image"][:, ::-1])
+  if "boxes" in record:
+    b = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
+    record["boxes"] = np.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1)
+  return record
 
 
 class LargeScaleJitter(grain.transforms.RandomMap):
-    """Large-scale jitter (Ghiasi et al. 2021): resize the longer side to `output_size` x s,
-    s ~ U[min_scale, max_scale], then a random `output_size` crop (padding comes later).
+  """Large-scale jitter (Ghiasi et al. 2021): resize the longer side to `output_size` x s,
+  s ~ U[min_scale, max_scale], then a random `output_size` crop (padding comes later).
 
-    Boxes are shifted and clipped to the crop; boxes left with no area are dropped, as in any
-    crop (this is what the augmentation means, so it is not counted as a data issue).
-    """
+  Boxes are shifted and clipped to the crop; boxes left with no area are dropped, as in any
+  crop (this is what the augmentation means, so it is not counted as a data issue).
+  """
 
-    def __init__(self, output_size: int, min_scale: float = 0.1, max_scale: float = 2.0,
-                 interpolation: str = "bilinear", backend: str = "pil"):
-        if not 0 < min_scale <= max_scale:
-            raise ValueError(f"LargeScaleJitter: need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
-        self.output_size = int(output_size)
-        self.min_scale, self.max_scale = float(min_scale), float(max_scale)
-        self.interpolation, self.backend = interpolation, backend
-        _interp(interpolation)
+  def __init__(
+      self,
+      output_size: int,
+      min_scale: float = 0.1,
+      max_scale: float = 2.0,
+      interpolation: str = "bilinear",
+      backend: str = "pil",
+  ):
+    if not 0 < min_scale <= max_scale:
+      raise ValueError(
+          f"LargeScaleJitter: need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}"
+      )
+    self.output_size = int(output_size)
+    self.min_scale, self.max_scale = float(min_scale), float(max_scale)
+    self.interpolation, self.backend = interpolation, backend
+    _interp(interpolation)
 
-    def random_map(self, record: dict, rng: np.random.Generator) -> dict:
-        record = dict(record)
-        h, w = record["image"].shape[:2]
-        scale = rng.uniform(self.min_scale, self.max_scale) * self.output_size / max(h, w)
-        newh, neww = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
-        image = resize_image(record["image"], newh, neww, self.interpolation, self.backend)
-        y0 = int(rng.integers(0, max(newh - self.output_size, 0) + 1))
-        x0 = int(rng.integers(0, max(neww - self.output_size, 0) + 1))
-        record["image"] = image[y0:y0 + self.output_size, x0:x0 + self.output_size]
-        if "boxes" in record:
-            ch, cw = record["image"].shape[:2]
-            b = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
-            b = b * np.array([neww / w, newh / h, neww / w, newh / h], np.float32)
-            b = b - np.array([x0, y0, x0, y0], np.float32)
-            b = np.stack([np.clip(b[:, 0], 0, cw), np.clip(b[:, 1], 0, ch),
-                          np.clip(b[:, 2], 0, cw), np.clip(b[:, 3], 0, ch)], 1)
-            keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-            record["boxes"] = b[keep]
-            for key in ("labels", "colors"):
-                if key in record:
-                    record[key] = np.asarray(record[key])[keep]
-        return record
+  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+    record = dict(record)
+    h, w = record["image"].shape[:2]
+    scale = rng.uniform(self.min_scale, self.max_scale) * self.output_size / max(h, w)
+    newh, neww = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+    image = resize_image(record["image"], newh, neww, self.interpolation, self.backend)
+    y0 = int(rng.integers(0, max(newh - self.output_size, 0) + 1))
+    x0 = int(rng.integers(0, max(neww - self.output_size, 0) + 1))
+    record["image"] = image[y0 : y0 + self.output_size, x0 : x0 + self.output_size]
+    if "boxes" in record:
+      ch, cw = record["image"].shape[:2]
+      b = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
+      b = b * np.array([neww / w, newh / h, neww / w, newh / h], np.float32)
+      b = b - np.array([x0, y0, x0, y0], np.float32)
+      b = np.stack(
+          [
+              np.clip(b[:, 0], 0, cw),
+              np.clip(b[:, 1], 0, ch),
+              np.clip(b[:, 2], 0, cw),
+              np.clip(b[:, 3], 0, ch),
+          ],
+          1,
+      )
+      keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+      record["boxes"] = b[keep]
+      for key in ("labels", "colors"):
+        if key in record:
+          record[key] = np.asarray(record[key])[keep]
+    return record
 
 
 class NormalizeAndPad(grain.transforms.Map):
-    """uint8 [h, w, 3] -> float32 [H, W, 3] CLIP-normalised, zero-padded bottom/right (zero is the
-    mean colour after normalisation); adds `image_mask` bool [H, W] and `image_size` int32 [2].
+  """uint8 [h, w, 3] -> float32 [H, W, 3] CLIP-normalised, zero-padded bottom/right (zero is the
+  mean colour after normalisation); adds `image_mask` bool [H, W] and `image_size` int32 [2].
 
-    normalize=False keeps the padded image uint8 (4x fewer bytes to copy, batch and send to the
-    device; at 1344 px that is the difference between a memory-bound and a decode-bound input
-    pipeline): normalise on the device with `normalize_on_device`.
-    """
+  normalize=False keeps the padded image uint8 (4x fewer bytes to copy, batch and send to the
+  device; at 1344 px that is the difference between a memory-bound and a decode-bound input
+  pipeline): normalise on the device with `normalize_on_device`.
+  """
 
-    def __init__(self, pad_size: int | tuple[int, int], mean: Sequence[float] = CLIP_MEAN,
-                 std: Sequence[float] = CLIP_STD, normalize: bool = True):
-        self.pad_h, self.pad_w = (pad_size, pad_size) if isinstance(pad_size, int) else tuple(pad_size)
-        self.mean = np.asarray(mean, np.float32) * 255
-        self.inv_std = 1.0 / (np.asarray(std, np.float32) * 255)
-        self.normalize = normalize
+  def __init__(
+      self,
+      pad_size: int | tuple[int, int],
+      mean: Sequence[float] = CLIP_MEAN,
+      std: Sequence[float] = CLIP_STD,
+      normalize: bool = True,
+  ):
+    self.pad_h, self.pad_w = (pad_size, pad_size) if isinstance(pad_size, int) else tuple(pad_size)
+    self.mean = np.asarray(mean, np.float32) * 255
+    self.inv_std = 1.0 / (np.asarray(std, np.float32) * 255)
+    self.normalize = normalize
 
-    def map(self, record: dict) -> dict:
-        record = dict(record)
-        image = record["image"]
-        h, w = image.shape[:2]
-        if h > self.pad_h or w > self.pad_w:
-            raise ValueError(f"NormalizeAndPad: image {h}x{w} (image_id {record.get('image_id')}) is larger than "
-                             f"pad size {self.pad_h}x{self.pad_w}; raise pad_size or lower the resize max_size")
-        if self.normalize:
-            out = np.zeros((self.pad_h, self.pad_w, 3), np.float32)
-            valid = out[:h, :w]
-            np.subtract(image, self.mean, out=valid, dtype=np.float32)
-            valid *= self.inv_std
-        else:
-            out = np.zeros((self.pad_h, self.pad_w, 3), np.uint8)
-            out[:h, :w] = image
-        mask = np.zeros((self.pad_h, self.pad_w), bool)
-        mask[:h, :w] = True
-        record["image"], record["image_mask"] = out, mask
-        record["image_size"] = np.array([h, w], np.int32)
-        return record
+  def map(self, record: dict) -> dict:
+    record = dict(record)
+    image = record["image"]
+    h, w = image.shape[:2]
+    if h > self.pad_h or w > self.pad_w:
+      raise ValueError(
+          f"NormalizeAndPad: image {h}x{w} (image_id {record.get('image_id')}) is larger than "
+          f"pad size {self.pad_h}x{self.pad_w}; raise pad_size or lower the resize max_size"
+      )
+    if self.normalize:
+      out = np.zeros((self.pad_h, self.pad_w, 3), np.float32)
+      valid = out[:h, :w]
+      np.subtract(image, self.mean, out=valid, dtype=np.float32)
+      valid *= self.inv_std
+    else:
+      out = np.zeros((self.pad_h, self.pad_w, 3), np.uint8)
+      out[:h, :w] = image
+    mask = np.zeros((self.pad_h, self.pad_w), bool)
+    mask[:h, :w] = True
+    record["image"], record["image_mask"] = out, mask
+    record["image_size"] = np.array([h, w], np.int32)
+    return record
 
 
-def normalize_on_device(images, image_mask, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
-                        dtype=None):
-    """uint8 [N, H, W, 3] + mask [N, H, W] -> CLIP-normalised [N, H, W, 3] with padding at 0 (jit-able),
-    equal to what `NormalizeAndPad(normalize=True)` produces on the host."""
-    import jax.numpy as jnp
-    dtype = dtype or jnp.float32
-    mean = jnp.asarray(mean, jnp.float32) * 255
-    inv_std = 1.0 / (jnp.asarray(std, jnp.float32) * 255)
-    x = (images.astype(jnp.float32) - mean) * inv_std
-    return jnp.where(image_mask[..., None], x, 0).astype(dtype)
+def normalize_on_device(
+    images,
+    image_mask,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+    dtype=None,
+):
+  """uint8 [N, H, W, 3] + mask [N, H, W] -> CLIP-normalised [N, H, W, 3] with padding at 0 (jit-able),
+  equal to what `NormalizeAndPad(normalize=True)` produces on the host."""
+  import jax.numpy as jnp
+
+  dtype = dtype or jnp.float32
+  mean = jnp.asarray(mean, jnp.float32) * 255
+  inv_std = 1.0 / (jnp.asarray(std, jnp.float32) * 255)
+  x = (images.astype(jnp.float32) - mean) * inv_std
+  return jnp.where(image_mask[..., None], x, 0).astype(dtype)
 
 
 class PadBoxes(grain.transforms.Map):
-    """boxes [K, 4] / labels [K] -> [max_boxes, 4] / [max_boxes] (label -1 when padded) + box_mask.
+  """boxes [K, 4] / labels [K] -> [max_boxes, 4] / [max_boxes] (label -1 when padded) + box_mask.
 
-    More than `max_boxes` boxes: `strict` raises; `skip` keeps the first `max_boxes` and counts the
-    dropped ones ("boxes_over_max") in `counter`.
-    """
+  More than `max_boxes` boxes: `strict` raises; `skip` keeps the first `max_boxes` and counts the
+  dropped ones ("boxes_over_max") in `counter`.
+  """
 
-    def __init__(self, max_boxes: int, policy: str = "strict", counter: IssueCounter | None = None,
-                 extra_keys: Sequence[str] = ()):
-        self.max_boxes = int(max_boxes)
-        self.policy = check_policy(policy)
-        self.counter = counter
-        self.extra_keys = tuple(extra_keys)  # other per-box int arrays to pad with -1 (e.g. colors)
+  def __init__(
+      self,
+      max_boxes: int,
+      policy: str = "strict",
+      counter: IssueCounter | None = None,
+      extra_keys: Sequence[str] = (),
+  ):
+    self.max_boxes = int(max_boxes)
+    self.policy = check_policy(policy)
+    self.counter = counter
+    self.extra_keys = tuple(extra_keys)  # other per-box int arrays to pad with -1 (e.g. colors)
 
-    def map(self, record: dict) -> dict:
-        record = dict(record)
-        boxes = np.asarray(record.get("boxes", np.zeros((0, 4))), np.float32).reshape(-1, 4)
-        k = len(boxes)
-        if k > self.max_boxes:
-            handle(self.policy, self.counter, "boxes_over_max",
-                   f"image_id {record.get('image_id')}", f"{k} boxes > max_boxes {self.max_boxes}")
-            k = self.max_boxes
-        out = np.zeros((self.max_boxes, 4), np.float32)
-        out[:k] = boxes[:k]
-        record["boxes"] = out
-        record["box_mask"] = np.arange(self.max_boxes) < k
-        for key in ("labels",) + self.extra_keys:
-            vals = np.asarray(record.get(key, np.zeros((0,), np.int32)), np.int32).reshape(-1)
-            padded = np.full((self.max_boxes,), -1, np.int32)
-            padded[:k] = vals[:k]
-            record[key] = padded
-        return record
+  def map(self, record: dict) -> dict:
+    record = dict(record)
+    boxes = np.asarray(record.get("boxes", np.zeros((0, 4))), np.float32).reshape(-1, 4)
+    k = len(boxes)
+    if k > self.max_boxes:
+      handle(
+          self.policy,
+          self.counter,
+          "boxes_over_max",
+          f"image_id {record.get('image_id')}",
+          f"{k} boxes > max_boxes {self.max_boxes}",
+      )
+      k = self.max_boxes
+    out = np.zeros((self.max_boxes, 4), np.float32)
+    out[:k] = boxes[:k]
+    record["boxes"] = out
+    record["box_mask"] = np.arange(self.max_boxes) < k
+    for key in ("labels",) + self.extra_keys:
+      vals = np.asarray(record.get(key, np.zeros((0,), np.int32)), np.int32).reshape(-1)
+      padded = np.full((self.max_boxes,), -1, np.int32)
+      padded[:k] = vals[:k]
+      record[key] = padded
+    return record
 
 
 class SelectCaption(grain.transforms.RandomMap):
-    """`captions` list[str] -> `caption` str: one drawn at random (official), or the first."""
+  """`captions` list[str] -> `caption` str: one drawn at random (official), or the first."""
 
-    def __init__(self, random: bool = True):
-        self.random = random
+  def __init__(self, random: bool = True):
+    self.random = random
 
-    def random_map(self, record: dict, rng: np.random.Generator) -> dict:
-        captions = record.get("captions") or []
-        if not captions:
-            raise ValueError(f"SelectCaption: record image_id {record.get('image_id')} has no captions")
-        record = dict(record)
-        record["caption"] = captions[int(rng.integers(len(captions)))] if self.random else captions[0]
-        return record
+  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+    captions = record.get("captions") or []
+    if not captions:
+      raise ValueError(f"SelectCaption: record image_id {record.get('image_id')} has no captions")
+    record = dict(record)
+    record["caption"] = captions[int(rng.integers(len(captions)))] if self.random else captions[0]
+    return record
 
 
 def _default_tokenize(texts, context_length=77):
-    from regionclip_jax.models.tokenizer import tokenize  # lazy: the models area owns it
-    return tokenize(texts, context_length=context_length)
+  from regionclip_jax.models.tokenizer import tokenize  # lazy: the models area owns it
+
+  return tokenize(texts, context_length=context_length)
 
 
 class TokenizeCaption(grain.transforms.Map):
-    """`caption` str -> `caption_tokens` int32 [context_length] (OpenAI ids by default)."""
+  """`caption` str -> `caption_tokens` int32 [context_length] (OpenAI ids by default)."""
 
-    def __init__(self, tokenize_fn: Callable | None = None, context_length: int = 77):
-        self.tokenize_fn = tokenize_fn or _default_tokenize
-        self.context_length = context_length
+  def __init__(self, tokenize_fn: Callable | None = None, context_length: int = 77):
+    self.tokenize_fn = tokenize_fn or _default_tokenize
+    self.context_length = context_length
 
-    def map(self, record: dict) -> dict:
-        record = dict(record)
-        tokens = np.asarray(self.tokenize_fn([record["caption"]], context_length=self.context_length), np.int32)
-        record["caption_tokens"] = tokens.reshape(-1)[: self.context_length]
-        return record
+  def map(self, record: dict) -> dict:
+    record = dict(record)
+    tokens = np.asarray(
+        self.tokenize_fn([record["caption"]], context_length=self.context_length), np.int32
+    )
+    record["caption_tokens"] = tokens.reshape(-1)[: self.context_length]
+    return record
 
 
 class KeepKeys(grain.transforms.Map):
-    """Drops every key not listed (strings and ragged lists cannot be batched)."""
+  """Drops every key not listed (strings and ragged lists cannot be batched)."""
 
-    def __init__(self, keys: Sequence[str]):
-        self.keys = tuple(keys)
+  def __init__(self, keys: Sequence[str]):
+    self.keys = tuple(keys)
 
-    def map(self, record: dict) -> dict:
-        missing = [k for k in self.keys if k not in record]
-        if missing:
-            raise KeyError(f"KeepKeys: record image_id {record.get('image_id')} lacks {missing}; has {sorted(record)}")
-        return {k: record[k] for k in self.keys}
+  def map(self, record: dict) -> dict:
+    missing = [k for k in self.keys if k not in record]
+    if missing:
+      raise KeyError(
+          f"KeepKeys: record image_id {record.get('image_id')} lacks {missing}; has {sorted(record)}"
+      )
+    return {k: record[k] for k in self.keys}
 
 
-def apply_transforms(record: dict, transforms: Sequence, rng: np.random.Generator | None = None) -> dict | None:
-    """Runs transforms on one record outside grain (tests, demos); None passes through."""
-    rng = rng or np.random.default_rng(0)
-    for t in transforms:
-        if record is None:
-            return None
-        if isinstance(t, grain.transforms.RandomMap):
-            record = t.random_map(record, rng)
-        elif isinstance(t, grain.transforms.Map):
-            record = t.map(record)
-        else:
-            record = t(record)
-    return record
+def apply_transforms(
+    record: dict, transforms: Sequence, rng: np.random.Generator | None = None
+) -> dict | None:
+  """Runs transforms on one record outside grain (tests, demos); None passes through."""
+  rng = rng or np.random.default_rng(0)
+  for t in transforms:
+    if record is None:
+      return None
+    if isinstance(t, grain.transforms.RandomMap):
+      record = t.random_map(record, rng)
+    elif isinstance(t, grain.transforms.Map):
+      record = t.map(record)
+    else:
+      record = t(record)
+  return record
 
 
 # -- recipes -----------------------------------------------------------------------------------
@@ -319,54 +388,97 @@ DETECTION_KEYS = ("image", "image_mask", "image_size", "boxes", "box_mask", "lab
 PRETRAIN_KEYS = ("image", "image_mask", "image_size", "caption_tokens", "image_id")
 
 
-def detection_transforms(*, train: bool, short_edge_lengths=(640, 672, 704, 736, 768, 800),
-                         test_size: int = 800, max_size: int = 1333, pad_size: int | None = None,
-                         max_boxes: int = 100, flip: bool = True, interpolation: str = "bilinear",
-                         lsj: tuple[float, float] | None = None, policy: str = "strict",
-                         counter: IssueCounter | None = None, normalize: bool = True,
-                         backend: str = "pil") -> list:
-    """Faster R-CNN recipe: multi-scale (train) / fixed (test) shortest-edge resize or LSJ, flip,
-    normalise (or keep uint8: `normalize=False`), pad to `pad_size` (default `max_size` rounded up
-    to 32), pad boxes."""
-    pad = pad_size or -(-max_size // 32) * 32
-    if lsj is not None:
-        geo = [LargeScaleJitter(pad, lsj[0], lsj[1], interpolation, backend)] if train else [
-            ResizeShortestEdge(test_size, pad, interpolation=interpolation, backend=backend)]
-    else:
-        geo = [ResizeShortestEdge(short_edge_lengths if train else test_size, max_size,
-                                  interpolation=interpolation, backend=backend)]
-    if train and flip:
-        geo.append(RandomFlip())
-    return geo + [NormalizeAndPad(pad, normalize=normalize), PadBoxes(max_boxes, policy, counter),
-                  KeepKeys(DETECTION_KEYS)]
+def detection_transforms(
+    *,
+    train: bool,
+    short_edge_lengths=(640, 672, 704, 736, 768, 800),
+    test_size: int = 800,
+    max_size: int = 1333,
+    pad_size: int | None = None,
+    max_boxes: int = 100,
+    flip: bool = True,
+    interpolation: str = "bilinear",
+    lsj: tuple[float, float] | None = None,
+    policy: str = "strict",
+    counter: IssueCounter | None = None,
+    normalize: bool = True,
+    backend: str = "pil",
+) -> list:
+  """Faster R-CNN recipe: multi-scale (train) / fixed (test) shortest-edge resize or LSJ, flip,
+  normalise (or keep uint8: `normalize=False`), pad to `pad_size` (default `max_size` rounded up
+  to 32), pad boxes."""
+  pad = pad_size or -(-max_size // 32) * 32
+  if lsj is not None:
+    geo = (
+        [LargeScaleJitter(pad, lsj[0], lsj[1], interpolation, backend)]
+        if train
+        else [ResizeShortestEdge(test_size, pad, interpolation=interpolation, backend=backend)]
+    )
+  else:
+    geo = [
+        ResizeShortestEdge(
+            short_edge_lengths if train else test_size,
+            max_size,
+            interpolation=interpolation,
+            backend=backend,
+        )
+    ]
+  if train and flip:
+    geo.append(RandomFlip())
+  return geo + [
+      NormalizeAndPad(pad, normalize=normalize),
+      PadBoxes(max_boxes, policy, counter),
+      KeepKeys(DETECTION_KEYS),
+  ]
 
 
-def pretrain_transforms(*, short_edge_lengths=(640, 672, 704, 736, 768, 800), max_size: int = 1333,
-                        pad_size: int | None = None, flip: bool = True, interpolation: str = "bicubic",
-                        tokenize_fn: Callable | None = None, random_caption: bool = True,
-                        keep_boxes: int = 0, normalize: bool = True, backend: str = "pil") -> list:
-    """Official pretraining recipe: shorter side from 640-800 (bicubic, max 1333), random flip,
-    one random caption tokenised. `keep_boxes` > 0 also pads boxes (shapes-world evaluation)."""
-    pad = pad_size or -(-max_size // 32) * 32
-    out = [ResizeShortestEdge(short_edge_lengths, max_size, interpolation=interpolation, backend=backend)]
-    if flip:
-        out.append(RandomFlip())
-    out += [NormalizeAndPad(pad, normalize=normalize), SelectCaption(random_caption), TokenizeCaption(tokenize_fn)]
-    keys = PRETRAIN_KEYS
-    if keep_boxes:
-        out.append(PadBoxes(keep_boxes))
-        keys = keys + ("boxes", "box_mask", "labels")
-    return out + [KeepKeys(keys)]
+def pretrain_transforms(
+    *,
+    short_edge_lengths=(640, 672, 704, 736, 768, 800),
+    max_size: int = 1333,
+    pad_size: int | None = None,
+    flip: bool = True,
+    interpolation: str = "bicubic",
+    tokenize_fn: Callable | None = None,
+    random_caption: bool = True,
+    keep_boxes: int = 0,
+    normalize: bool = True,
+    backend: str = "pil",
+) -> list:
+  """Official pretraining recipe: shorter side from 640-800 (bicubic, max 1333), random flip,
+  one random caption tokenised. `keep_boxes` > 0 also pads boxes (shapes-world evaluation)."""
+  pad = pad_size or -(-max_size // 32) * 32
+  out = [
+      ResizeShortestEdge(short_edge_lengths, max_size, interpolation=interpolation, backend=backend)
+  ]
+  if flip:
+    out.append(RandomFlip())
+  out += [
+      NormalizeAndPad(pad, normalize=normalize),
+      SelectCaption(random_caption),
+      TokenizeCaption(tokenize_fn),
+  ]
+  keys = PRETRAIN_KEYS
+  if keep_boxes:
+    out.append(PadBoxes(keep_boxes))
+    keys = keys + ("boxes", "box_mask", "labels")
+  return out + [KeepKeys(keys)]
 
 
-def shapes_world_transforms(*, image_size: int = 64, max_boxes: int = 8, flip: bool = False,
-                            tokenize_fn: Callable | None = None, random_caption: bool = True,
-                            captions: bool = True) -> list:
-    """Shapes world at its native size: normalise (no resize), pad boxes, optionally tokenise."""
-    out: list = [RandomFlip()] if flip else []
-    out += [NormalizeAndPad(image_size), PadBoxes(max_boxes)]
-    keys = DETECTION_KEYS
-    if captions:
-        out += [SelectCaption(random_caption), TokenizeCaption(tokenize_fn)]
-        keys = keys + ("caption_tokens",)
-    return out + [KeepKeys(keys)]
+def shapes_world_transforms(
+    *,
+    image_size: int = 64,
+    max_boxes: int = 8,
+    flip: bool = False,
+    tokenize_fn: Callable | None = None,
+    random_caption: bool = True,
+    captions: bool = True,
+) -> list:
+  """Shapes world at its native size: normalise (no resize), pad boxes, optionally tokenise."""
+  out: list = [RandomFlip()] if flip else []
+  out += [NormalizeAndPad(image_size), PadBoxes(max_boxes)]
+  keys = DETECTION_KEYS
+  if captions:
+    out += [SelectCaption(random_caption), TokenizeCaption(tokenize_fn)]
+    keys = keys + ("caption_tokens",)
+  return out + [KeepKeys(keys)]

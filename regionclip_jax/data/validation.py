@@ -7,6 +7,7 @@ of zero or negative size, a box outside the image, an empty caption. In `strict`
 or repaired, the event is counted in an `IssueCounter` and `IssueCounter.report()` lists the
 counts at the end. A repair never changes meaning silently: it is always counted by kind.
 """
+
 from __future__ import annotations
 
 import collections
@@ -20,119 +21,149 @@ POLICIES = ("strict", "skip")
 
 
 class DataError(ValueError):
-    """A data-level problem met in `strict` mode."""
+  """A data-level problem met in `strict` mode."""
 
 
 def check_policy(policy: str) -> str:
-    if policy not in POLICIES:
-        raise ValueError(f"unknown bad-record policy {policy!r}; expected one of {POLICIES}")
-    return policy
+  if policy not in POLICIES:
+    raise ValueError(f"unknown bad-record policy {policy!r}; expected one of {POLICIES}")
+  return policy
 
 
 class IssueCounter:
-    """Thread-safe counts of skipped / repaired things by kind, with a few examples each."""
+  """Thread-safe counts of skipped / repaired things by kind, with a few examples each."""
 
-    def __init__(self, name: str = "data"):
-        self.name = name
-        self._lock = threading.Lock()
-        self._counts: collections.Counter = collections.Counter()
-        self._examples: dict[str, list[str]] = collections.defaultdict(list)
-        _LIVE_COUNTERS.add(self)
+  def __init__(self, name: str = "data"):
+    self.name = name
+    self._lock = threading.Lock()
+    self._counts: collections.Counter = collections.Counter()
+    self._examples: dict[str, list[str]] = collections.defaultdict(list)
+    _LIVE_COUNTERS.add(self)
 
-    def add(self, kind: str, where: str, n: int = 1) -> None:
-        with self._lock:
-            self._counts[kind] += n
-            if len(self._examples[kind]) < 3:
-                self._examples[kind].append(where)
+  def add(self, kind: str, where: str, n: int = 1) -> None:
+    with self._lock:
+      self._counts[kind] += n
+      if len(self._examples[kind]) < 3:
+        self._examples[kind].append(where)
 
-    @property
-    def counts(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counts)
+  @property
+  def counts(self) -> dict[str, int]:
+    with self._lock:
+      return dict(self._counts)
 
-    def total(self) -> int:
-        with self._lock:
-            return sum(self._counts.values())
+  def total(self) -> int:
+    with self._lock:
+      return sum(self._counts.values())
 
-    def report(self) -> str:
-        """One line per kind: count and up to three examples; '' when nothing happened."""
-        with self._lock:
-            lines = [f"{self.name}: {kind}: {n} (e.g. {'; '.join(self._examples[kind])})"
-                     for kind, n in sorted(self._counts.items())]
-        return "\n".join(lines)
+  def report(self) -> str:
+    """One line per kind: count and up to three examples; '' when nothing happened."""
+    with self._lock:
+      lines = [
+          f"{self.name}: {kind}: {n} (e.g. {'; '.join(self._examples[kind])})"
+          for kind, n in sorted(self._counts.items())
+      ]
+    return "\n".join(lines)
 
-    def log(self, logger: logging.Logger | None = None) -> None:
-        text = self.report()
-        if text:
-            (logger or logging.getLogger(__name__)).warning("data issues skipped or repaired:\n%s", text)
+  def log(self, logger: logging.Logger | None = None) -> None:
+    text = self.report()
+    if text:
+      (logger or logging.getLogger(__name__)).warning("data issues skipped or repaired:\n%s", text)
 
 
 _LIVE_COUNTERS: "weakref.WeakSet[IssueCounter]" = weakref.WeakSet()
 
 
 def report_all() -> str:
-    """The reports of every live IssueCounter (all sources of this process); '' when all clean.
+  """The reports of every live IssueCounter (all sources of this process); '' when all clean.
 
-    Training loops print it at the end of a run, so skipped or repaired records are never silent.
-    """
-    return "\n".join(r for r in sorted(c.report() for c in list(_LIVE_COUNTERS)) if r)
-
-
-def handle(policy: str, counter: IssueCounter | None, kind: str, where: str, detail: str = "") -> None:
-    """Raise in strict mode; count in skip mode."""
-    if policy == "strict":
-        raise DataError(f"{where}: {kind}{': ' + detail if detail else ''} (use policy='skip' to drop/repair and count)")
-    if counter is not None:
-        counter.add(kind, where)
+  Training loops print it at the end of a run, so skipped or repaired records are never silent.
+  """
+  return "\n".join(r for r in sorted(c.report() for c in list(_LIVE_COUNTERS)) if r)
 
 
-def sanitize_boxes(boxes: np.ndarray, labels: np.ndarray, height: int, width: int, *,
-                   policy: str, counter: IssueCounter | None, where: str,
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes [K, 4] x1y1x2y2 px checked against an image of `height` x `width`.
-
-    Non-finite boxes and boxes of zero or negative size are dropped; boxes that stick out of the
-    image are clipped to it (`box_outside_image`); boxes wholly outside are dropped. Each event is
-    counted (skip) or raises (strict). Returns (boxes [K', 4] float32, labels [K']).
-    """
-    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    labels = np.asarray(labels)
-    if len(boxes) != len(labels):
-        raise ValueError(f"{where}: {len(boxes)} boxes but {len(labels)} labels")
-    keep = np.ones(len(boxes), bool)
-    finite = np.all(np.isfinite(boxes), axis=1)
-    for i in np.nonzero(~finite)[0]:
-        handle(policy, counter, "non_finite_box", f"{where} box {i}", str(boxes[i].tolist()))
-    keep &= finite
-    safe = np.where(finite[:, None], boxes, 0)
-    empty = finite & ((safe[:, 2] <= safe[:, 0]) | (safe[:, 3] <= safe[:, 1]))
-    for i in np.nonzero(empty)[0]:
-        handle(policy, counter, "empty_box", f"{where} box {i}", str(boxes[i].tolist()))
-    keep &= ~empty
-    # Sub-pixel float slop at the border (e.g. x2 = W + 1e-4 after a json round-trip) is not a problem.
-    tol = 1e-3
-    outside = keep & ((safe[:, 0] < -tol) | (safe[:, 1] < -tol) | (safe[:, 2] > width + tol)
-                      | (safe[:, 3] > height + tol))
-    clipped = np.stack([np.clip(safe[:, 0], 0, width), np.clip(safe[:, 1], 0, height),
-                        np.clip(safe[:, 2], 0, width), np.clip(safe[:, 3], 0, height)], 1)
-    gone = outside & ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))
-    for i in np.nonzero(outside)[0]:
-        kind = "box_wholly_outside_image" if gone[i] else "box_outside_image"
-        handle(policy, counter, kind, f"{where} box {i}", f"{boxes[i].tolist()} vs image {width}x{height}")
-    keep &= ~gone
-    return clipped[keep].astype(np.float32), labels[keep]
+def handle(
+    policy: str, counter: IssueCounter | None, kind: str, where: str, detail: str = ""
+) -> None:
+  """Raise in strict mode; count in skip mode."""
+  if policy == "strict":
+    raise DataError(
+        f"{where}: {kind}{': ' + detail if detail else ''} (use policy='skip' to drop/repair and count)"
+    )
+  if counter is not None:
+    counter.add(kind, where)
 
 
-def sanitize_captions(captions, *, policy: str, counter: IssueCounter | None, where: str) -> list[str]:
-    """Strips captions; an empty or non-string caption raises (strict) or is dropped and counted."""
-    if isinstance(captions, str):
-        captions = [captions]
-    if not isinstance(captions, (list, tuple)):
-        raise ValueError(f"{where}: captions must be a string or a list of strings, got {type(captions).__name__}")
-    out = []
-    for j, c in enumerate(captions):
-        if not isinstance(c, str) or not c.strip():
-            handle(policy, counter, "empty_caption", f"{where} caption {j}", repr(c)[:40])
-            continue
-        out.append(c.strip())
-    return out
+def sanitize_boxes(
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    height: int,
+    width: int,
+    *,
+    policy: str,
+    counter: IssueCounter | None,
+    where: str,
+) -> tuple[np.ndarray, np.ndarray]:
+  """Boxes [K, 4] x1y1x2y2 px checked against an image of `height` x `width`.
+
+  Non-finite boxes and boxes of zero or negative size are dropped; boxes that stick out of the
+  image are clipped to it (`box_outside_image`); boxes wholly outside are dropped. Each event is
+  counted (skip) or raises (strict). Returns (boxes [K', 4] float32, labels [K']).
+  """
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  labels = np.asarray(labels)
+  if len(boxes) != len(labels):
+    raise ValueError(f"{where}: {len(boxes)} boxes but {len(labels)} labels")
+  keep = np.ones(len(boxes), bool)
+  finite = np.all(np.isfinite(boxes), axis=1)
+  for i in np.nonzero(~finite)[0]:
+    handle(policy, counter, "non_finite_box", f"{where} box {i}", str(boxes[i].tolist()))
+  keep &= finite
+  safe = np.where(finite[:, None], boxes, 0)
+  empty = finite & ((safe[:, 2] <= safe[:, 0]) | (safe[:, 3] <= safe[:, 1]))
+  for i in np.nonzero(empty)[0]:
+    handle(policy, counter, "empty_box", f"{where} box {i}", str(boxes[i].tolist()))
+  keep &= ~empty
+  # Sub-pixel float slop at the border (e.g. x2 = W + 1e-4 after a json round-trip) is not a problem.
+  tol = 1e-3
+  outside = keep & (
+      (safe[:, 0] < -tol)
+      | (safe[:, 1] < -tol)
+      | (safe[:, 2] > width + tol)
+      | (safe[:, 3] > height + tol)
+  )
+  clipped = np.stack(
+      [
+          np.clip(safe[:, 0], 0, width),
+          np.clip(safe[:, 1], 0, height),
+          np.clip(safe[:, 2], 0, width),
+          np.clip(safe[:, 3], 0, height),
+      ],
+      1,
+  )
+  gone = outside & ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))
+  for i in np.nonzero(outside)[0]:
+    kind = "box_wholly_outside_image" if gone[i] else "box_outside_image"
+    handle(
+        policy, counter, kind, f"{where} box {i}", f"{boxes[i].tolist()} vs image {width}x{height}"
+    )
+  keep &= ~gone
+  return clipped[keep].astype(np.float32), labels[keep]
+
+
+def sanitize_captions(
+    captions, *, policy: str, counter: IssueCounter | None, where: str
+) -> list[str]:
+  """Strips captions; an empty or non-string caption raises (strict) or is dropped and counted."""
+  if isinstance(captions, str):
+    captions = [captions]
+  if not isinstance(captions, (list, tuple)):
+    raise ValueError(
+        f"{where}: captions must be a string or a list of strings, got {type(captions).__name__}"
+    )
+  out = []
+  for j, c in enumerate(captions):
+    if not isinstance(c, str) or not c.strip():
+      handle(policy, counter, "empty_caption", f"{where} caption {j}", repr(c)[:40])
+      continue
+    out.append(c.strip())
+  return out

@@ -2,6 +2,7 @@
 
 The only place in `detection/` that reads a config object (the modules never do).
 """
+
 from __future__ import annotations
 
 import math
@@ -27,9 +28,17 @@ def _check_head(head: str):
     raise ValueError(f"detection/builders.py: model.head must be 'c4' or 'fpn', got {head!r}")
 
 
-def build_detector(clip_config: CLIPConfig, *, freeze_at: int = 2, pooler_resolution: int = 14,
-                   sampling_ratio: int = 0, roi_chunk_size: int = 64,
-                   dtype: str = "float32", head: str = "c4", fpn: Optional[dict] = None):
+def build_detector(
+    clip_config: CLIPConfig,
+    *,
+    freeze_at: int = 2,
+    pooler_resolution: int = 14,
+    sampling_ratio: int = 0,
+    roi_chunk_size: int = 64,
+    dtype: str = "float32",
+    head: str = "c4",
+    fpn: Optional[dict] = None,
+):
   """head "c4" -> OpenVocabFasterRCNN; "fpn" -> fpn.FPNFasterRCNN, `fpn`: its extra settings
   (fpn_channels, pooler_resolution (7), canonical_box_size, fc_dim); `pooler_resolution` is C4's."""
   _check_head(head)
@@ -37,10 +46,20 @@ def build_detector(clip_config: CLIPConfig, *, freeze_at: int = 2, pooler_resolu
     raise ValueError("detection/builders.py: the detector needs a CLIP ResNet (model.clip_preset)")
   backbone = CLIP(clip_config, dtype=_DTYPES[dtype], freeze_at=freeze_at)
   if head == "fpn":
-    return FPNFasterRCNN(backbone, clip_config.embed_dim, sampling_ratio=sampling_ratio,
-                         roi_chunk_size=roi_chunk_size, dtype=_DTYPES[dtype], **dict(fpn or {}))
-  return OpenVocabFasterRCNN(backbone, pooler_resolution=pooler_resolution,
-                             sampling_ratio=sampling_ratio, roi_chunk_size=roi_chunk_size)
+    return FPNFasterRCNN(
+        backbone,
+        clip_config.embed_dim,
+        sampling_ratio=sampling_ratio,
+        roi_chunk_size=roi_chunk_size,
+        dtype=_DTYPES[dtype],
+        **dict(fpn or {}),
+    )
+  return OpenVocabFasterRCNN(
+      backbone,
+      pooler_resolution=pooler_resolution,
+      sampling_ratio=sampling_ratio,
+      roi_chunk_size=roi_chunk_size,
+  )
 
 
 def detector_from_config(cfg, clip_config: CLIPConfig):
@@ -48,24 +67,47 @@ def detector_from_config(cfg, clip_config: CLIPConfig):
   m = cfg.model
   head = m.get("head", "c4")
   fpn = dict(m.fpn) if head == "fpn" and m.get("fpn") is not None else None
-  return build_detector(clip_config, freeze_at=m.freeze_at, pooler_resolution=m.pooler_resolution,
-                        sampling_ratio=m.sampling_ratio, roi_chunk_size=m.roi_chunk_size,
-                        dtype=m.dtype, head=head, fpn=fpn)
+  return build_detector(
+      clip_config,
+      freeze_at=m.freeze_at,
+      pooler_resolution=m.pooler_resolution,
+      sampling_ratio=m.sampling_ratio,
+      roi_chunk_size=m.roi_chunk_size,
+      dtype=m.dtype,
+      head=head,
+      fpn=fpn,
+  )
 
 
-def build_rpn(clip_config: CLIPConfig, *, anchor_sizes=(32, 64, 128, 256, 512),
-              aspect_ratios=(0.5, 1.0, 2.0), stride: int = 16, freeze_at: int = 2,
-              dtype: str = "float32", head: str = "c4", fpn_channels: int = 256):
+def build_rpn(
+    clip_config: CLIPConfig,
+    *,
+    anchor_sizes=(32, 64, 128, 256, 512),
+    aspect_ratios=(0.5, 1.0, 2.0),
+    stride: int = 16,
+    freeze_at: int = 2,
+    dtype: str = "float32",
+    head: str = "c4",
+    fpn_channels: int = 256,
+):
   """-> (RPNModel, DefaultAnchorGenerator). head "fpn": (fpn.FPNRPNModel on P2..P6, one anchor
   size per level; `stride` unused)."""
   _check_head(head)
   if head == "fpn":
     gen = fpn_anchor_generator(tuple(anchor_sizes), tuple(aspect_ratios))
     backbone = CLIP(clip_config, dtype=_DTYPES[dtype], freeze_at=freeze_at)
-    return FPNRPNModel(backbone, num_anchors=gen.num_anchors[0], fpn_channels=fpn_channels,
-                       dtype=_DTYPES[dtype]), gen
-  gen = DefaultAnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),),
-                               strides=(stride,))
+    return (
+        FPNRPNModel(
+            backbone,
+            num_anchors=gen.num_anchors[0],
+            fpn_channels=fpn_channels,
+            dtype=_DTYPES[dtype],
+        ),
+        gen,
+    )
+  gen = DefaultAnchorGenerator(
+      sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),), strides=(stride,)
+  )
   backbone = CLIP(clip_config, dtype=_DTYPES[dtype], freeze_at=freeze_at)
   return RPNModel(backbone, num_anchors=gen.num_anchors[0]), gen
 
@@ -137,6 +179,7 @@ def load_clip_params(path: str, source: Optional[str] = None) -> tuple[CLIPConfi
   """CLIP params from any supported checkpoint (`models.clip.load`: OpenAI .pt, HF / open_clip,
   converted directory, official RegionCLIP .pth) -> (config, params without 'params' wrapper)."""
   from regionclip_jax.models import clip
+
   loaded = clip.load(path, source=source or None)
   return loaded.config, loaded.params
 
@@ -154,11 +197,14 @@ def with_backbone(variables: PyTree, clip_params: PyTree) -> PyTree:
   ol, nl = jax.tree_util.tree_leaves_with_path(old), dict(jax.tree_util.tree_leaves_with_path(new))
   for path, leaf in ol:
     if path not in nl:
-      raise ValueError(f"detection/builders.py: checkpoint lacks backbone param "
-                       f"{jax.tree_util.keystr(path)}")
+      raise ValueError(
+          f"detection/builders.py: checkpoint lacks backbone param " f"{jax.tree_util.keystr(path)}"
+      )
     if tuple(nl[path].shape) != tuple(leaf.shape):
-      raise ValueError(f"detection/builders.py: backbone param {jax.tree_util.keystr(path)} has "
-                       f"shape {tuple(nl[path].shape)} in the checkpoint, model wants {tuple(leaf.shape)}")
+      raise ValueError(
+          f"detection/builders.py: backbone param {jax.tree_util.keystr(path)} has "
+          f"shape {tuple(nl[path].shape)} in the checkpoint, model wants {tuple(leaf.shape)}"
+      )
   bb["visual"] = jax.tree_util.tree_map_with_path(lambda p, o: jnp.asarray(nl[p], o.dtype), old)
   dst["backbone"] = bb
   return {**variables, "params": dst}
@@ -166,41 +212,65 @@ def with_backbone(variables: PyTree, clip_params: PyTree) -> PyTree:
 
 def rpn_settings(cfg) -> RPNSettings:
   r = cfg.rpn
-  return RPNSettings(iou_thresholds=tuple(r.iou_thresholds), batch_size_per_image=r.batch_size_per_image,
-                     positive_fraction=r.positive_fraction, pre_nms_topk_train=r.pre_nms_topk_train,
-                     post_nms_topk_train=r.post_nms_topk_train, pre_nms_topk_test=r.pre_nms_topk_test,
-                     post_nms_topk_test=r.post_nms_topk_test, nms_thresh=r.nms_thresh)
+  return RPNSettings(
+      iou_thresholds=tuple(r.iou_thresholds),
+      batch_size_per_image=r.batch_size_per_image,
+      positive_fraction=r.positive_fraction,
+      pre_nms_topk_train=r.pre_nms_topk_train,
+      post_nms_topk_train=r.post_nms_topk_train,
+      pre_nms_topk_test=r.pre_nms_topk_test,
+      post_nms_topk_test=r.post_nms_topk_test,
+      nms_thresh=r.nms_thresh,
+  )
 
 
 def roi_settings(cfg) -> RoIHeadSettings:
   r = cfg.roi_heads
-  return RoIHeadSettings(batch_size_per_image=r.batch_size_per_image,
-                         positive_fraction=r.positive_fraction, iou_threshold=r.iou_threshold,
-                         temperature=r.temperature, focal_gamma=r.focal_gamma, bg_weight=r.bg_weight,
-                         box_weights=tuple(r.box_weights))
+  return RoIHeadSettings(
+      batch_size_per_image=r.batch_size_per_image,
+      positive_fraction=r.positive_fraction,
+      iou_threshold=r.iou_threshold,
+      temperature=r.temperature,
+      focal_gamma=r.focal_gamma,
+      bg_weight=r.bg_weight,
+      box_weights=tuple(r.box_weights),
+  )
 
 
 def inference_settings(cfg) -> InferenceSettings:
   t = cfg.test
   weights = tuple(t.get("pretrained_score_weights", ()) or ()) or None
   if weights is not None and (len(weights) != 2 or not all(0.0 <= w <= 1.0 for w in weights)):
-    raise ValueError(f"detection/builders.py: test.pretrained_score_weights must be (w_seen, "
-                     f"w_unseen) in [0, 1], or (), got {weights}")
-  return InferenceSettings(score_thresh=t.score_thresh, nms_thresh=t.nms_thresh, topk=t.topk,
-                           soft_nms_enabled=t.soft_nms_enabled, soft_nms_sigma=t.soft_nms_sigma,
-                           soft_nms_prune=t.soft_nms_prune, max_candidates=t.max_candidates,
-                           rpn_fusion=t.rpn_fusion or None, temperature=cfg.roi_heads.temperature,
-                           apply_deltas=t.get("apply_deltas", True), pretrained_score_weights=weights)
+    raise ValueError(
+        f"detection/builders.py: test.pretrained_score_weights must be (w_seen, "
+        f"w_unseen) in [0, 1], or (), got {weights}"
+    )
+  return InferenceSettings(
+      score_thresh=t.score_thresh,
+      nms_thresh=t.nms_thresh,
+      topk=t.topk,
+      soft_nms_enabled=t.soft_nms_enabled,
+      soft_nms_sigma=t.soft_nms_sigma,
+      soft_nms_prune=t.soft_nms_prune,
+      max_candidates=t.max_candidates,
+      rpn_fusion=t.rpn_fusion or None,
+      temperature=cfg.roi_heads.temperature,
+      apply_deltas=t.get("apply_deltas", True),
+      pretrained_score_weights=weights,
+  )
 
 
-def class_embeddings(names: Sequence[str], clip_config: CLIPConfig, clip_params: PyTree,
-                     batch_size: int = 256) -> np.ndarray:
+def class_embeddings(
+    names: Sequence[str], clip_config: CLIPConfig, clip_params: PyTree, batch_size: int = 256
+) -> np.ndarray:
   """[K, D] float32 unnormalised 81-template mean text embeddings (official concept features)."""
   from regionclip_jax.models.clip import LoadedCLIP
   from regionclip_jax.pretrain.prompts import concept_embeddings
+
   loaded = LoadedCLIP(clip_config, clip_params)
-  return np.asarray(concept_embeddings(loaded.encode_text, list(names), loaded.tokenize, batch_size),
-                    np.float32)
+  return np.asarray(
+      concept_embeddings(loaded.encode_text, list(names), loaded.tokenize, batch_size), np.float32
+  )
 
 
 def read_embeddings(path: str, num_classes: Optional[int] = None) -> np.ndarray:
@@ -208,8 +278,10 @@ def read_embeddings(path: str, num_classes: Optional[int] = None) -> np.ndarray:
     raise FileNotFoundError(f"detection/builders.py: text embeddings file not found: {path}")
   emb = np.load(path).astype(np.float32)
   if emb.ndim != 2 or (num_classes is not None and emb.shape[0] != num_classes):
-    raise ValueError(f"detection/builders.py: {path} holds shape {emb.shape}, want "
-                     f"[{num_classes if num_classes is not None else 'K'}, D]")
+    raise ValueError(
+        f"detection/builders.py: {path} holds shape {emb.shape}, want "
+        f"[{num_classes if num_classes is not None else 'K'}, D]"
+    )
   return emb
 
 
@@ -225,6 +297,7 @@ def export_model(directory: str, variables: PyTree, meta: dict, pretrained: PyTr
   variables (same module) for the score ensemble, written beside them."""
   import json
   from flax import serialization
+
   os.makedirs(directory, exist_ok=True)
   for name, tree in ((EXPORT_PARAMS, variables), (EXPORT_PRETRAINED, pretrained)):
     if tree is not None:
@@ -243,20 +316,34 @@ def load_export(directory: str):
   For kind "rpn" the module is (RPNModel, DefaultAnchorGenerator)."""
   import json
   from flax import serialization
+
   meta_path = os.path.join(directory, EXPORT_META)
   if not os.path.isfile(meta_path):
-    raise FileNotFoundError(f"detection/builders.py: no {EXPORT_META} in {directory} (not an export)")
+    raise FileNotFoundError(
+        f"detection/builders.py: no {EXPORT_META} in {directory} (not an export)"
+    )
   with open(meta_path) as f:
     meta = json.load(f)
   clip_cfg = CLIPConfig.from_dict(meta["clip_config"])
   if meta["kind"] == "detector":
-    module = build_detector(clip_cfg, freeze_at=0, pooler_resolution=meta["pooler_resolution"],
-                            sampling_ratio=meta.get("sampling_ratio", 0),
-                            head=meta.get("head", "c4"), fpn=meta.get("fpn"))
+    module = build_detector(
+        clip_cfg,
+        freeze_at=0,
+        pooler_resolution=meta["pooler_resolution"],
+        sampling_ratio=meta.get("sampling_ratio", 0),
+        head=meta.get("head", "c4"),
+        fpn=meta.get("fpn"),
+    )
   elif meta["kind"] == "rpn":
-    module = build_rpn(clip_cfg, anchor_sizes=meta["anchor_sizes"],
-                       aspect_ratios=meta["aspect_ratios"], stride=meta.get("stride", 16), freeze_at=0,
-                       head=meta.get("head", "c4"), fpn_channels=meta.get("fpn_channels", 256))
+    module = build_rpn(
+        clip_cfg,
+        anchor_sizes=meta["anchor_sizes"],
+        aspect_ratios=meta["aspect_ratios"],
+        stride=meta.get("stride", 16),
+        freeze_at=0,
+        head=meta.get("head", "c4"),
+        fpn_channels=meta.get("fpn_channels", 256),
+    )
   else:
     raise ValueError(f"detection/builders.py: {meta_path}: unknown kind {meta['kind']!r}")
   with open(os.path.join(directory, EXPORT_PARAMS), "rb") as f:
@@ -268,6 +355,7 @@ def load_export(directory: str):
 def load_export_pretrained(directory: str) -> Optional[PyTree]:
   """The frozen init's variables an export carries for the score ensemble, or None."""
   from flax import serialization
+
   path = os.path.join(directory, EXPORT_PRETRAINED)
   if not os.path.isfile(path):
     return None

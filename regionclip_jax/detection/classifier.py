@@ -1,4 +1,5 @@
 """Open-vocabulary classifier: region embeddings against frozen class text embeddings."""
+
 from __future__ import annotations
 
 import jax
@@ -11,7 +12,9 @@ def _unit(x: jax.Array) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
 
 
-def text_logits(region_feats: jax.Array, text_emb: jax.Array, temperature: float = 0.01) -> jax.Array:
+def text_logits(
+    region_feats: jax.Array, text_emb: jax.Array, temperature: float = 0.01
+) -> jax.Array:
   """[..., D] x [K, D] -> [..., K+1]: cosine / temperature, plus a frozen zero background logit
   (official: zero background embedding, no bias) in the last column."""
   x = _unit(region_feats.astype(jnp.float32))

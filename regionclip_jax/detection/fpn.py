@@ -24,6 +24,7 @@ Init: the modules' own initialisers follow detectron2 (c2_xavier_fill for FPN co
 builders' host-side `numpy_init` uses its generic rules instead (He fan-out for convs, fan-in normal
 for dense kernels: the same variance as c2_xavier for the FCs, a larger one for the FPN convs).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -46,8 +47,13 @@ ROI_SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 RPN_STRIDES = (4, 8, 16, 32, 64)
 
 # Official FREEZE_AT 2 (stem + res2 frozen); attnpool is not part of the FPN model.
-TRAINABLE_FPN_DETECTOR = (r"backbone/visual/layer[234]/", r"(^|/)fpn/", r"(^|/)box_head/",
-                          r"(^|/)embed_proj/", r"(^|/)bbox_pred/")
+TRAINABLE_FPN_DETECTOR = (
+    r"backbone/visual/layer[234]/",
+    r"(^|/)fpn/",
+    r"(^|/)box_head/",
+    r"(^|/)embed_proj/",
+    r"(^|/)bbox_pred/",
+)
 TRAINABLE_FPN_RPN = (r"backbone/visual/layer[234]/", r"(^|/)fpn/", r"(^|/)rpn_head/")
 
 # detectron2's c2_xavier_fill: kaiming_uniform(a=1) = uniform with variance 1 / fan_in
@@ -70,6 +76,7 @@ class FPN(nn.Module):
   {"p2": [N,H/4,W/4,F], ..., "p5": [N,H/32,W/32,F], "p6": [N,ceil(H/64),ceil(W/64),F]}, F = out_channels.
   Lateral 1x1 convs, top-down nearest 2x upsampling added to the finer lateral, 3x3 output convs.
   """
+
   out_channels: int = 256
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -83,11 +90,15 @@ class FPN(nn.Module):
     out, prev = {}, None
     for i in reversed(range(len(IN_FEATURES))):
       lvl = i + 2
-      lat = nn.Conv(self.out_channels, (1, 1), name=f"fpn_lateral{lvl}", **kw)(feats[IN_FEATURES[i]])
+      lat = nn.Conv(self.out_channels, (1, 1), name=f"fpn_lateral{lvl}", **kw)(
+          feats[IN_FEATURES[i]]
+      )
       if prev is not None:
         lat = lat + upsample_nearest_to(prev, lat.shape[1:3])
       prev = lat
-      out[f"p{lvl}"] = nn.Conv(self.out_channels, (3, 3), padding=1, name=f"fpn_output{lvl}", **kw)(lat)
+      out[f"p{lvl}"] = nn.Conv(self.out_channels, (3, 3), padding=1, name=f"fpn_output{lvl}", **kw)(
+          lat
+      )
     # max_pool2d(kernel 1, stride 2) is a strided subsample
     out["p6"] = out["p5"][:, ::2, ::2]
     return {k: out[k] for k in RPN_LEVELS}
@@ -95,6 +106,7 @@ class FPN(nn.Module):
 
 class FastRCNNFCHead(nn.Module):
   """pooled [M,S,S,C] -> flatten -> `num_fc` x (Dense fc_dim + ReLU) -> [M, fc_dim]."""
+
   fc_dim: int = 1024
   num_fc: int = 2
   dtype: Dtype = jnp.float32
@@ -104,8 +116,15 @@ class FastRCNNFCHead(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x.reshape(x.shape[0], -1).astype(self.dtype)
     for i in range(self.num_fc):
-      x = nn.relu(nn.Dense(self.fc_dim, kernel_init=c2_xavier, dtype=self.dtype,
-                           param_dtype=self.param_dtype, name=f"fc{i + 1}")(x))
+      x = nn.relu(
+          nn.Dense(
+              self.fc_dim,
+              kernel_init=c2_xavier,
+              dtype=self.dtype,
+              param_dtype=self.param_dtype,
+              name=f"fc{i + 1}",
+          )(x)
+      )
     return x
 
 
@@ -117,6 +136,7 @@ class FPNFasterRCNN(nn.Module):
   the same contract as `heads.OpenVocabFasterRCNN`. `backbone`: a module with
   `image_pyramid(images) -> {"res2".."res5"}` (models.clip.CLIP with a ResNet tower).
   """
+
   backbone: nn.Module
   embed_dim: int
   fpn_channels: int = 256
@@ -144,9 +164,17 @@ class FPNFasterRCNN(nn.Module):
       raise ValueError(f"detection/fpn.py: boxes must be [N, R, 4]; got {tuple(boxes.shape)}")
     s = self.pooler_resolution
     # float32 boxes: bf16 coordinates are off by pixels at 800 px
-    return multilevel_roi_align(list(features), boxes.astype(jnp.float32), (s, s), ROI_SCALES,
-                                self.sampling_ratio, self.canonical_box_size, 4, aligned=True,
-                                chunk_size=self.roi_chunk_size)
+    return multilevel_roi_align(
+        list(features),
+        boxes.astype(jnp.float32),
+        (s, s),
+        ROI_SCALES,
+        self.sampling_ratio,
+        self.canonical_box_size,
+        4,
+        aligned=True,
+        chunk_size=self.roi_chunk_size,
+    )
 
   def region_outputs(self, features: Sequence[jax.Array], boxes: jax.Array):
     """-> (region_feats [N,R,D], deltas [N,R,4] float32)."""
@@ -167,6 +195,7 @@ class FPNRPNModel(nn.Module):
   `__call__(images [N,H,W,3]) -> (objectness list of [N,hl,wl,A], deltas list of [N,hl,wl,A,4])`,
   five levels, in the order of `fpn_anchor_generator`'s levels.
   """
+
   backbone: nn.Module
   num_anchors: int = 3
   fpn_channels: int = 256
@@ -181,11 +210,18 @@ class FPNRPNModel(nn.Module):
     return self.rpn_head([p[k] for k in RPN_LEVELS])
 
 
-def fpn_anchor_generator(sizes: Sequence[float] = (32, 64, 128, 256, 512),
-                         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0)) -> DefaultAnchorGenerator:
+def fpn_anchor_generator(
+    sizes: Sequence[float] = (32, 64, 128, 256, 512),
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+) -> DefaultAnchorGenerator:
   """One anchor size per level P2..P6 (strides 4..64), shared aspect ratios (detectron2 FPN RPN)."""
   if len(sizes) != len(RPN_STRIDES):
-    raise ValueError(f"detection/fpn.py: the FPN RPN needs {len(RPN_STRIDES)} anchor sizes (one per "
-                     f"level P2..P6), got {list(sizes)}")
-  return DefaultAnchorGenerator(sizes=tuple((float(s),) for s in sizes),
-                                aspect_ratios=(tuple(aspect_ratios),), strides=RPN_STRIDES)
+    raise ValueError(
+        f"detection/fpn.py: the FPN RPN needs {len(RPN_STRIDES)} anchor sizes (one per "
+        f"level P2..P6), got {list(sizes)}"
+    )
+  return DefaultAnchorGenerator(
+      sizes=tuple((float(s),) for s in sizes),
+      aspect_ratios=(tuple(aspect_ratios),),
+      strides=RPN_STRIDES,
+  )

@@ -5,6 +5,7 @@ The backbone is any Linen module with `image_res4(images [N,H,W,3]) -> [N,H/16,W
 embeddings are call arguments, never parameters: they stay frozen by construction and the
 vocabulary can change at test time without touching the backbone's compiled code.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -22,6 +23,7 @@ class OpenVocabFasterRCNN(nn.Module):
 
   `__call__(images [N,H,W,3], boxes [N,R,4]) -> (region_feats [N,R,D], deltas [N,R,4])`.
   """
+
   backbone: nn.Module
   pooler_resolution: int = 14
   feature_stride: int = 16
@@ -39,9 +41,15 @@ class OpenVocabFasterRCNN(nn.Module):
     n, r = boxes.shape[:2]
     s = self.pooler_resolution
     # boxes stay float32 whatever the compute dtype: bf16 coordinates are off by pixels at 800 px
-    pooled = roi_align(res4, boxes.astype(jnp.float32), (s, s), 1.0 / self.feature_stride,
-                       sampling_ratio=self.sampling_ratio, aligned=True,
-                       chunk_size=self.roi_chunk_size)
+    pooled = roi_align(
+        res4,
+        boxes.astype(jnp.float32),
+        (s, s),
+        1.0 / self.feature_stride,
+        sampling_ratio=self.sampling_ratio,
+        aligned=True,
+        chunk_size=self.roi_chunk_size,
+    )
     feats = self.backbone.image_region_head(pooled.reshape((n * r,) + pooled.shape[2:]))
     return feats.reshape(n, r, -1)
 
@@ -59,6 +67,7 @@ class RPNModel(nn.Module):
   `__call__(images [N,H,W,3]) -> (objectness list of [N,h,w,A], deltas list of [N,h,w,A,4])`;
   one level (res4) for C4.
   """
+
   backbone: nn.Module
   num_anchors: int = 15
   conv_dims: int = -1

@@ -1,4 +1,5 @@
 """Fast R-CNN losses of RegionCLIP's detector (`FastRCNNOutputLayers.losses`, official semantics)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -9,9 +10,14 @@ import jax.numpy as jnp
 from regionclip_jax.ops.boxes import Box2BoxTransform
 
 
-def classification_loss(logits: jax.Array, gt_classes: jax.Array, valid: jax.Array, *,
-                        focal_gamma: Optional[float] = 0.5,
-                        bg_weight: Optional[float] = 0.2) -> jax.Array:
+def classification_loss(
+    logits: jax.Array,
+    gt_classes: jax.Array,
+    valid: jax.Array,
+    *,
+    focal_gamma: Optional[float] = 0.5,
+    bg_weight: Optional[float] = 0.2,
+) -> jax.Array:
   """logits [M, K+1] (background last), gt_classes [M] in [0, K], valid [M] -> scalar.
 
   focal_gamma set (COCO): mean over valid RoIs of CE * (1 - p_t) ** gamma * w, with w = bg_weight
@@ -32,9 +38,17 @@ def classification_loss(logits: jax.Array, gt_classes: jax.Array, valid: jax.Arr
   return jnp.sum(ce * w * v) / jnp.maximum(jnp.sum(w * v), 1e-12)
 
 
-def box_regression_loss(pred_deltas: jax.Array, proposal_boxes: jax.Array, gt_boxes: jax.Array,
-                        gt_classes: jax.Array, valid: jax.Array, *, num_classes: int,
-                        box_weights=(10.0, 10.0, 5.0, 5.0), smooth_l1_beta: float = 0.0) -> jax.Array:
+def box_regression_loss(
+    pred_deltas: jax.Array,
+    proposal_boxes: jax.Array,
+    gt_boxes: jax.Array,
+    gt_classes: jax.Array,
+    valid: jax.Array,
+    *,
+    num_classes: int,
+    box_weights=(10.0, 10.0, 5.0, 5.0),
+    smooth_l1_beta: float = 0.0,
+) -> jax.Array:
   """Class-agnostic box loss: pred_deltas [M, 4], proposal_boxes / gt_boxes [M, 4] ->
   sum over foreground RoIs of smooth-L1 (L1 at beta 0), divided by the number of valid RoIs."""
   b2b = Box2BoxTransform(weights=tuple(box_weights))
@@ -47,22 +61,43 @@ def box_regression_loss(pred_deltas: jax.Array, proposal_boxes: jax.Array, gt_bo
   target = jax.lax.stop_gradient(b2b.get_deltas(src, dst))
   diff = jnp.abs(pred_deltas.astype(jnp.float32) - target)
   if smooth_l1_beta > 0:
-    diff = jnp.where(diff < smooth_l1_beta, 0.5 * diff ** 2 / smooth_l1_beta,
-                     diff - 0.5 * smooth_l1_beta)
+    diff = jnp.where(
+        diff < smooth_l1_beta, 0.5 * diff**2 / smooth_l1_beta, diff - 0.5 * smooth_l1_beta
+    )
   diff = diff * fg[:, None]
   return jnp.sum(diff) / jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
 
 
-def fast_rcnn_losses(logits, pred_deltas, proposal_boxes, gt_boxes, gt_classes, valid, *,
-                     focal_gamma=0.5, bg_weight=0.2, box_weights=(10.0, 10.0, 5.0, 5.0),
-                     smooth_l1_beta=0.0, box_loss_weight=1.0) -> dict[str, jax.Array]:
+def fast_rcnn_losses(
+    logits,
+    pred_deltas,
+    proposal_boxes,
+    gt_boxes,
+    gt_classes,
+    valid,
+    *,
+    focal_gamma=0.5,
+    bg_weight=0.2,
+    box_weights=(10.0, 10.0, 5.0, 5.0),
+    smooth_l1_beta=0.0,
+    box_loss_weight=1.0,
+) -> dict[str, jax.Array]:
   """All RoIs of the batch flattened: logits [M, K+1], pred_deltas [M, 4], boxes [M, 4],
   gt_classes [M], valid [M] -> {"loss_cls", "loss_box_reg"}."""
   num_classes = logits.shape[-1] - 1
   return {
-      "loss_cls": classification_loss(logits, gt_classes, valid, focal_gamma=focal_gamma,
-                                      bg_weight=bg_weight),
-      "loss_box_reg": box_loss_weight * box_regression_loss(
-          pred_deltas, proposal_boxes, gt_boxes, gt_classes, valid, num_classes=num_classes,
-          box_weights=box_weights, smooth_l1_beta=smooth_l1_beta),
+      "loss_cls": classification_loss(
+          logits, gt_classes, valid, focal_gamma=focal_gamma, bg_weight=bg_weight
+      ),
+      "loss_box_reg": box_loss_weight
+      * box_regression_loss(
+          pred_deltas,
+          proposal_boxes,
+          gt_boxes,
+          gt_classes,
+          valid,
+          num_classes=num_classes,
+          box_weights=box_weights,
+          smooth_l1_beta=smooth_l1_beta,
+      ),
   }

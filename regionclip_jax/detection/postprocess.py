@@ -1,4 +1,5 @@
 """Detector post-processing (`fast_rcnn_inference`, official RegionCLIP semantics, static shapes)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -28,8 +29,9 @@ def fuse_rpn_scores(probs: jax.Array, objectness: jax.Array, mode: Optional[str]
   raise ValueError(f"postprocess.py: rpn fusion must be None|'raw_logit'|'sigmoid', got {mode!r}")
 
 
-def ensemble_with_pretrained(det_logits: jax.Array, pretrained_logits: jax.Array,
-                             seen: jax.Array, weights: tuple) -> jax.Array:
+def ensemble_with_pretrained(
+    det_logits: jax.Array, pretrained_logits: jax.Array, seen: jax.Array, weights: tuple
+) -> jax.Array:
   """Score ensemble of a fine-tuned detector with its frozen pretrained init (ViLD-ensemble,
   Gu et al. 2022; F-VLM, Kuo et al. 2023) - not part of RegionCLIP's recipe.
 
@@ -53,14 +55,26 @@ def ensemble_with_pretrained(det_logits: jax.Array, pretrained_logits: jax.Array
   return jnp.concatenate([cls, jnp.exp(log_det[..., -1:])], -1)
 
 
-def fast_rcnn_inference(logits: jax.Array, deltas: jax.Array, proposals: jax.Array,
-                        proposal_valid: jax.Array, image_sizes: jax.Array, *,
-                        objectness: Optional[jax.Array] = None, rpn_fusion: Optional[str] = None,
-                        score_thresh: float = 0.001, nms_thresh: float = 0.5, topk: int = 100,
-                        soft_nms_enabled: bool = False, soft_nms_sigma: float = 0.5,
-                        soft_nms_prune: float = 0.001, max_candidates: int = 2000,
-                        apply_deltas: bool = True, box_weights=(10.0, 10.0, 5.0, 5.0),
-                        probs: Optional[jax.Array] = None) -> dict:
+def fast_rcnn_inference(
+    logits: jax.Array,
+    deltas: jax.Array,
+    proposals: jax.Array,
+    proposal_valid: jax.Array,
+    image_sizes: jax.Array,
+    *,
+    objectness: Optional[jax.Array] = None,
+    rpn_fusion: Optional[str] = None,
+    score_thresh: float = 0.001,
+    nms_thresh: float = 0.5,
+    topk: int = 100,
+    soft_nms_enabled: bool = False,
+    soft_nms_sigma: float = 0.5,
+    soft_nms_prune: float = 0.001,
+    max_candidates: int = 2000,
+    apply_deltas: bool = True,
+    box_weights=(10.0, 10.0, 5.0, 5.0),
+    probs: Optional[jax.Array] = None,
+) -> dict:
   """Softmax over K+1, drop background, threshold, per-class NMS (or gaussian soft-NMS), top-k.
 
   logits [N,R,K+1], deltas [N,R,4] (class-agnostic), proposals [N,R,4], proposal_valid [N,R],
@@ -82,8 +96,9 @@ def fast_rcnn_inference(logits: jax.Array, deltas: jax.Array, proposals: jax.Arr
   if objectness is not None:
     probs = fuse_rpn_scores(probs, objectness, rpn_fusion)
   if apply_deltas:
-    boxes = b2b.apply_deltas(deltas.reshape(-1, 4).astype(jnp.float32),
-                             proposals.reshape(-1, 4).astype(jnp.float32)).reshape(n, r, 4)
+    boxes = b2b.apply_deltas(
+        deltas.reshape(-1, 4).astype(jnp.float32), proposals.reshape(-1, 4).astype(jnp.float32)
+    ).reshape(n, r, 4)
   else:
     boxes = proposals.astype(jnp.float32)
   num_cand = min(max_candidates, r * k)
@@ -102,8 +117,15 @@ def fast_rcnn_inference(logits: jax.Array, deltas: jax.Array, proposals: jax.Arr
     cs = jnp.where(cvalid, top_s, 0.0)
     cu = jnp.where(cvalid, pu[:, :k].reshape(-1)[top_i], 0.0)
     if soft_nms_enabled:
-      idx, new_s, ovalid = soft_nms(cb, cs, sigma=soft_nms_sigma, score_threshold=soft_nms_prune,
-                                    max_output=topk, valid=cvalid, classes=cls)
+      idx, new_s, ovalid = soft_nms(
+          cb,
+          cs,
+          sigma=soft_nms_sigma,
+          score_threshold=soft_nms_prune,
+          max_output=topk,
+          valid=cvalid,
+          classes=cls,
+      )
       out_s = new_s  # official: soft-NMS scores replace the reported ones
     else:
       idx, ovalid = batched_nms(cb, cs, cls, nms_thresh, topk, valid=cvalid)

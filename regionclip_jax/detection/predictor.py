@@ -4,6 +4,7 @@ Two jitted programs: `regions` (backbone + RoI head + box deltas; independent of
 and `classify` (text-embedding classifier + post-processing; cheap). Swapping the vocabulary
 re-runs / recompiles only the second one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,8 +34,10 @@ class DetectorPredictor:
 
   def __post_init__(self):
     if (self.inference.pretrained_score_weights is None) != (self.pretrained_variables is None):
-      raise ValueError("DetectorPredictor: inference.pretrained_score_weights and "
-                       "pretrained_variables go together (the score ensemble needs both)")
+      raise ValueError(
+          "DetectorPredictor: inference.pretrained_score_weights and "
+          "pretrained_variables go together (the score ensemble needs both)"
+      )
 
   @functools.cached_property
   def _regions(self):
@@ -53,8 +56,11 @@ class DetectorPredictor:
   def without_ensemble(self) -> "DetectorPredictor":
     """The same detector scored alone (official inference). Shares the compiled proposal and
     region programs, so only the cheap classifier compiles again."""
-    alone = dataclasses.replace(self, inference=dataclasses.replace(
-        self.inference, pretrained_score_weights=None), pretrained_variables=None)
+    alone = dataclasses.replace(
+        self,
+        inference=dataclasses.replace(self.inference, pretrained_score_weights=None),
+        pretrained_variables=None,
+    )
     for name in ("_regions", "_proposals"):  # functools.cached_property values live in __dict__
       if name in self.__dict__:
         alone.__dict__[name] = self.__dict__[name]
@@ -87,10 +93,20 @@ class DetectorPredictor:
     if self.pretrained_variables is not None:
       k = jnp.shape(text_emb)[0]
       if seen is None or np.shape(seen) != (k,):
-        raise ValueError(f"DetectorPredictor: the score ensemble needs seen [K={k}] bool (which "
-                         f"classes were trained on), got {None if seen is None else np.shape(seen)}")
+        raise ValueError(
+            f"DetectorPredictor: the score ensemble needs seen [K={k}] bool (which "
+            f"classes were trained on), got {None if seen is None else np.shape(seen)}"
+        )
       pre, _ = self._regions(self.pretrained_variables, images, jnp.asarray(boxes, jnp.float32))
       extra = (pre, jnp.asarray(seen, bool))
-    out = self._classify(feats, deltas, jnp.asarray(boxes, jnp.float32), jnp.asarray(box_valid),
-                         image_sizes, jnp.asarray(text_emb, jnp.float32), objectness, *extra)
+    out = self._classify(
+        feats,
+        deltas,
+        jnp.asarray(boxes, jnp.float32),
+        jnp.asarray(box_valid),
+        image_sizes,
+        jnp.asarray(text_emb, jnp.float32),
+        objectness,
+        *extra,
+    )
     return jax.tree.map(np.asarray, out)

@@ -3,6 +3,7 @@
 The RPN is class-agnostic and trained on base-class boxes only; frozen, it is the "offline RPN"
 that feeds proposals to RegionCLIP pretraining and to detector fine-tuning.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,6 +22,7 @@ class StandardRPNHead(nn.Module):
   features: list of [N, Hl, Wl, C] -> (objectness list of [N, Hl, Wl, A],
   deltas list of [N, Hl, Wl, A, 4]); `flatten_predictions` puts them in `grid_anchors` order.
   """
+
   num_anchors: int
   conv_dims: int = -1  # -1: as many channels as the input, as detectron2
 
@@ -50,10 +52,18 @@ def flatten_predictions(anchor_generator, logits, deltas):
   return [jnp.asarray(a) for a in anchors], flat_l, flat_d
 
 
-def find_top_rpn_proposals(anchors: Sequence[jax.Array], objectness: Sequence[jax.Array],
-                           pred_deltas: Sequence[jax.Array], image_sizes: jax.Array, *,
-                           pre_nms_topk: int, post_nms_topk: int, nms_thresh: float = 0.7,
-                           min_box_size: float = 0.0, box_weights=(1.0, 1.0, 1.0, 1.0)):
+def find_top_rpn_proposals(
+    anchors: Sequence[jax.Array],
+    objectness: Sequence[jax.Array],
+    pred_deltas: Sequence[jax.Array],
+    image_sizes: jax.Array,
+    *,
+    pre_nms_topk: int,
+    post_nms_topk: int,
+    nms_thresh: float = 0.7,
+    min_box_size: float = 0.0,
+    box_weights=(1.0, 1.0, 1.0, 1.0),
+):
   """Decode, keep top-k per level, clip, drop tiny boxes, NMS per level, keep post_nms_topk.
 
   anchors: list of [Al, 4]; objectness: list of [N, Al]; pred_deltas: list of [N, Al, 4];
@@ -75,8 +85,12 @@ def find_top_rpn_proposals(anchors: Sequence[jax.Array], objectness: Sequence[ja
     boxes, scores, lvls = (jnp.concatenate(x) for x in (boxes, scores, lvls))
     boxes = clip_boxes(boxes, hw[0], hw[1])
     wh = boxes[:, 2:] - boxes[:, :2]
-    ok = (jnp.all(jnp.isfinite(boxes), -1) & jnp.isfinite(scores)
-          & (wh[:, 0] > min_box_size) & (wh[:, 1] > min_box_size))
+    ok = (
+        jnp.all(jnp.isfinite(boxes), -1)
+        & jnp.isfinite(scores)
+        & (wh[:, 0] > min_box_size)
+        & (wh[:, 1] > min_box_size)
+    )
     scores = jnp.where(ok, scores, -1e9)
     keep, kvalid = batched_nms(boxes, scores, lvls, nms_thresh, post_nms_topk, valid=ok)
     out_b = jnp.where(kvalid[:, None], boxes[keep], 0.0)

@@ -1,4 +1,5 @@
 """RPN training targets and losses (detectron2 `label_and_sample_anchors` + `losses`)."""
+
 from __future__ import annotations
 
 import jax
@@ -7,9 +8,16 @@ import jax.numpy as jnp
 from regionclip_jax.ops.boxes import Box2BoxTransform, pairwise_iou
 
 
-def label_anchors(key: jax.Array, anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array,
-                  *, iou_thresholds=(0.3, 0.7), batch_size_per_image: int = 256,
-                  positive_fraction: float = 0.5):
+def label_anchors(
+    key: jax.Array,
+    anchors: jax.Array,
+    gt_boxes: jax.Array,
+    gt_valid: jax.Array,
+    *,
+    iou_thresholds=(0.3, 0.7),
+    batch_size_per_image: int = 256,
+    positive_fraction: float = 0.5,
+):
   """Assign one image's anchors to GT and subsample them.
 
   anchors [A, 4], gt_boxes [G, 4], gt_valid [G] -> (labels [A] int32: 1 fg, 0 bg, -1 ignored,
@@ -35,10 +43,18 @@ def label_anchors(key: jax.Array, anchors: jax.Array, gt_boxes: jax.Array, gt_va
   return labels, matched
 
 
-def rpn_losses(objectness: jax.Array, pred_deltas: jax.Array, anchors: jax.Array,
-               gt_labels: jax.Array, matched_gt_boxes: jax.Array, *,
-               batch_size_per_image: int = 256, box_weights=(1.0, 1.0, 1.0, 1.0),
-               smooth_l1_beta: float = 0.0, loss_weight: float = 1.0) -> dict[str, jax.Array]:
+def rpn_losses(
+    objectness: jax.Array,
+    pred_deltas: jax.Array,
+    anchors: jax.Array,
+    gt_labels: jax.Array,
+    matched_gt_boxes: jax.Array,
+    *,
+    batch_size_per_image: int = 256,
+    box_weights=(1.0, 1.0, 1.0, 1.0),
+    smooth_l1_beta: float = 0.0,
+    loss_weight: float = 1.0,
+) -> dict[str, jax.Array]:
   """detectron2 RPN losses.
 
   objectness [N, A], pred_deltas [N, A, 4], anchors [A, 4], gt_labels [N, A] in {-1, 0, 1},
@@ -56,7 +72,9 @@ def rpn_losses(objectness: jax.Array, pred_deltas: jax.Array, anchors: jax.Array
   normalizer = float(batch_size_per_image * n)
   diff = jnp.abs(pred_deltas - jax.lax.stop_gradient(gt_deltas))
   if smooth_l1_beta > 0:
-    diff = jnp.where(diff < smooth_l1_beta, 0.5 * diff ** 2 / smooth_l1_beta, diff - 0.5 * smooth_l1_beta)
+    diff = jnp.where(
+        diff < smooth_l1_beta, 0.5 * diff**2 / smooth_l1_beta, diff - 0.5 * smooth_l1_beta
+    )
   loc = jnp.sum(diff.sum(-1) * pos) / normalizer
   target = (gt_labels == 1).astype(objectness.dtype)
   bce = sigmoid_bce(objectness, target)

@@ -1,4 +1,5 @@
 """RoI-head proposal labelling and sampling (detectron2 `label_and_sample_proposals`)."""
+
 from __future__ import annotations
 
 import jax
@@ -9,11 +10,20 @@ from regionclip_jax.ops.matcher import Matcher
 from regionclip_jax.ops.sampling import subsample_labels
 
 
-def label_and_sample_proposals(key: jax.Array, proposals: jax.Array, proposal_valid: jax.Array,
-                               gt_boxes: jax.Array, gt_classes: jax.Array, gt_valid: jax.Array, *,
-                               num_classes: int, batch_size_per_image: int = 512,
-                               positive_fraction: float = 0.25, iou_threshold: float = 0.5,
-                               append_gt: bool = True):
+def label_and_sample_proposals(
+    key: jax.Array,
+    proposals: jax.Array,
+    proposal_valid: jax.Array,
+    gt_boxes: jax.Array,
+    gt_classes: jax.Array,
+    gt_valid: jax.Array,
+    *,
+    num_classes: int,
+    batch_size_per_image: int = 512,
+    positive_fraction: float = 0.25,
+    iou_threshold: float = 0.5,
+    append_gt: bool = True,
+):
   """One image: append GT to the proposals, match at IoU 0.5, sample 512 with <= 25% fg.
 
   proposals [P, 4], proposal_valid [P], gt_boxes [G, 4], gt_classes [G], gt_valid [G] ->
@@ -32,8 +42,9 @@ def label_and_sample_proposals(key: jax.Array, proposals: jax.Array, proposal_va
   cls = jnp.where(match_labels == 1, gt_classes[safe], num_classes)
   cls = jnp.where(match_labels == -1, -1, cls)
   cls = jnp.where(proposal_valid, cls, -1).astype(jnp.int32)
-  idx, ok, _ = subsample_labels(key, cls, batch_size_per_image, positive_fraction, num_classes,
-                                valid=proposal_valid)
+  idx, ok, _ = subsample_labels(
+      key, cls, batch_size_per_image, positive_fraction, num_classes, valid=proposal_valid
+  )
   return {
       "boxes": jnp.where(ok[:, None], proposals[idx], 0.0),
       "gt_classes": jnp.where(ok, cls[idx], -1),

@@ -1,4 +1,5 @@
 """Static settings of the RPN, the RoI heads and inference (hashable; unpacked from configs)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +9,7 @@ from typing import Optional
 @dataclasses.dataclass(frozen=True)
 class RPNSettings:
   """detectron2 C4 RPN defaults."""
+
   iou_thresholds: tuple = (0.3, 0.7)
   batch_size_per_image: int = 256
   positive_fraction: float = 0.5
@@ -23,6 +25,7 @@ class RPNSettings:
 @dataclasses.dataclass(frozen=True)
 class RoIHeadSettings:
   """RegionCLIP COCO fine-tuning defaults (LVIS: focal_gamma None, bg_weight 0.8)."""
+
   batch_size_per_image: int = 512
   positive_fraction: float = 0.25
   iou_threshold: float = 0.5

@@ -4,6 +4,7 @@ HF splits the fused attention input projection into q/k/v and stores projections
 weights [D, W]; OpenAI fuses `in_proj_weight` [3W, W] and keeps `proj` / `text_projection` as
 [W, D] matrices. Everything else is a rename.
 """
+
 from __future__ import annotations
 
 import re
@@ -40,67 +41,75 @@ _TOP_RENAMES = {
     "logit_scale": "logit_scale",
 }
 
-_TRANSPOSED = {"text_projection.weight": "text_projection", "visual_projection.weight": "visual.proj"}
+_TRANSPOSED = {
+    "text_projection.weight": "text_projection",
+    "visual_projection.weight": "visual.proj",
+}
 
 # buffers HF may save that carry no weights
 _IGNORED = re.compile(r"(^|\.)position_ids$")
 
 
 def is_hf_clip(keys) -> bool:
-    return any(k.startswith(("text_model.", "vision_model.")) for k in keys)
+  return any(k.startswith(("text_model.", "vision_model.")) for k in keys)
 
 
 def hf_to_openai(sd: dict[str, np.ndarray], where: str = "checkpoint") -> dict[str, np.ndarray]:
-    """HF CLIPModel numpy state dict -> OpenAI-named numpy state dict.
+  """HF CLIPModel numpy state dict -> OpenAI-named numpy state dict.
 
-    Raises ValueError naming `where` and the key for a key this mapping does not know, or an
-    incomplete q/k/v triple.
-    """
-    out: dict[str, np.ndarray] = {}
-    qkv: dict[tuple[str, str], dict[str, np.ndarray]] = {}
-    for key, value in sd.items():
-        if _IGNORED.search(key):
-            continue
-        if key in _TOP_RENAMES:
-            out[_TOP_RENAMES[key]] = value
-            continue
-        if key in _TRANSPOSED:
-            out[_TRANSPOSED[key]] = np.ascontiguousarray(np.asarray(value).T)
-            continue
-        m = _LAYER.match(key)
-        if m is None:
-            raise ValueError(f"{where}: unknown HF CLIP key {key!r} (only CLIPModel with a ViT "
-                             "image tower is supported)")
-        tower, idx, rest = m.groups()
-        prefix = ("visual." if tower == "vision_model" else "") + f"transformer.resblocks.{idx}."
-        qm = re.match(r"^self_attn\.([qkv])_proj\.(weight|bias)$", rest)
-        if qm:
-            qkv.setdefault((prefix, qm.group(2)), {})[qm.group(1)] = value
-        elif rest in _BLOCK_RENAMES:
-            out[prefix + _BLOCK_RENAMES[rest]] = value
-        else:
-            raise ValueError(f"{where}: unknown HF CLIP key {key!r}")
-    for (prefix, kind), parts in qkv.items():
-        missing = [p for p in "qkv" if p not in parts]
-        if missing:
-            raise ValueError(f"{where}: missing HF keys {prefix}self_attn.{missing[0]}_proj.{kind} "
-                             "(q, k and v projections must all be present)")
-        out[f"{prefix}attn.in_proj_{kind}"] = np.concatenate(
-            [np.asarray(parts[p]) for p in "qkv"], axis=0)
-    return out
+  Raises ValueError naming `where` and the key for a key this mapping does not know, or an
+  incomplete q/k/v triple.
+  """
+  out: dict[str, np.ndarray] = {}
+  qkv: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+  for key, value in sd.items():
+    if _IGNORED.search(key):
+      continue
+    if key in _TOP_RENAMES:
+      out[_TOP_RENAMES[key]] = value
+      continue
+    if key in _TRANSPOSED:
+      out[_TRANSPOSED[key]] = np.ascontiguousarray(np.asarray(value).T)
+      continue
+    m = _LAYER.match(key)
+    if m is None:
+      raise ValueError(
+          f"{where}: unknown HF CLIP key {key!r} (only CLIPModel with a ViT "
+          "image tower is supported)"
+      )
+    tower, idx, rest = m.groups()
+    prefix = ("visual." if tower == "vision_model" else "") + f"transformer.resblocks.{idx}."
+    qm = re.match(r"^self_attn\.([qkv])_proj\.(weight|bias)$", rest)
+    if qm:
+      qkv.setdefault((prefix, qm.group(2)), {})[qm.group(1)] = value
+    elif rest in _BLOCK_RENAMES:
+      out[prefix + _BLOCK_RENAMES[rest]] = value
+    else:
+      raise ValueError(f"{where}: unknown HF CLIP key {key!r}")
+  for (prefix, kind), parts in qkv.items():
+    missing = [p for p in "qkv" if p not in parts]
+    if missing:
+      raise ValueError(
+          f"{where}: missing HF keys {prefix}self_attn.{missing[0]}_proj.{kind} "
+          "(q, k and v projections must all be present)"
+      )
+    out[f"{prefix}attn.in_proj_{kind}"] = np.concatenate(
+        [np.asarray(parts[p]) for p in "qkv"], axis=0
+    )
+  return out
 
 
 def hints_from_hf_config(cfg: dict) -> dict:
-    """Architecture facts that shapes cannot tell, from an HF `config.json` (CLIPConfig dict)."""
-    text = cfg.get("text_config") or {}
-    vision = cfg.get("vision_config") or {}
-    hints = {}
-    if "num_attention_heads" in text:
-        hints["text_heads"] = int(text["num_attention_heads"])
-    if "num_attention_heads" in vision:
-        hints["vision_heads"] = int(vision["num_attention_heads"])
-    acts = {text.get("hidden_act", "quick_gelu"), vision.get("hidden_act", "quick_gelu")}
-    hints["activation"] = acts.pop() if len(acts) == 1 else sorted(acts)
-    eps = {float(text.get("layer_norm_eps", 1e-5)), float(vision.get("layer_norm_eps", 1e-5))}
-    hints["layer_norm_eps"] = eps.pop() if len(eps) == 1 else sorted(eps)
-    return hints
+  """Architecture facts that shapes cannot tell, from an HF `config.json` (CLIPConfig dict)."""
+  text = cfg.get("text_config") or {}
+  vision = cfg.get("vision_config") or {}
+  hints = {}
+  if "num_attention_heads" in text:
+    hints["text_heads"] = int(text["num_attention_heads"])
+  if "num_attention_heads" in vision:
+    hints["vision_heads"] = int(vision["num_attention_heads"])
+  acts = {text.get("hidden_act", "quick_gelu"), vision.get("hidden_act", "quick_gelu")}
+  hints["activation"] = acts.pop() if len(acts) == 1 else sorted(acts)
+  eps = {float(text.get("layer_norm_eps", 1e-5)), float(vision.get("layer_norm_eps", 1e-5))}
+  hints["layer_norm_eps"] = eps.pop() if len(eps) == 1 else sorted(eps)
+  return hints

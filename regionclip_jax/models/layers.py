@@ -4,6 +4,7 @@ Parameter names mirror OpenAI's `model.py` so that state dicts convert by renami
 (see `convert_openai.py`). `dtype` is the compute dtype; parameters are always `param_dtype`
 (float32 by default), so bf16 compute keeps fp32 master weights.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,203 +21,232 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 class FrozenBatchNorm(nn.Module):
-    """BatchNorm with fixed statistics and affine, y = (x - mean) / sqrt(var + eps) * scale + bias.
+  """BatchNorm with fixed statistics and affine, y = (x - mean) / sqrt(var + eps) * scale + bias.
 
-    All four arrays live in `params` (one tree for users, converters and checkpoints) and pass
-    through `stop_gradient`, so they never train even if an optimiser forgets to mask them.
-    x: [..., C] -> [..., C].
-    """
+  All four arrays live in `params` (one tree for users, converters and checkpoints) and pass
+  through `stop_gradient`, so they never train even if an optimiser forgets to mask them.
+  x: [..., C] -> [..., C].
+  """
 
-    eps: float = 1e-5
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+  eps: float = 1e-5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x):
-        c = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
-        mean = self.param("mean", nn.initializers.zeros, (c,), self.param_dtype)
-        var = self.param("var", nn.initializers.ones, (c,), self.param_dtype)
-        scale, bias, mean, var = jax.lax.stop_gradient((scale, bias, mean, var))
-        # Folding into one multiply-add in fp32 keeps bf16 compute from losing the small eps.
-        mult = scale.astype(jnp.float32) * jax.lax.rsqrt(var.astype(jnp.float32) + self.eps)
-        shift = bias.astype(jnp.float32) - mean.astype(jnp.float32) * mult
-        return x * mult.astype(self.dtype) + shift.astype(self.dtype)
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+    mean = self.param("mean", nn.initializers.zeros, (c,), self.param_dtype)
+    var = self.param("var", nn.initializers.ones, (c,), self.param_dtype)
+    scale, bias, mean, var = jax.lax.stop_gradient((scale, bias, mean, var))
+    # Folding into one multiply-add in fp32 keeps bf16 compute from losing the small eps.
+    mult = scale.astype(jnp.float32) * jax.lax.rsqrt(var.astype(jnp.float32) + self.eps)
+    shift = bias.astype(jnp.float32) - mean.astype(jnp.float32) * mult
+    return x * mult.astype(self.dtype) + shift.astype(self.dtype)
 
 
 class Conv1x1(nn.Module):
-    """1x1 convolution (no bias) written as a matmul; kernel [1, 1, Cin, Cout] exactly as `nn.Conv`.
+  """1x1 convolution (no bias) written as a matmul; kernel [1, 1, Cin, Cout] exactly as `nn.Conv`.
 
-    On CPU XLA's convolution backward (kernel gradient) is far slower than a dot: this makes the
-    RN50 res4 trunk forward + backward ~30% faster (BENCHMARKS.md).
-    x: [..., Cin] -> [..., Cout].
-    """
+  On CPU XLA's convolution backward (kernel gradient) is far slower than a dot: this makes the
+  RN50 res4 trunk forward + backward ~30% faster (BENCHMARKS.md).
+  x: [..., Cin] -> [..., Cout].
+  """
 
-    features: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    kernel_init: Any = conv_init
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Any = conv_init
 
-    @nn.compact
-    def __call__(self, x):
-        kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype)
-        return jnp.einsum("...c,cd->...d", x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param(
+        "kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype
+    )
+    return jnp.einsum("...c,cd->...d", x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm computed in float32 whatever the input dtype (as OpenAI's fp16 subclass); eps 1e-5."""
+  """LayerNorm computed in float32 whatever the input dtype (as OpenAI's fp16 subclass); eps 1e-5."""
 
-    eps: float = 1e-5
-    param_dtype: Dtype = jnp.float32
+  eps: float = 1e-5
+  param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x):
-        c = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
-        x32 = x.astype(jnp.float32)
-        mean = jnp.mean(x32, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-        y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
-        return y.astype(x.dtype)
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    return y.astype(x.dtype)
 
 
 def quick_gelu(x):
-    return x * jax.nn.sigmoid(1.702 * x)
+  return x * jax.nn.sigmoid(1.702 * x)
 
 
 def attention(q, k, v, num_heads: int, mask=None):
-    """Scaled dot-product attention, softmax in float32.
+  """Scaled dot-product attention, softmax in float32.
 
-    q: [B, Lq, W], k / v: [B, Lk, W], mask: additive-free boolean [Lq, Lk] (True = attend)
-    -> [B, Lq, W].
-    """
-    b, lq, w = q.shape
-    lk = k.shape[1]
-    if w % num_heads:
-        raise ValueError(f"attention: width {w} is not divisible by num_heads {num_heads}")
-    hd = w // num_heads
-    q = q.reshape(b, lq, num_heads, hd)
-    k = k.reshape(b, lk, num_heads, hd)
-    v = v.reshape(b, lk, num_heads, hd)
-    # Scaling q before the product matches torch's multi_head_attention_forward ordering.
-    q = q * jnp.asarray(hd ** -0.5, q.dtype)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    if mask is not None:
-        logits = jnp.where(mask[None, None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    return out.reshape(b, lq, w)
+  q: [B, Lq, W], k / v: [B, Lk, W], mask: additive-free boolean [Lq, Lk] (True = attend)
+  -> [B, Lq, W].
+  """
+  b, lq, w = q.shape
+  lk = k.shape[1]
+  if w % num_heads:
+    raise ValueError(f"attention: width {w} is not divisible by num_heads {num_heads}")
+  hd = w // num_heads
+  q = q.reshape(b, lq, num_heads, hd)
+  k = k.reshape(b, lk, num_heads, hd)
+  v = v.reshape(b, lk, num_heads, hd)
+  # Scaling q before the product matches torch's multi_head_attention_forward ordering.
+  q = q * jnp.asarray(hd**-0.5, q.dtype)
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask[None, None], logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+  return out.reshape(b, lq, w)
 
 
 class MultiheadAttention(nn.Module):
-    """Self-attention with OpenAI's fused input projection (`in_proj` [W, 3W]) and `out_proj`."""
+  """Self-attention with OpenAI's fused input projection (`in_proj` [W, 3W]) and `out_proj`."""
 
-    num_heads: int
-    proj_std: float = 0.02
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+  num_heads: int
+  proj_std: float = 0.02
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x, mask=None):
-        w = x.shape[-1]
-        qkv = nn.Dense(3 * w, dtype=self.dtype, param_dtype=self.param_dtype,
-                       kernel_init=nn.initializers.normal(w ** -0.5), name="in_proj")(x)
-        q, k, v = jnp.split(qkv, 3, axis=-1)
-        out = attention(q, k, v, self.num_heads, mask)
-        return nn.Dense(w, dtype=self.dtype, param_dtype=self.param_dtype,
-                        kernel_init=nn.initializers.normal(self.proj_std), name="out_proj")(out)
+  @nn.compact
+  def __call__(self, x, mask=None):
+    w = x.shape[-1]
+    qkv = nn.Dense(
+        3 * w,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.normal(w**-0.5),
+        name="in_proj",
+    )(x)
+    q, k, v = jnp.split(qkv, 3, axis=-1)
+    out = attention(q, k, v, self.num_heads, mask)
+    return nn.Dense(
+        w,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.normal(self.proj_std),
+        name="out_proj",
+    )(out)
 
 
 class MLP(nn.Module):
-    """c_fc (4W) -> QuickGELU -> c_proj."""
+  """c_fc (4W) -> QuickGELU -> c_proj."""
 
-    proj_std: float = 0.02
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+  proj_std: float = 0.02
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x):
-        w = x.shape[-1]
-        h = nn.Dense(4 * w, dtype=self.dtype, param_dtype=self.param_dtype,
-                     kernel_init=nn.initializers.normal((2 * w) ** -0.5), name="c_fc")(x)
-        h = quick_gelu(h)
-        return nn.Dense(w, dtype=self.dtype, param_dtype=self.param_dtype,
-                        kernel_init=nn.initializers.normal(self.proj_std), name="c_proj")(h)
+  @nn.compact
+  def __call__(self, x):
+    w = x.shape[-1]
+    h = nn.Dense(
+        4 * w,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.normal((2 * w) ** -0.5),
+        name="c_fc",
+    )(x)
+    h = quick_gelu(h)
+    return nn.Dense(
+        w,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.normal(self.proj_std),
+        name="c_proj",
+    )(h)
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-LN transformer block: x + attn(ln_1(x)); x + mlp(ln_2(x)).  x: [B, L, W]."""
+  """Pre-LN transformer block: x + attn(ln_1(x)); x + mlp(ln_2(x)).  x: [B, L, W]."""
 
-    num_heads: int
-    proj_std: float = 0.02
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+  num_heads: int
+  proj_std: float = 0.02
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x, mask=None):
-        kw = {"proj_std": self.proj_std, "dtype": self.dtype, "param_dtype": self.param_dtype}
-        h = LayerNorm(param_dtype=self.param_dtype, name="ln_1")(x)
-        x = x + MultiheadAttention(self.num_heads, name="attn", **kw)(h, mask)
-        h = LayerNorm(param_dtype=self.param_dtype, name="ln_2")(x)
-        return x + MLP(name="mlp", **kw)(h)
+  @nn.compact
+  def __call__(self, x, mask=None):
+    kw = {"proj_std": self.proj_std, "dtype": self.dtype, "param_dtype": self.param_dtype}
+    h = LayerNorm(param_dtype=self.param_dtype, name="ln_1")(x)
+    x = x + MultiheadAttention(self.num_heads, name="attn", **kw)(h, mask)
+    h = LayerNorm(param_dtype=self.param_dtype, name="ln_2")(x)
+    return x + MLP(name="mlp", **kw)(h)
 
 
 class _ResBlocks(nn.Module):
-    """Container so the param paths read `resblocks/<i>/...` like OpenAI's `resblocks.<i>.`."""
+  """Container so the param paths read `resblocks/<i>/...` like OpenAI's `resblocks.<i>.`."""
 
-    layers: int
-    num_heads: int
-    remat: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+  layers: int
+  num_heads: int
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x, mask=None):
-        block_cls = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
-        # OpenAI's init: residual output projections scaled down with depth.
-        proj_std = x.shape[-1] ** -0.5 * (2 * self.layers) ** -0.5
-        for i in range(self.layers):
-            x = block_cls(self.num_heads, proj_std, dtype=self.dtype, param_dtype=self.param_dtype,
-                          name=str(i))(x, mask)
-        return x
+  @nn.compact
+  def __call__(self, x, mask=None):
+    block_cls = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
+    # OpenAI's init: residual output projections scaled down with depth.
+    proj_std = x.shape[-1] ** -0.5 * (2 * self.layers) ** -0.5
+    for i in range(self.layers):
+      x = block_cls(
+          self.num_heads, proj_std, dtype=self.dtype, param_dtype=self.param_dtype, name=str(i)
+      )(x, mask)
+    return x
 
 
 class Transformer(nn.Module):
-    """Stack of `layers` residual attention blocks.  x: [B, L, W] -> [B, L, W].
+  """Stack of `layers` residual attention blocks.  x: [B, L, W] -> [B, L, W].
 
-    `mask`: optional boolean [L, L] (True = may attend), e.g. causal for the text tower.
-    `remat`: rematerialise each block in the backward pass (memory for compute).
-    """
+  `mask`: optional boolean [L, L] (True = may attend), e.g. causal for the text tower.
+  `remat`: rematerialise each block in the backward pass (memory for compute).
+  """
 
-    layers: int
-    num_heads: int
-    remat: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+  layers: int
+  num_heads: int
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x, mask=None):
-        return _ResBlocks(self.layers, self.num_heads, self.remat, dtype=self.dtype,
-                          param_dtype=self.param_dtype, name="resblocks")(x.astype(self.dtype), mask)
+  @nn.compact
+  def __call__(self, x, mask=None):
+    return _ResBlocks(
+        self.layers,
+        self.num_heads,
+        self.remat,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name="resblocks",
+    )(x.astype(self.dtype), mask)
 
 
 def interpolate_pos_grid(pos, grid_hw: tuple[int, int]):
-    """Bicubically resize a square positional-embedding grid.
+  """Bicubically resize a square positional-embedding grid.
 
-    pos: [s*s, C] -> [gh*gw, C]. Uses `jax.image.resize(method="bicubic")` (Keys a=-0.5, half-pixel
-    centres, no antialiasing), which differs slightly from torch's bicubic (a=-0.75). Only called when the feature
-    grid differs from the native one; the official RegionCLIP path never interpolates.
-    """
-    s = round(pos.shape[0] ** 0.5)
-    if s * s != pos.shape[0]:
-        raise ValueError(f"interpolate_pos_grid: {pos.shape[0]} positions are not a square grid")
-    gh, gw = grid_hw
-    if (gh, gw) == (s, s):
-        return pos
-    grid = pos.reshape(s, s, pos.shape[-1]).astype(jnp.float32)
-    # antialias off: a plain cubic resample, as torch's F.interpolate(mode="bicubic") does.
-    grid = jax.image.resize(grid, (gh, gw, pos.shape[-1]), method="bicubic", antialias=False)
-    return grid.reshape(gh * gw, pos.shape[-1]).astype(pos.dtype)
+  pos: [s*s, C] -> [gh*gw, C]. Uses `jax.image.resize(method="bicubic")` (Keys a=-0.5, half-pixel
+  centres, no antialiasing), which differs slightly from torch's bicubic (a=-0.75). Only called when the feature
+  grid differs from the native one; the official RegionCLIP path never interpolates.
+  """
+  s = round(pos.shape[0] ** 0.5)
+  if s * s != pos.shape[0]:
+    raise ValueError(f"interpolate_pos_grid: {pos.shape[0]} positions are not a square grid")
+  gh, gw = grid_hw
+  if (gh, gw) == (s, s):
+    return pos
+  grid = pos.reshape(s, s, pos.shape[-1]).astype(jnp.float32)
+  # antialias off: a plain cubic resample, as torch's F.interpolate(mode="bicubic") does.
+  grid = jax.image.resize(grid, (gh, gw, pos.shape[-1]), method="bicubic", antialias=False)
+  return grid.reshape(gh * gw, pos.shape[-1]).astype(pos.dtype)

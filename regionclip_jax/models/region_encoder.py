@@ -11,6 +11,7 @@ No transformer layer runs per region, so a region costs one RoIAlign and one pro
 region is a linear readout of dense tokens that attended to the whole image (the readout of
 dense-CLIP detectors). A box covering exactly one patch returns that patch token's projection.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -25,9 +26,16 @@ PyTree = Any
 
 
 def _check(images, boxes):
-  if images.ndim != 4 or boxes.ndim != 3 or boxes.shape[-1] != 4 or boxes.shape[0] != images.shape[0]:
-    raise ValueError(f"models/region_encoder.py: need images [N, H, W, 3] and boxes [N, R, 4]; "
-                     f"got {tuple(images.shape)} and {tuple(boxes.shape)}")
+  if (
+      images.ndim != 4
+      or boxes.ndim != 3
+      or boxes.shape[-1] != 4
+      or boxes.shape[0] != images.shape[0]
+  ):
+    raise ValueError(
+        f"models/region_encoder.py: need images [N, H, W, 3] and boxes [N, R, 4]; "
+        f"got {tuple(images.shape)} and {tuple(boxes.shape)}"
+    )
 
 
 def default_pooler_resolution(module: CLIP) -> int:
@@ -42,10 +50,18 @@ def global_boxes(images: jax.Array) -> jax.Array:
   return jnp.broadcast_to(jnp.asarray([0.0, 0.0, w, h], jnp.float32), (n, 1, 4))
 
 
-def region_features(module: CLIP, params: PyTree, images: jax.Array, boxes: jax.Array, *,
-                    pooler_resolution: int | None = None, sampling_ratio: int = 0,
-                    aligned: bool = True, chunk_size: int = 64,
-                    roi_method: str = "separable") -> jax.Array:
+def region_features(
+    module: CLIP,
+    params: PyTree,
+    images: jax.Array,
+    boxes: jax.Array,
+    *,
+    pooler_resolution: int | None = None,
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+    chunk_size: int = 64,
+    roi_method: str = "separable",
+) -> jax.Array:
   """images [N, H, W, 3] CLIP-normalised, boxes [N, R, 4] x1y1x2y2 image px -> [N, R, D].
 
   `params`: the CLIP param tree (no 'params' wrapper). For ViTs `pooler_resolution` is the
@@ -58,14 +74,16 @@ def region_features(module: CLIP, params: PyTree, images: jax.Array, boxes: jax.
   if module.config.is_resnet:
     res4 = module.apply(variables, images, method=CLIP.image_res4)
     scale = res4.shape[1] / images.shape[1]
-    rois = roi_align(res4, boxes, s, scale, sampling_ratio, aligned, chunk_size=chunk_size,
-                     method=roi_method)
+    rois = roi_align(
+        res4, boxes, s, scale, sampling_ratio, aligned, chunk_size=chunk_size, method=roi_method
+    )
     flat = rois.reshape((n * r,) + rois.shape[2:])
     emb = module.apply(variables, flat, method=CLIP.image_region_head)
     return emb.reshape(n, r, -1)
   _, grid = module.apply(variables, images, method=CLIP.image_tokens)
   scale = 1.0 / module.config.vision.patch_size
-  rois = roi_align(grid, boxes, s, scale, sampling_ratio, aligned, chunk_size=chunk_size,
-                   method=roi_method)
+  rois = roi_align(
+      grid, boxes, s, scale, sampling_ratio, aligned, chunk_size=chunk_size, method=roi_method
+  )
   pooled = jnp.mean(rois.astype(jnp.float32), axis=(2, 3)).astype(grid.dtype)
   return module.apply(variables, pooled, method=CLIP.image_project)

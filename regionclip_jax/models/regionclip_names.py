@@ -12,6 +12,7 @@ detectron2's checkpointer as `{"model": state_dict, ...}`:
 - anything else (`offline_backbone.*`, `offline_proposal_generator.*`, `roi_heads.*`,
   `image_projection`) belongs to the detector, not to CLIP, and is ignored.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,36 +26,41 @@ DEFAULT_LOGIT_SCALE = math.log(100.0)
 
 
 def is_regionclip(keys) -> bool:
-    return any(k.startswith(("backbone.", "teacher_backbone.", "lang_encoder.")) for k in keys)
+  return any(k.startswith(("backbone.", "teacher_backbone.", "lang_encoder.")) for k in keys)
 
 
 def has_text_tower(keys) -> bool:
-    return any(k.startswith(TEXT_PREFIX) for k in keys)
+  return any(k.startswith(TEXT_PREFIX) for k in keys)
 
 
-def regionclip_to_openai(sd: dict[str, np.ndarray], part: str = "student",
-                         where: str = "checkpoint") -> dict[str, np.ndarray]:
-    """detectron2-named numpy state dict -> OpenAI-named one (image tower from `part`).
+def regionclip_to_openai(
+    sd: dict[str, np.ndarray], part: str = "student", where: str = "checkpoint"
+) -> dict[str, np.ndarray]:
+  """detectron2-named numpy state dict -> OpenAI-named one (image tower from `part`).
 
-    The text tower is taken from `lang_encoder.*` when present; callers that need one and do not
-    find it (a fine-tuned detector) must supply it from another checkpoint.
-    """
-    if part not in PARTS:
-        raise ValueError(f"{where}: part must be one of {sorted(PARTS)}, got {part!r}")
-    vis = PARTS[part]
-    out: dict[str, np.ndarray] = {}
-    for key, value in sd.items():
-        if key.startswith(vis):
-            out["visual." + key[len(vis):]] = value
-        elif key.startswith(TEXT_PREFIX):
-            out[key[len(TEXT_PREFIX):]] = value
-    if not any(k.startswith("visual.") for k in out):
-        present = sorted({k.split(".", 1)[0] + "." for k in sd})
-        raise ValueError(f"{where}: no {vis}* keys for part={part!r} (top-level prefixes: "
-                         f"{', '.join(present[:8])})")
-    if "visual.attnpool.c_proj.weight" not in out and "visual.layer1.0.conv1.weight" in out:
-        raise ValueError(f"{where}: {vis}attnpool.* is missing (a detector trained with mean "
-                         "pooling has no CLIP image head)")
-    if any(k.startswith("visual.") for k in out) and "logit_scale" not in out:
-        out["logit_scale"] = np.asarray(DEFAULT_LOGIT_SCALE, np.float32)
-    return out
+  The text tower is taken from `lang_encoder.*` when present; callers that need one and do not
+  find it (a fine-tuned detector) must supply it from another checkpoint.
+  """
+  if part not in PARTS:
+    raise ValueError(f"{where}: part must be one of {sorted(PARTS)}, got {part!r}")
+  vis = PARTS[part]
+  out: dict[str, np.ndarray] = {}
+  for key, value in sd.items():
+    if key.startswith(vis):
+      out["visual." + key[len(vis) :]] = value
+    elif key.startswith(TEXT_PREFIX):
+      out[key[len(TEXT_PREFIX) :]] = value
+  if not any(k.startswith("visual.") for k in out):
+    present = sorted({k.split(".", 1)[0] + "." for k in sd})
+    raise ValueError(
+        f"{where}: no {vis}* keys for part={part!r} (top-level prefixes: "
+        f"{', '.join(present[:8])})"
+    )
+  if "visual.attnpool.c_proj.weight" not in out and "visual.layer1.0.conv1.weight" in out:
+    raise ValueError(
+        f"{where}: {vis}attnpool.* is missing (a detector trained with mean "
+        "pooling has no CLIP image head)"
+    )
+  if any(k.startswith("visual.") for k in out) and "logit_scale" not in out:
+    out["logit_scale"] = np.asarray(DEFAULT_LOGIT_SCALE, np.float32)
+  return out

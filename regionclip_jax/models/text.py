@@ -5,32 +5,34 @@ The modules live at the top level of `CLIP` (OpenAI naming: `token_embedding`,
 `positional_embedding`, `transformer`, `ln_final`, `text_projection`), so this file holds the
 forward as a plain function over them.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
 
 
 def causal_mask(length: int):
-    """[L, L] bool, True where position i may attend to j (j <= i)."""
-    return jnp.tril(jnp.ones((length, length), dtype=bool))
+  """[L, L] bool, True where position i may attend to j (j <= i)."""
+  return jnp.tril(jnp.ones((length, length), dtype=bool))
 
 
 def eot_positions(tokens):
-    """tokens: [B, L] int -> [B] index of the EOT token.
+  """tokens: [B, L] int -> [B] index of the EOT token.
 
-    EOT (49407) is the largest id, so argmax finds it whatever the pad id: with OpenAI's pad 0 and
-    with HF's pad = EOT alike (argmax returns the first occurrence).
-    """
-    return jnp.argmax(tokens, axis=-1)
+  EOT (49407) is the largest id, so argmax finds it whatever the pad id: with OpenAI's pad 0 and
+  with HF's pad = EOT alike (argmax returns the first occurrence).
+  """
+  return jnp.argmax(tokens, axis=-1)
 
 
-def encode_text(tokens, *, token_embedding, positional_embedding, transformer, ln_final,
-                text_projection, dtype):
-    """tokens: [B, L] int (L <= context length) -> [B, D] unnormalised text embeddings."""
-    length = tokens.shape[-1]
-    x = token_embedding(tokens).astype(dtype)
-    x = x + positional_embedding[:length].astype(dtype)[None]
-    x = transformer(x, causal_mask(length))
-    x = ln_final(x)
-    pooled = jnp.take_along_axis(x, eot_positions(tokens)[:, None, None], axis=1)[:, 0]
-    return pooled @ text_projection.astype(dtype)
+def encode_text(
+    tokens, *, token_embedding, positional_embedding, transformer, ln_final, text_projection, dtype
+):
+  """tokens: [B, L] int (L <= context length) -> [B, D] unnormalised text embeddings."""
+  length = tokens.shape[-1]
+  x = token_embedding(tokens).astype(dtype)
+  x = x + positional_embedding[:length].astype(dtype)[None]
+  x = transformer(x, causal_mask(length))
+  x = ln_final(x)
+  pooled = jnp.take_along_axis(x, eot_positions(tokens)[:, None, None], axis=1)[:, 0]
+  return pooled @ text_projection.astype(dtype)

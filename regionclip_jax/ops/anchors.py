@@ -3,6 +3,7 @@
 Anchors depend only on static feature shapes, so they are built with numpy at trace time and
 enter jitted code as constants.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,9 @@ def generate_cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]
   return np.asarray(out, np.float32)
 
 
-def grid_anchors(cell_anchors: np.ndarray, feature_hw: tuple[int, int], stride: float,
-                 offset: float = 0.0) -> np.ndarray:
+def grid_anchors(
+    cell_anchors: np.ndarray, feature_hw: tuple[int, int], stride: float, offset: float = 0.0
+) -> np.ndarray:
   """Shift cell anchors over a feature grid -> [H * W * A, 4], ordered (y, x, anchor) like the
   flattened NHWC RPN head outputs."""
   h, w = int(feature_hw[0]), int(feature_hw[1])
@@ -46,6 +48,7 @@ class DefaultAnchorGenerator:
   """Per-level anchors. Defaults are detectron2's C4 RPN: one level at stride 16, sizes
   32..512, aspect ratios 0.5 / 1 / 2 (15 anchors per location). A single inner tuple of sizes or
   ratios is broadcast to every level."""
+
   sizes: Sequence[Sequence[float]] = ((32, 64, 128, 256, 512),)
   aspect_ratios: Sequence[Sequence[float]] = ((0.5, 1.0, 2.0),)
   strides: Sequence[float] = (16,)
@@ -61,8 +64,13 @@ class DefaultAnchorGenerator:
 
   @property
   def cell_anchors(self) -> list[np.ndarray]:
-    return [generate_cell_anchors(s, a) for s, a in zip(
-        self._per_level(self.sizes, "sizes"), self._per_level(self.aspect_ratios, "aspect_ratios"))]
+    return [
+        generate_cell_anchors(s, a)
+        for s, a in zip(
+            self._per_level(self.sizes, "sizes"),
+            self._per_level(self.aspect_ratios, "aspect_ratios"),
+        )
+    ]
 
   @property
   def num_anchors(self) -> list[int]:
@@ -73,6 +81,9 @@ class DefaultAnchorGenerator:
     """feature_shapes: (H, W) per level -> list of [H * W * A, 4] float32 image-pixel anchors."""
     if len(feature_shapes) != len(self.strides):
       raise ValueError(
-          f"anchors.py: got {len(feature_shapes)} feature levels, generator has {len(self.strides)}")
-    return [grid_anchors(c, hw, s, self.offset)
-            for c, hw, s in zip(self.cell_anchors, feature_shapes, self.strides)]
+          f"anchors.py: got {len(feature_shapes)} feature levels, generator has {len(self.strides)}"
+      )
+    return [
+        grid_anchors(c, hw, s, self.offset)
+        for c, hw, s in zip(self.cell_anchors, feature_shapes, self.strides)
+    ]

@@ -3,6 +3,7 @@
 All functions take padded arrays; none branches on data. Boxes are `[..., 4]` (x1, y1, x2, y2)
 in pixels.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,11 +35,13 @@ def pairwise_iou(a, b):
   _check_boxes(a, "a")
   _check_boxes(b, "b")
   if a.ndim != 2 or b.ndim != 2:
-    raise ValueError(f"ops/boxes.py: pairwise_iou wants a [N, 4] and b [M, 4], got "
-                     f"{tuple(a.shape)} and {tuple(b.shape)}; vmap for batches")
+    raise ValueError(
+        f"ops/boxes.py: pairwise_iou wants a [N, 4] and b [M, 4], got "
+        f"{tuple(a.shape)} and {tuple(b.shape)}; vmap for batches"
+    )
   area_a = box_area(a)
   area_b = box_area(b)
-  wh = (jnp.minimum(a[:, None, 2:], b[None, :, 2:]) - jnp.maximum(a[:, None, :2], b[None, :, :2]))
+  wh = jnp.minimum(a[:, None, 2:], b[None, :, 2:]) - jnp.maximum(a[:, None, :2], b[None, :, :2])
   wh = jnp.maximum(wh, 0.0)
   inter = wh[..., 0] * wh[..., 1]
   union = area_a[:, None] + area_b[None, :] - inter
@@ -70,8 +73,11 @@ class Box2BoxTransform:
   clamps dw, dh at `scale_clamp` before exponentiating.
   """
 
-  def __init__(self, weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
-               scale_clamp: float = math.log(1000.0 / 16)):
+  def __init__(
+      self,
+      weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+      scale_clamp: float = math.log(1000.0 / 16),
+  ):
     if len(weights) != 4:
       raise ValueError(f"ops/boxes.py: Box2BoxTransform weights must be 4 numbers, got {weights}")
     self.weights = tuple(float(w) for w in weights)
@@ -92,8 +98,10 @@ class Box2BoxTransform:
     th = tgt[..., 3] - tgt[..., 1]
     tx = tgt[..., 0] + 0.5 * tw
     ty = tgt[..., 1] + 0.5 * th
-    return jnp.stack([wx * (tx - sx) / sw, wy * (ty - sy) / sh,
-                      ww * jnp.log(tw / sw), wh * jnp.log(th / sh)], axis=-1)
+    return jnp.stack(
+        [wx * (tx - sx) / sw, wy * (ty - sy) / sh, ww * jnp.log(tw / sw), wh * jnp.log(th / sh)],
+        axis=-1,
+    )
 
   def apply_deltas(self, deltas, boxes):
     """`deltas` [..., 4k] (k boxes per row, e.g. class-specific) and `boxes` [..., 4] -> [..., 4k]."""
@@ -101,7 +109,9 @@ class Box2BoxTransform:
     boxes = jnp.asarray(boxes)
     _check_boxes(boxes, "boxes")
     if deltas.shape[-1] % 4:
-      raise ValueError(f"ops/boxes.py: deltas last dim must be a multiple of 4, got {tuple(deltas.shape)}")
+      raise ValueError(
+          f"ops/boxes.py: deltas last dim must be a multiple of 4, got {tuple(deltas.shape)}"
+      )
     dtype = jnp.promote_types(deltas.dtype, jnp.float32)
     d = deltas.astype(dtype).reshape(deltas.shape[:-1] + (-1, 4))
     boxes = boxes.astype(dtype)[..., None, :]

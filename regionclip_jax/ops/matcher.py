@@ -1,4 +1,5 @@
 """detectron2's IoU `Matcher` on padded ground truth (static shapes, jit / vmap-able)."""
+
 from __future__ import annotations
 
 import math
@@ -18,14 +19,20 @@ class Matcher:
   overlapping nothing makes every zero-IoU prediction positive).
   """
 
-  def __init__(self, thresholds: Sequence[float], labels: Sequence[int],
-               allow_low_quality_matches: bool = False):
+  def __init__(
+      self,
+      thresholds: Sequence[float],
+      labels: Sequence[int],
+      allow_low_quality_matches: bool = False,
+  ):
     thresholds = [float(t) for t in thresholds]
     if any(a > b for a, b in zip(thresholds[:-1], thresholds[1:])):
       raise ValueError(f"ops/matcher.py: thresholds must be increasing, got {thresholds}")
     if len(labels) != len(thresholds) + 1:
-      raise ValueError(f"ops/matcher.py: need len(labels) == len(thresholds) + 1, got "
-                       f"{len(labels)} labels for {len(thresholds)} thresholds")
+      raise ValueError(
+          f"ops/matcher.py: need len(labels) == len(thresholds) + 1, got "
+          f"{len(labels)} labels for {len(thresholds)} thresholds"
+      )
     if any(l not in (-1, 0, 1) for l in labels):
       raise ValueError(f"ops/matcher.py: labels must be in {{-1, 0, 1}}, got {list(labels)}")
     self.thresholds = [-math.inf] + thresholds + [math.inf]
@@ -48,7 +55,9 @@ class Matcher:
       gt_valid = jnp.ones((num_gt,), bool)
     gt_valid = jnp.asarray(gt_valid, bool)
     if gt_valid.shape != (num_gt,):
-      raise ValueError(f"ops/matcher.py: gt_valid must be [G] = ({num_gt},), got {tuple(gt_valid.shape)}")
+      raise ValueError(
+          f"ops/matcher.py: gt_valid must be [G] = ({num_gt},), got {tuple(gt_valid.shape)}"
+      )
     q = jnp.where(gt_valid[:, None], iou, -jnp.inf)
     matched_vals = jnp.max(q, axis=0)
     matches = jnp.argmax(q, axis=0).astype(jnp.int32)  # first maximum, like torch.max(dim=0)

@@ -9,6 +9,7 @@ Boxes are [N, 4] x1y1x2y2. Entries with `valid` False, a NaN / inf score or a no
 coordinate never appear in the output and suppress nothing. N == 0 gives all-invalid outputs.
 Use `jax.vmap` for batches.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -21,12 +22,16 @@ def _prepare(boxes, scores, valid, name: str):
   if boxes.ndim != 2 or boxes.shape[-1] != 4:
     raise ValueError(f"ops/nms.py: {name} boxes must be [N, 4], got {tuple(boxes.shape)}")
   if scores.shape != boxes.shape[:1]:
-    raise ValueError(f"ops/nms.py: {name} scores must be [N] = {boxes.shape[:1]}, got {tuple(scores.shape)}")
+    raise ValueError(
+        f"ops/nms.py: {name} scores must be [N] = {boxes.shape[:1]}, got {tuple(scores.shape)}"
+    )
   ok = jnp.isfinite(scores) & jnp.all(jnp.isfinite(boxes), axis=-1)
   if valid is not None:
     valid = jnp.asarray(valid)
     if valid.shape != scores.shape:
-      raise ValueError(f"ops/nms.py: {name} valid must be [N] = {scores.shape}, got {tuple(valid.shape)}")
+      raise ValueError(
+          f"ops/nms.py: {name} valid must be [N] = {scores.shape}, got {tuple(valid.shape)}"
+      )
     ok = ok & valid.astype(bool)
   dtype = jnp.promote_types(boxes.dtype, jnp.float32)
   return jnp.where(ok[:, None], boxes, 0).astype(dtype), jnp.where(ok, scores, 0), ok
@@ -87,15 +92,25 @@ def batched_nms(boxes, scores, classes, iou_threshold: float, max_output: int, v
   boxes, scores, ok = _prepare(boxes, scores, valid, "batched_nms")
   classes = jnp.asarray(classes)
   if classes.shape != scores.shape:
-    raise ValueError(f"ops/nms.py: batched_nms classes must be [N] = {scores.shape}, got "
-                     f"{tuple(classes.shape)}")
+    raise ValueError(
+        f"ops/nms.py: batched_nms classes must be [N] = {scores.shape}, got "
+        f"{tuple(classes.shape)}"
+    )
   if boxes.shape[0] == 0:
     return jnp.zeros((max_output,), jnp.int32), jnp.zeros((max_output,), bool)
   return _greedy(boxes, scores, ok, classes, iou_threshold, max_output)
 
 
-def soft_nms(boxes, scores, sigma: float = 0.5, score_threshold: float = 0.001,
-             max_output: int = 100, valid=None, *, classes=None):
+def soft_nms(
+    boxes,
+    scores,
+    sigma: float = 0.5,
+    score_threshold: float = 0.001,
+    max_output: int = 100,
+    valid=None,
+    *,
+    classes=None,
+):
   """Gaussian soft-NMS (detectron2 / RegionCLIP `_soft_nms`, method "gaussian").
 
   Repeatedly takes the alive box with the highest current score, records it with that score,
@@ -110,8 +125,10 @@ def soft_nms(boxes, scores, sigma: float = 0.5, score_threshold: float = 0.001,
   if classes is not None:
     classes = jnp.asarray(classes)
     if classes.shape != scores.shape:
-      raise ValueError(f"ops/nms.py: soft_nms classes must be [N] = {scores.shape}, got "
-                       f"{tuple(classes.shape)}")
+      raise ValueError(
+          f"ops/nms.py: soft_nms classes must be [N] = {scores.shape}, got "
+          f"{tuple(classes.shape)}"
+      )
   dtype = jnp.promote_types(scores.dtype, jnp.float32)
   idx = jnp.zeros((max_output,), jnp.int32)
   out_s = jnp.zeros((max_output,), dtype)

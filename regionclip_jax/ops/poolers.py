@@ -1,4 +1,5 @@
 """Multi-level RoI pooling for FPN features (detectron2 `ROIPooler`, ROIAlignV2 type)."""
+
 from __future__ import annotations
 
 import math
@@ -15,12 +16,19 @@ def _levels(scales: Sequence[float]) -> tuple[int, int]:
     raise ValueError(f"ops/poolers.py: scales must be powers of 1/2, got {list(scales)}")
   levels = [int(round(l)) for l in levels]
   if levels != list(range(levels[0], levels[0] + len(levels))):
-    raise ValueError(f"ops/poolers.py: scales must be consecutive levels (1/4, 1/8, ...), got {list(scales)}")
+    raise ValueError(
+        f"ops/poolers.py: scales must be consecutive levels (1/4, 1/8, ...), got {list(scales)}"
+    )
   return levels[0], levels[-1]
 
 
-def assign_boxes_to_levels(boxes, min_level: int, max_level: int, canonical_box_size: float = 224.0,
-                           canonical_level: int = 4):
+def assign_boxes_to_levels(
+    boxes,
+    min_level: int,
+    max_level: int,
+    canonical_box_size: float = 224.0,
+    canonical_level: int = 4,
+):
   """boxes [..., 4] -> level index in [0, max_level - min_level] (int32), detectron2's rule:
 
   floor(canonical_level + log2(sqrt(area) / canonical_box_size + 1e-8)), clamped to the levels.
@@ -33,9 +41,19 @@ def assign_boxes_to_levels(boxes, min_level: int, max_level: int, canonical_box_
   return (jnp.clip(lvl, min_level, max_level) - min_level).astype(jnp.int32)
 
 
-def multilevel_roi_align(features, boxes, output_size, scales: Sequence[float], sampling_ratio: int = 0,
-                         canonical_box_size: float = 224.0, canonical_level: int = 4, *,
-                         aligned: bool = True, chunk_size: int = 64, method: str = "auto"):
+def multilevel_roi_align(
+    features,
+    boxes,
+    output_size,
+    scales: Sequence[float],
+    sampling_ratio: int = 0,
+    canonical_box_size: float = 224.0,
+    canonical_level: int = 4,
+    *,
+    aligned: bool = True,
+    chunk_size: int = 64,
+    method: str = "auto",
+):
   """features: list of [N, Hl, Wl, C] (finest first), boxes [N, R, 4] -> [N, R, oh, ow, C].
 
   Each box is pooled from the level chosen by `assign_boxes_to_levels`. Static shapes: every
@@ -48,10 +66,13 @@ def multilevel_roi_align(features, boxes, output_size, scales: Sequence[float], 
     raise ValueError(f"ops/poolers.py: got {len(features)} feature maps for {len(scales)} scales")
   channels = {f.shape[-1] for f in features}
   if len(channels) != 1 or any(f.shape[0] != features[0].shape[0] for f in features):
-    raise ValueError("ops/poolers.py: feature maps must share batch and channels, got "
-                     f"{[tuple(f.shape) for f in features]}")
-  pool = lambda f, s, b: roi_align(f, b, output_size, s, sampling_ratio, aligned,
-                                   chunk_size=chunk_size, method=method)
+    raise ValueError(
+        "ops/poolers.py: feature maps must share batch and channels, got "
+        f"{[tuple(f.shape) for f in features]}"
+    )
+  pool = lambda f, s, b: roi_align(
+      f, b, output_size, s, sampling_ratio, aligned, chunk_size=chunk_size, method=method
+  )
   if len(features) == 1:
     return pool(features[0], scales[0], boxes)
   min_level, max_level = _levels(scales)
@@ -69,16 +90,29 @@ def multilevel_roi_align(features, boxes, output_size, scales: Sequence[float], 
 class ROIPooler:
   """detectron2-style pooler object: ROIPooler(output_size, scales, ...)(features, boxes)."""
 
-  def __init__(self, output_size, scales: Sequence[float], sampling_ratio: int = 0,
-               canonical_box_size: float = 224.0, canonical_level: int = 4, aligned: bool = True,
-               chunk_size: int = 64, method: str = "auto"):
+  def __init__(
+      self,
+      output_size,
+      scales: Sequence[float],
+      sampling_ratio: int = 0,
+      canonical_box_size: float = 224.0,
+      canonical_level: int = 4,
+      aligned: bool = True,
+      chunk_size: int = 64,
+      method: str = "auto",
+  ):
     self.output_size = output_size
     self.scales = tuple(scales)
     if len(self.scales) > 1:
       self.min_level, self.max_level = _levels(self.scales)
-    self.kwargs = dict(sampling_ratio=sampling_ratio, canonical_box_size=canonical_box_size,
-                       canonical_level=canonical_level, aligned=aligned, chunk_size=chunk_size,
-                       method=method)
+    self.kwargs = dict(
+        sampling_ratio=sampling_ratio,
+        canonical_box_size=canonical_box_size,
+        canonical_level=canonical_level,
+        aligned=aligned,
+        chunk_size=chunk_size,
+        method=method,
+    )
 
   def __call__(self, features, boxes):
     """features: list of [N, Hl, Wl, C]; boxes [N, R, 4] image px -> [N, R, oh, ow, C]."""

@@ -39,6 +39,7 @@ Edge cases (all documented behaviour, tested in tests/test_ops_roi_align.py):
   exact for every box and is the cheaper choice on large maps ("auto" picks it then).
 Gradients flow to `features` only (boxes are stop_gradient'ed, like torchvision's backward).
 """
+
 from __future__ import annotations
 
 import functools
@@ -89,22 +90,23 @@ def _axis_weights(start, size, out: int, length: int, sampling_ratio: int):
   if sampling_ratio > 0:
     g = jnp.asarray(sampling_ratio, dtype)
     k = jnp.arange(sampling_ratio, dtype=dtype)
-    y = b0[..., None] + _div((k + 0.5) * bin_size[..., None, None], g)   # [..., out, S]
+    y = b0[..., None] + _div((k + 0.5) * bin_size[..., None, None], g)  # [..., out, S]
     valid = (y >= -1.0) & (y <= length)
     yc = jnp.clip(y, 0.0, length - 1)
-    w = jnp.maximum(0.0, 1.0 - jnp.abs(yc[..., None] - h))              # [..., out, S, L]
+    w = jnp.maximum(0.0, 1.0 - jnp.abs(yc[..., None] - h))  # [..., out, S, L]
     return jnp.where(valid[..., None], w, 0.0).sum(-2) / g
-  g = jnp.ceil(_div(size, out))                                          # [...], may be <= 0
+  g = jnp.ceil(_div(size, out))  # [...], may be <= 0
   g_div = jnp.maximum(g, 1.0)
   spacing = bin_size / g_div
   spacing = jnp.where(spacing > 0, spacing, 1.0)
   # first candidate index: just below the sample nearest to h - 2 (one extra for rounding)
-  x = (h - 2.0 - b0[..., None]) / spacing[..., None, None] - 0.5        # [..., out, L]
+  x = (h - 2.0 - b0[..., None]) / spacing[..., None, None] - 0.5  # [..., out, L]
   k_lo = jnp.clip(jnp.floor(x) - 1.0, -1.0, jnp.maximum(g, 0.0)[..., None, None])
-  k = k_lo[..., None] + jnp.arange(_WINDOW, dtype=dtype)                 # [..., out, L, J]
+  k = k_lo[..., None] + jnp.arange(_WINDOW, dtype=dtype)  # [..., out, L, J]
   gg = g[..., None, None, None]
-  y = b0[..., None, None] + _div((k + 0.5) * bin_size[..., None, None, None],
-                                 g_div[..., None, None, None])
+  y = b0[..., None, None] + _div(
+      (k + 0.5) * bin_size[..., None, None, None], g_div[..., None, None, None]
+  )
   valid = (k >= 0) & (k < gg) & (y >= -1.0) & (y <= length)
   yc = jnp.clip(y, 0.0, length - 1)
   w = jnp.maximum(0.0, 1.0 - jnp.abs(yc - h[:, None]))
@@ -163,7 +165,7 @@ def _contract(wa, wb, f):
   transposed copy of a large intermediate, which on CPU cost as much as the matmuls.
   """
   spec = "nrpa,nabc->nrpbc" if f.ndim == 4 else "nrpa,nrabc->nrpbc"
-  t = jnp.einsum(spec, wa, f, precision=_HIGHEST)                              # [N, c, oa, B, C]
+  t = jnp.einsum(spec, wa, f, precision=_HIGHEST)  # [N, c, oa, B, C]
   wb = jnp.broadcast_to(wb[:, :, None], wb.shape[:2] + (wa.shape[2],) + wb.shape[2:])
   return jnp.einsum("nrpqb,nrpbc->nrpqc", wb, t, precision=_HIGHEST)
 
@@ -179,18 +181,20 @@ def _separable_chunk(feats, wa, wb, first_a, first_b, tier, tiers):
 
   def crop(ka, kb):
     def branch(wa, wb, first_a, first_b):
-      ia = jnp.clip(first_a, 0, len_a - ka)[..., None] + jnp.arange(ka)       # [N, c, Ka]
+      ia = jnp.clip(first_a, 0, len_a - ka)[..., None] + jnp.arange(ka)  # [N, c, Ka]
       ib = jnp.clip(first_b, 0, len_b - kb)[..., None] + jnp.arange(kb)
       wa_c = jnp.take_along_axis(wa, ia[:, :, None, :], axis=-1)
       wb_c = jnp.take_along_axis(wb, ib[:, :, None, :], axis=-1)
       nidx = jnp.arange(n_img)[:, None, None, None]
-      f = feats[nidx, ia[..., :, None], ib[..., None, :]]                     # [N, c, Ka, Kb, C]
+      f = feats[nidx, ia[..., :, None], ib[..., None, :]]  # [N, c, Ka, Kb, C]
       return _contract(wa_c, wb_c, f)
+
     return branch
 
   full = lambda wa, wb, first_a, first_b: _contract(wa, wb, feats)
   zeros = lambda wa, wb, first_a, first_b: jnp.zeros(
-      wa.shape[:3] + wb.shape[2:3] + feats.shape[3:], feats.dtype)
+      wa.shape[:3] + wb.shape[2:3] + feats.shape[3:], feats.dtype
+  )
   branches = [zeros] + [crop(ka, kb) for ka, kb in tiers[:-1]] + [full]
   return lax.switch(jnp.max(tier), branches, wa, wb, first_a, first_b)
 
@@ -199,8 +203,8 @@ def _gather_chunk(feats, y0, hh, x0, ww, ok, out_hw, sampling_ratio):
   """Sample-by-sample bilinear with corner gathers; memory bounded by one sample at a time."""
   oh, ow = out_hw
   n_img, height, width, channels = feats.shape
-  ylo, yhi, wylo, wyhi = _axis_samples(y0, hh, oh, height, sampling_ratio)   # [N, c, oh, Gy]
-  xlo, xhi, wxlo, wxhi = _axis_samples(x0, ww, ow, width, sampling_ratio)    # [N, c, ow, Gx]
+  ylo, yhi, wylo, wyhi = _axis_samples(y0, hh, oh, height, sampling_ratio)  # [N, c, oh, Gy]
+  xlo, xhi, wxlo, wxhi = _axis_samples(x0, ww, ow, width, sampling_ratio)  # [N, c, ow, Gx]
   okf = ok.astype(wylo.dtype)[..., None, None]
   wylo, wyhi = wylo * okf, wyhi * okf
   gy, gx = ylo.shape[-1], xlo.shape[-1]
@@ -208,19 +212,21 @@ def _gather_chunk(feats, y0, hh, x0, ww, ok, out_hw, sampling_ratio):
   nidx = jnp.arange(n_img)[:, None, None, None]
 
   def corner(yi, xi):
-    idx = yi[..., :, None] * width + xi[..., None, :]                       # [N, c, oh, ow]
-    return flat[nidx, idx]                                                  # [N, c, oh, ow, C]
+    idx = yi[..., :, None] * width + xi[..., None, :]  # [N, c, oh, ow]
+    return flat[nidx, idx]  # [N, c, oh, ow, C]
 
   def body(s, acc):
     iy, ix = s // gx, s % gx
     a_lo, a_hi = ylo[..., iy], yhi[..., iy]
     b_lo, b_hi = xlo[..., ix], xhi[..., ix]
-    u_lo, u_hi = wylo[..., iy, None], wyhi[..., iy, None]                   # [N, c, oh, 1]
-    v_lo, v_hi = wxlo[..., None, :, ix], wxhi[..., None, :, ix]             # [N, c, 1, ow]
-    val = ((u_lo * v_lo)[..., None] * corner(a_lo, b_lo)
-           + (u_lo * v_hi)[..., None] * corner(a_lo, b_hi)
-           + (u_hi * v_lo)[..., None] * corner(a_hi, b_lo)
-           + (u_hi * v_hi)[..., None] * corner(a_hi, b_hi))
+    u_lo, u_hi = wylo[..., iy, None], wyhi[..., iy, None]  # [N, c, oh, 1]
+    v_lo, v_hi = wxlo[..., None, :, ix], wxhi[..., None, :, ix]  # [N, c, 1, ow]
+    val = (
+        (u_lo * v_lo)[..., None] * corner(a_lo, b_lo)
+        + (u_lo * v_hi)[..., None] * corner(a_lo, b_hi)
+        + (u_hi * v_lo)[..., None] * corner(a_hi, b_lo)
+        + (u_hi * v_hi)[..., None] * corner(a_hi, b_hi)
+    )
     return acc + val.astype(acc.dtype)
 
   acc = jnp.zeros(ok.shape + (oh, ow, channels), feats.dtype)
@@ -239,12 +245,21 @@ def _auto_method(height: int, width: int, oh: int, ow: int, sampling_ratio: int)
   long_, short = max(height, width), min(height, width)
   o_long, o_short = (oh, ow) if height >= width else (ow, oh)
   separable = o_long * long_ * short + o_long * o_short * short
-  gather = 4 * sampling_ratio ** 2 * oh * ow
+  gather = 4 * sampling_ratio**2 * oh * ow
   return "gather" if gather < separable else "separable"
 
 
-def roi_align(features, boxes, output_size, spatial_scale: float, sampling_ratio: int = 0,
-              aligned: bool = True, *, chunk_size: int = 64, method: str = "separable"):
+def roi_align(
+    features,
+    boxes,
+    output_size,
+    spatial_scale: float,
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+    *,
+    chunk_size: int = 64,
+    method: str = "separable",
+):
   """RoIAlign: features [N, H, W, C], boxes [N, R, 4] (x1, y1, x2, y2, image px) -> [N, R, oh, ow, C].
 
   Args:
@@ -261,17 +276,25 @@ def roi_align(features, boxes, output_size, spatial_scale: float, sampling_ratio
   features = jnp.asarray(features)
   boxes = jnp.asarray(boxes)
   if features.ndim != 4:
-    raise ValueError(f"ops/roi_align.py: features must be [N, H, W, C], got {tuple(features.shape)}")
+    raise ValueError(
+        f"ops/roi_align.py: features must be [N, H, W, C], got {tuple(features.shape)}"
+    )
   if boxes.ndim != 3 or boxes.shape[-1] != 4:
     raise ValueError(f"ops/roi_align.py: boxes must be [N, R, 4], got {tuple(boxes.shape)}")
   if boxes.shape[0] != features.shape[0]:
-    raise ValueError(f"ops/roi_align.py: batch mismatch: features {tuple(features.shape)} vs "
-                     f"boxes {tuple(boxes.shape)}")
+    raise ValueError(
+        f"ops/roi_align.py: batch mismatch: features {tuple(features.shape)} vs "
+        f"boxes {tuple(boxes.shape)}"
+    )
   if method not in ("separable", "gather", "auto"):
-    raise ValueError(f"ops/roi_align.py: method must be 'separable', 'gather' or 'auto', got {method!r}")
+    raise ValueError(
+        f"ops/roi_align.py: method must be 'separable', 'gather' or 'auto', got {method!r}"
+    )
   if sampling_ratio < 0 or chunk_size < 1:
-    raise ValueError(f"ops/roi_align.py: need sampling_ratio >= 0 and chunk_size >= 1, got "
-                     f"{sampling_ratio}, {chunk_size}")
+    raise ValueError(
+        f"ops/roi_align.py: need sampling_ratio >= 0 and chunk_size >= 1, got "
+        f"{sampling_ratio}, {chunk_size}"
+    )
   oh, ow = _pair(output_size)
   n_img, height, width, channels = features.shape
   num_rois = boxes.shape[1]
@@ -312,8 +335,10 @@ def roi_align(features, boxes, output_size, spatial_scale: float, sampling_ratio
     tier = 1 + sum(((span_a > ka) | (span_b > kb)).astype(jnp.int32) for ka, kb in tiers[:-1])
     tier = jnp.where((span_a == 0) | (span_b == 0), 0, tier).astype(jnp.int32)
     order = jnp.argsort(tier, axis=1, stable=True)  # group RoIs of one tier into the same chunks
-    per_roi = [jnp.take_along_axis(a, order.reshape(order.shape + (1,) * (a.ndim - 2)), axis=1)
-               for a in (wa.astype(feats.dtype), wb.astype(feats.dtype), first_a, first_b, tier)]
+    per_roi = [
+        jnp.take_along_axis(a, order.reshape(order.shape + (1,) * (a.ndim - 2)), axis=1)
+        for a in (wa.astype(feats.dtype), wb.astype(feats.dtype), first_a, first_b, tier)
+    ]
     chunk = functools.partial(_separable_chunk, tiers=tiers)
   else:
     per_roi = [y0, hh, x0, ww, ok]

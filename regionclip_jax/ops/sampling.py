@@ -1,12 +1,14 @@
 """detectron2's balanced positive / negative sampler with a static number of outputs."""
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
 
-def subsample_labels(key, labels, num_samples: int, positive_fraction: float, bg_label: int,
-                     valid=None):
+def subsample_labels(
+    key, labels, num_samples: int, positive_fraction: float, bg_label: int, valid=None
+):
   """Draws up to `num_samples` indices, at most `int(num_samples * positive_fraction)` positive.
 
   labels [P] int: -1 ignore, `bg_label` background, anything else foreground. Like detectron2's
@@ -25,11 +27,16 @@ def subsample_labels(key, labels, num_samples: int, positive_fraction: float, bg
   if valid is not None:
     valid = jnp.asarray(valid, bool)
     if valid.shape != labels.shape:
-      raise ValueError(f"ops/sampling.py: valid must be [P] = {labels.shape}, got {tuple(valid.shape)}")
+      raise ValueError(
+          f"ops/sampling.py: valid must be [P] = {labels.shape}, got {tuple(valid.shape)}"
+      )
     labels = jnp.where(valid, labels, -1)
   if num_preds == 0:
-    return (jnp.zeros((num_samples,), jnp.int32), jnp.zeros((num_samples,), bool),
-            jnp.zeros((num_samples,), bool))
+    return (
+        jnp.zeros((num_samples,), jnp.int32),
+        jnp.zeros((num_samples,), bool),
+        jnp.zeros((num_samples,), bool),
+    )
   pos = (labels != -1) & (labels != bg_label)
   neg = labels == bg_label
   max_pos = int(num_samples * positive_fraction)

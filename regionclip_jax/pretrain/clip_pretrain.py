@@ -1,5 +1,6 @@
 """The image-level "CLIP" stage: symmetric InfoNCE between whole images and captions, both towers
 trainable. In the shapes world it trains the teacher that RegionCLIP then distils from."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -45,8 +46,9 @@ def _train_mode_bn(next_fun, args, kwargs, context):
   return y.astype(args[0].dtype)
 
 
-def make_clip_step(model: CLIP, tx: optax.GradientTransformation, mask: PyTree,
-                   batch_norm: str = "frozen"):
+def make_clip_step(
+    model: CLIP, tx: optax.GradientTransformation, mask: PyTree, batch_norm: str = "frozen"
+):
   """-> step(state, batch, frozen=None) -> (state, metrics); batch: image [B, H, W, 3],
   caption_tokens [B, L].
 

@@ -6,6 +6,7 @@ the contrastive R x R matrix are all per group, and the group losses are average
 what DDP's gradient averaging over per-GPU losses computes. The image-text loss is over the
 global batch (official `GATHER_GPUS`).
 """
+
 from __future__ import annotations
 
 import jax
@@ -27,9 +28,13 @@ def _mean_over_groups(per_group: jax.Array, group_ok: jax.Array) -> jax.Array:
   return jnp.where(n > 0, total / jnp.maximum(n, 1), 0.0)
 
 
-def region_distill_loss(student_regions: jax.Array, concept_emb: jax.Array,
-                        teacher_probs: jax.Array, keep: jax.Array,
-                        temperature: float = TEMPERATURE) -> jax.Array:
+def region_distill_loss(
+    student_regions: jax.Array,
+    concept_emb: jax.Array,
+    teacher_probs: jax.Array,
+    keep: jax.Array,
+    temperature: float = TEMPERATURE,
+) -> jax.Array:
   """KL(teacher || student) over the concept pool on kept regions.
 
   Official: `kl_div(log(softmax(cos(s, concepts) / tau)), p_teacher, reduction="batchmean")`
@@ -56,9 +61,13 @@ def region_distill_loss(student_regions: jax.Array, concept_emb: jax.Array,
   return _mean_over_groups(per_group, n_kept > 0)
 
 
-def region_contrastive_loss(student_regions: jax.Array, target_emb: jax.Array,
-                            targets: jax.Array, keep: jax.Array,
-                            temperature: float = TEMPERATURE) -> jax.Array:
+def region_contrastive_loss(
+    student_regions: jax.Array,
+    target_emb: jax.Array,
+    targets: jax.Array,
+    keep: jax.Array,
+    temperature: float = TEMPERATURE,
+) -> jax.Array:
   """Region-concept contrastive loss with several positives per row (official MILCrossEntropy).
 
   Within a group: logits[i, j] = cos(student_i, concept_emb[target_j]) / tau over kept i, j;
@@ -87,8 +96,12 @@ def region_contrastive_loss(student_regions: jax.Array, target_emb: jax.Array,
   return _mean_over_groups(per_group, n_kept > 0)
 
 
-def image_text_loss(image_emb: jax.Array, text_emb: jax.Array, valid: jax.Array | None = None,
-                    temperature: float = TEMPERATURE) -> jax.Array:
+def image_text_loss(
+    image_emb: jax.Array,
+    text_emb: jax.Array,
+    valid: jax.Array | None = None,
+    temperature: float = TEMPERATURE,
+) -> jax.Array:
   """Symmetric InfoNCE between global-box embeddings and caption embeddings, / 2.
 
   Args:

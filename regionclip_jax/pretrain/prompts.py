@@ -3,6 +3,7 @@
 A concept embedding is the *unnormalised* mean, over the 81 templates below, of the CLIP text
 embeddings of the prompted name (DESIGN §1.3); it is L2-normalised only where it is used.
 """
+
 from __future__ import annotations
 
 import logging
@@ -103,43 +104,43 @@ Concept = str | Sequence[str]  # one name, or synonyms whose prompts are pooled 
 
 
 def clean_concept_name(name: str) -> str:
-    """LVIS-style name cleaning: "_" -> space, "(" and ")" deleted (their content kept)."""
-    return name.replace("_", " ").replace("(", "").replace(")", "").strip()
+  """LVIS-style name cleaning: "_" -> space, "(" and ")" deleted (their content kept)."""
+  return name.replace("_", " ").replace("(", "").replace(")", "").strip()
 
 
 def apply_template(template: str, name: str) -> str:
-    """Fills a template the official way: "," deleted and "+" -> space inside the name."""
-    return template.replace("{}", name.replace(",", "").replace("+", " "))
+  """Fills a template the official way: "," deleted and "+" -> space inside the name."""
+  return template.replace("{}", name.replace(",", "").replace("+", " "))
 
 
 def prompts_for(name: Concept, templates: Sequence[str] = TEMPLATES) -> list[str]:
-    """All prompts of one concept (a name or a list of synonyms), names cleaned first."""
-    names = [name] if isinstance(name, str) else list(name)
-    if not names:
-        raise ValueError("prompts_for: empty synonym list")
-    return [apply_template(t, clean_concept_name(n)) for n in names for t in templates]
+  """All prompts of one concept (a name or a list of synonyms), names cleaned first."""
+  names = [name] if isinstance(name, str) else list(name)
+  if not names:
+    raise ValueError("prompts_for: empty synonym list")
+  return [apply_template(t, clean_concept_name(n)) for n in names for t in templates]
 
 
 def read_concepts_file(path: str | os.PathLike) -> list[str]:
-    """Concept names, one per line; a "name,count" row gives the name before the first comma.
+  """Concept names, one per line; a "name,count" row gives the name before the first comma.
 
-    Blank lines are skipped. Raises a one-line error naming the file if it is missing or empty.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"concepts file not found: {path}")
-    names = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            name = line.split(",", 1)[0].strip()
-            if name:
-                names.append(name)
-    if not names:
-        raise ValueError(f"concepts file holds no concept names: {path}")
-    return names
+  Blank lines are skipped. Raises a one-line error naming the file if it is missing or empty.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"concepts file not found: {path}")
+  names = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      line = line.strip()
+      if not line:
+        continue
+      name = line.split(",", 1)[0].strip()
+      if name:
+        names.append(name)
+  if not names:
+    raise ValueError(f"concepts file holds no concept names: {path}")
+  return names
 
 
 def concept_embeddings(
@@ -151,65 +152,72 @@ def concept_embeddings(
     templates: Sequence[str] = TEMPLATES,
     progress: bool = False,
 ) -> np.ndarray:
-    """Unnormalised mean over templates of the text embeddings of each concept.
+  """Unnormalised mean over templates of the text embeddings of each concept.
 
-    Args:
-      encode_text_fn: tokens [B, L] int32 -> embeddings [B, D] (unnormalised).
-      names: C concepts (a name, or a list of synonyms pooled over all their prompts).
-      tokenize_fn: list of B strings -> tokens [B, L] int32.
-      batch_size: prompts per call; the last batch is padded to this size so that a jitted
-        `encode_text_fn` compiles once.
-      progress: log one line per batch.
-    Returns:
-      [C, D] float32.
-    """
-    if batch_size < 1:
-        raise ValueError(f"concept_embeddings: batch_size must be >= 1, got {batch_size}")
-    if len(names) == 0:
-        raise ValueError("concept_embeddings: no concept names given")
-    prompts: list[str] = []
-    owner: list[int] = []
-    for i, name in enumerate(names):
-        p = prompts_for(name, templates)
-        prompts.extend(p)
-        owner.extend([i] * len(p))
-    owner_arr = np.asarray(owner)
+  Args:
+    encode_text_fn: tokens [B, L] int32 -> embeddings [B, D] (unnormalised).
+    names: C concepts (a name, or a list of synonyms pooled over all their prompts).
+    tokenize_fn: list of B strings -> tokens [B, L] int32.
+    batch_size: prompts per call; the last batch is padded to this size so that a jitted
+      `encode_text_fn` compiles once.
+    progress: log one line per batch.
+  Returns:
+    [C, D] float32.
+  """
+  if batch_size < 1:
+    raise ValueError(f"concept_embeddings: batch_size must be >= 1, got {batch_size}")
+  if len(names) == 0:
+    raise ValueError("concept_embeddings: no concept names given")
+  prompts: list[str] = []
+  owner: list[int] = []
+  for i, name in enumerate(names):
+    p = prompts_for(name, templates)
+    prompts.extend(p)
+    owner.extend([i] * len(p))
+  owner_arr = np.asarray(owner)
 
-    sums = None
-    num_batches = -(-len(prompts) // batch_size)
-    for b in range(num_batches):
-        chunk = prompts[b * batch_size:(b + 1) * batch_size]
-        n = len(chunk)
-        tokens = np.asarray(tokenize_fn(chunk))
-        if n < batch_size:
-            tokens = np.concatenate([tokens, np.repeat(tokens[-1:], batch_size - n, 0)], 0)
-        emb = np.asarray(encode_text_fn(tokens), dtype=np.float64)[:n]
-        if sums is None:
-            sums = np.zeros((len(names), emb.shape[-1]), np.float64)
-        # accumulate in float64: with hundreds of prompts per class the order of the sum matters
-        np.add.at(sums, owner_arr[b * batch_size:b * batch_size + n], emb)
-        if progress:
-            log.info("concept_embeddings: batch %d/%d (%d prompts)", b + 1, num_batches,
-                         min((b + 1) * batch_size, len(prompts)))
-    counts = np.bincount(owner_arr, minlength=len(names)).astype(np.float64)
-    return (sums / counts[:, None]).astype(np.float32)
+  sums = None
+  num_batches = -(-len(prompts) // batch_size)
+  for b in range(num_batches):
+    chunk = prompts[b * batch_size : (b + 1) * batch_size]
+    n = len(chunk)
+    tokens = np.asarray(tokenize_fn(chunk))
+    if n < batch_size:
+      tokens = np.concatenate([tokens, np.repeat(tokens[-1:], batch_size - n, 0)], 0)
+    emb = np.asarray(encode_text_fn(tokens), dtype=np.float64)[:n]
+    if sums is None:
+      sums = np.zeros((len(names), emb.shape[-1]), np.float64)
+    # accumulate in float64: with hundreds of prompts per class the order of the sum matters
+    np.add.at(sums, owner_arr[b * batch_size : b * batch_size + n], emb)
+    if progress:
+      log.info(
+          "concept_embeddings: batch %d/%d (%d prompts)",
+          b + 1,
+          num_batches,
+          min((b + 1) * batch_size, len(prompts)),
+      )
+  counts = np.bincount(owner_arr, minlength=len(names)).astype(np.float64)
+  return (sums / counts[:, None]).astype(np.float32)
 
 
-def similar_concepts(embeddings: np.ndarray, names: Sequence[str],
-                     threshold: float = 0.95) -> list[tuple[str, str, float]]:
-    """Pairs of concepts whose text embeddings are near-duplicates (cosine >= threshold).
+def similar_concepts(
+    embeddings: np.ndarray, names: Sequence[str], threshold: float = 0.95
+) -> list[tuple[str, str, float]]:
+  """Pairs of concepts whose text embeddings are near-duplicates (cosine >= threshold).
 
-    A classifier built on these embeddings cannot separate such a pair whatever the image side
-    learns, so region recognition between them is at chance. Args: embeddings [C, D] (normalised
-    or not), names C strings. Returns (name_a, name_b, cosine) sorted by decreasing cosine.
-    """
-    emb = np.asarray(embeddings, np.float64)
-    if emb.ndim != 2 or emb.shape[0] != len(names):
-        raise ValueError(f"similar_concepts: embeddings must be [{len(names)}, D] for "
-                         f"{len(names)} names, got {emb.shape}")
-    unit = emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
-    cos = unit @ unit.T
-    a, b = np.triu_indices(len(names), k=1)
-    keep = cos[a, b] >= threshold
-    pairs = [(names[i], names[j], float(cos[i, j])) for i, j in zip(a[keep], b[keep])]
-    return sorted(pairs, key=lambda p: -p[2])
+  A classifier built on these embeddings cannot separate such a pair whatever the image side
+  learns, so region recognition between them is at chance. Args: embeddings [C, D] (normalised
+  or not), names C strings. Returns (name_a, name_b, cosine) sorted by decreasing cosine.
+  """
+  emb = np.asarray(embeddings, np.float64)
+  if emb.ndim != 2 or emb.shape[0] != len(names):
+    raise ValueError(
+        f"similar_concepts: embeddings must be [{len(names)}, D] for "
+        f"{len(names)} names, got {emb.shape}"
+    )
+  unit = emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
+  cos = unit @ unit.T
+  a, b = np.triu_indices(len(names), k=1)
+  keep = cos[a, b] >= threshold
+  pairs = [(names[i], names[j], float(cos[i, j])) for i, j in zip(a[keep], b[keep])]
+  return sorted(pairs, key=lambda p: -p[2])

@@ -7,6 +7,7 @@ boxes proposes novel objects too, since objectness transfers) plus random boxes 
 background and part proposals). "random" uses random boxes only (the official GRID/RANDOM
 crop types' spirit).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -17,8 +18,14 @@ import jax.numpy as jnp
 ProposalFn = Callable[[jax.Array, dict], tuple[jax.Array, jax.Array]]
 
 
-def random_boxes(key: jax.Array, n: int, r: int, image_hw: jax.Array, min_frac: float = 0.15,
-                 max_frac: float = 0.8) -> jax.Array:
+def random_boxes(
+    key: jax.Array,
+    n: int,
+    r: int,
+    image_hw: jax.Array,
+    min_frac: float = 0.15,
+    max_frac: float = 0.8,
+) -> jax.Array:
   """[n, r, 4] boxes with sides uniform in [min_frac, max_frac] of the valid image size,
   placed uniformly inside it. image_hw: [n, 2] (h, w) valid size."""
   k1, k2 = jax.random.split(key)
@@ -28,8 +35,9 @@ def random_boxes(key: jax.Array, n: int, r: int, image_hw: jax.Array, min_frac: 
   return jnp.concatenate([origin, origin + size], axis=-1)
 
 
-def jitter_boxes(key: jax.Array, boxes: jax.Array, image_hw: jax.Array, copies: int,
-                 scale: float = 0.15) -> jax.Array:
+def jitter_boxes(
+    key: jax.Array, boxes: jax.Array, image_hw: jax.Array, copies: int, scale: float = 0.15
+) -> jax.Array:
   """boxes [n, k, 4] -> [n, k * copies, 4]: centre shifted and sides rescaled by N(0, scale)
   relative to the box size, clipped to the image. Copy 0 is the box itself."""
   n, k = boxes.shape[:2]
@@ -45,9 +53,16 @@ def jitter_boxes(key: jax.Array, boxes: jax.Array, image_hw: jax.Array, copies: 
   return jnp.concatenate([jnp.clip(out[..., :2], lo, hw), jnp.clip(out[..., 2:], lo, hw)], -1)
 
 
-def make_proposal_fn(kind: str, num_proposals: int, *, jitter_copies: int = 2,
-                     jitter_scale: float = 0.15, min_frac: float = 0.15, max_frac: float = 0.8,
-                     rpn_fn: ProposalFn | None = None) -> ProposalFn:
+def make_proposal_fn(
+    kind: str,
+    num_proposals: int,
+    *,
+    jitter_copies: int = 2,
+    jitter_scale: float = 0.15,
+    min_frac: float = 0.15,
+    max_frac: float = 0.8,
+    rpn_fn: ProposalFn | None = None,
+) -> ProposalFn:
   """-> fn(key, batch) -> (boxes [N, R, 4], valid [N, R]) with R = num_proposals.
 
   batch keys used: `image` [N, H, W, 3], `image_size` [N, 2] (optional), and for
@@ -55,10 +70,13 @@ def make_proposal_fn(kind: str, num_proposals: int, *, jitter_copies: int = 2,
   of padded GT boxes are filled with random boxes, so all R proposals are valid).
   """
   if kind not in ("boxes_jitter", "random", "rpn"):
-    raise ValueError(f"pretrain.proposals.kind must be 'boxes_jitter', 'random' or 'rpn', got {kind!r}")
+    raise ValueError(
+        f"pretrain.proposals.kind must be 'boxes_jitter', 'random' or 'rpn', got {kind!r}"
+    )
   if kind == "rpn" and rpn_fn is None:
-    raise ValueError("pretrain.proposals.kind='rpn' needs a frozen base-class RPN (rpn_fn); "
-                     "none was given")
+    raise ValueError(
+        "pretrain.proposals.kind='rpn' needs a frozen base-class RPN (rpn_fn); " "none was given"
+    )
 
   def fn(key, batch):
     images = batch["image"]
@@ -69,12 +87,16 @@ def make_proposal_fn(kind: str, num_proposals: int, *, jitter_copies: int = 2,
       return rpn_fn(key, batch)
     k_rand, k_jit = jax.random.split(key)
     if kind == "random":
-      return random_boxes(k_rand, n, num_proposals, hw, min_frac, max_frac), jnp.ones((n, num_proposals), bool)
+      return random_boxes(k_rand, n, num_proposals, hw, min_frac, max_frac), jnp.ones(
+          (n, num_proposals), bool
+      )
     gt, gt_ok = batch["boxes"], batch["box_mask"]
     k = gt.shape[1] * jitter_copies
     if k > num_proposals:
-      raise ValueError(f"pretrain.proposals: {gt.shape[1]} boxes x {jitter_copies} copies exceed "
-                       f"num_proposals={num_proposals}")
+      raise ValueError(
+          f"pretrain.proposals: {gt.shape[1]} boxes x {jitter_copies} copies exceed "
+          f"num_proposals={num_proposals}"
+      )
     jit = jitter_boxes(k_jit, gt, hw, jitter_copies, jitter_scale)
     ok = jnp.repeat(gt_ok, jitter_copies, axis=1)
     rand = random_boxes(k_rand, n, num_proposals, hw, min_frac, max_frac)

@@ -1,4 +1,5 @@
 """Teacher pseudo-labels over the concept pool (DESIGN.md §1.3, official `get_psuedo_concept_labels`)."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -10,14 +11,18 @@ from regionclip_jax.pretrain.losses import TEMPERATURE, l2_normalize
 
 
 class PseudoLabels(NamedTuple):
-  probs: jax.Array    # [G, R, C] teacher softmax over the whole pool
+  probs: jax.Array  # [G, R, C] teacher softmax over the whole pool
   targets: jax.Array  # [G, R] int32 argmax concept
-  keep: jax.Array     # [G, R] bool: max prob > threshold (fallback: every valid region)
+  keep: jax.Array  # [G, R] bool: max prob > threshold (fallback: every valid region)
 
 
-def pseudo_concept_labels(teacher_regions: jax.Array, concept_emb: jax.Array,
-                          region_valid: jax.Array, threshold: float = 0.1,
-                          temperature: float = TEMPERATURE) -> PseudoLabels:
+def pseudo_concept_labels(
+    teacher_regions: jax.Array,
+    concept_emb: jax.Array,
+    region_valid: jax.Array,
+    threshold: float = 0.1,
+    temperature: float = TEMPERATURE,
+) -> PseudoLabels:
   """Label regions with concepts from the frozen teacher.
 
   p = softmax(cos(v_t, concepts) / tau); keep regions with max p > threshold. If no valid

@@ -1,4 +1,5 @@
 """Zero-shot region recognition with ground-truth boxes: region embeddings vs. concept embeddings."""
+
 from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
@@ -26,8 +27,15 @@ def make_region_logits_fn(module: CLIP, region_kw: dict | None = None):
   return fn
 
 
-def evaluate_regions(logits_fn, params: PyTree, batches: Iterable[dict], concept_emb,
-                     base_ids: Sequence[int], novel_ids: Sequence[int], return_correct: bool = False):
+def evaluate_regions(
+    logits_fn,
+    params: PyTree,
+    batches: Iterable[dict],
+    concept_emb,
+    base_ids: Sequence[int],
+    novel_ids: Sequence[int],
+    return_correct: bool = False,
+):
   """Top-1 over all / base / novel GT regions. batches: dicts with image, boxes, box_mask, labels.
   return_correct: also return (correct [M] bool, labels [M]) per real region, for paired tests."""
   logits, labels, masks = [], [], []

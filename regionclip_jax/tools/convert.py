@@ -7,6 +7,7 @@
 Writes DIR/config.json (architecture + provenance) and DIR/params.safetensors (Flax params,
 flattened with '/'), which `regionclip_jax.models.clip.load(DIR)` reads.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,42 +17,66 @@ from regionclip_jax.models import checkpoints
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m regionclip_jax.tools.convert",
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", required=True, help="checkpoint file or directory")
-    p.add_argument("--output", required=True, help="directory to write")
-    p.add_argument("--source", choices=checkpoints.SOURCES, default=None,
-                   help="input format (detected when omitted)")
-    p.add_argument("--part", choices=("student", "teacher"), default="student",
-                   help="RegionCLIP pretraining checkpoints: which image tower")
-    p.add_argument("--text_from", default=None,
-                   help="checkpoint supplying the text tower when --input has none "
-                        "(RegionCLIP fine-tuned detector)")
-    p.add_argument("--arch", choices=("resnet", "vit"), default=None,
-                   help="fail unless the image tower is of this kind")
-    return p
+  p = argparse.ArgumentParser(
+      prog="python -m regionclip_jax.tools.convert", description=__doc__.split("\n\n")[0]
+  )
+  p.add_argument("--input", required=True, help="checkpoint file or directory")
+  p.add_argument("--output", required=True, help="directory to write")
+  p.add_argument(
+      "--source",
+      choices=checkpoints.SOURCES,
+      default=None,
+      help="input format (detected when omitted)",
+  )
+  p.add_argument(
+      "--part",
+      choices=("student", "teacher"),
+      default="student",
+      help="RegionCLIP pretraining checkpoints: which image tower",
+  )
+  p.add_argument(
+      "--text_from",
+      default=None,
+      help="checkpoint supplying the text tower when --input has none "
+      "(RegionCLIP fine-tuned detector)",
+  )
+  p.add_argument(
+      "--arch",
+      choices=("resnet", "vit"),
+      default=None,
+      help="fail unless the image tower is of this kind",
+  )
+  return p
 
 
-def convert(input_path: str, output: str, source: str | None = None, part: str = "student",
-            text_from: str | None = None, arch: str | None = None) -> str:
-    """Returns the output directory."""
-    found = source or checkpoints.detect_source(input_path)
-    loaded = checkpoints.load(input_path, source=found, part=part, text_from=text_from, arch=arch)
-    return checkpoints.save_converted(output, loaded.config, loaded.params, source=found)
+def convert(
+    input_path: str,
+    output: str,
+    source: str | None = None,
+    part: str = "student",
+    text_from: str | None = None,
+    arch: str | None = None,
+) -> str:
+  """Returns the output directory."""
+  found = source or checkpoints.detect_source(input_path)
+  loaded = checkpoints.load(input_path, source=found, part=part, text_from=text_from, arch=arch)
+  return checkpoints.save_converted(output, loaded.config, loaded.params, source=found)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        out = convert(args.input, args.output, args.source, args.part, args.text_from, args.arch)
-    except checkpoints.CheckpointError as e:
-        print(f"convert: error: {e}", file=sys.stderr)
-        return 2
-    cfg = checkpoints.read_converted(out)[0]
-    kind = "ResNet" if cfg.is_resnet else "ViT"
-    print(f"convert: wrote {out} ({kind} CLIP, embed_dim {cfg.embed_dim}, image size {cfg.image_size})")
-    return 0
+  args = build_parser().parse_args(argv)
+  try:
+    out = convert(args.input, args.output, args.source, args.part, args.text_from, args.arch)
+  except checkpoints.CheckpointError as e:
+    print(f"convert: error: {e}", file=sys.stderr)
+    return 2
+  cfg = checkpoints.read_converted(out)[0]
+  kind = "ResNet" if cfg.is_resnet else "ViT"
+  print(
+      f"convert: wrote {out} ({kind} CLIP, embed_dim {cfg.embed_dim}, image size {cfg.image_size})"
+  )
+  return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+  sys.exit(main())

@@ -1,4 +1,5 @@
 """Orbax checkpoints holding the train state and the data-iterator state together."""
+
 from __future__ import annotations
 
 import base64
@@ -33,10 +34,10 @@ class Checkpointer:
 
   def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True):
     self.directory = os.path.abspath(directory)
-    opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                        enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=opts,
-                                         item_names=("state", "data"))
+    opts = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
+    )
+    self.manager = ocp.CheckpointManager(self.directory, options=opts, item_names=("state", "data"))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -55,8 +56,12 @@ class Checkpointer:
     if step is None:
       return None, None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+    out = self.manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
+        ),
+    )
     return out["state"], _decode_iter_state(out["data"]["iterator"])
 
   def wait(self) -> None:

@@ -1,4 +1,5 @@
 """Progress lines, TensorBoard event files and a metrics.jsonl in the workdir."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import time
 from typing import Mapping
 
 import jax
-
 
 LOSS_TERMS = ("region_distill", "region_contrastive", "image_text")
 
@@ -31,6 +31,7 @@ class MetricWriter:
       os.makedirs(logdir, exist_ok=True)
       try:
         from tensorboardX import SummaryWriter
+
         self._tb = SummaryWriter(logdir)
       except ImportError:  # TensorBoard is optional; the jsonl is always written.
         self._tb = None
@@ -42,8 +43,9 @@ class MetricWriter:
     if self._tb is not None:
       for k, v in scalars.items():
         self._tb.add_scalar(k, float(v), step)
-    self._jsonl.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
-                      + "\n")
+    self._jsonl.write(
+        json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n"
+    )
     self._jsonl.flush()
 
   def flush(self) -> None:
@@ -60,8 +62,9 @@ class MetricWriter:
 class Progress:
   """`[name] step 120/2000 | loss 1.234 | region_distill 0.5 | 45.2 img/s | ETA 3m12s`."""
 
-  def __init__(self, name: str, total_steps: int, images_per_step: int, start_step: int = 0,
-               stream=None):
+  def __init__(
+      self, name: str, total_steps: int, images_per_step: int, start_step: int = 0, stream=None
+  ):
     self.name, self.total, self.ips = name, total_steps, images_per_step
     self.stream = stream or sys.stdout
     self._t, self._s = time.perf_counter(), start_step
@@ -75,7 +78,10 @@ class Progress:
     parts = [f"[{self.name}] step {step}/{self.total}"]
     order = sorted(scalars, key=lambda k: (k != "loss", k not in LOSS_TERMS, k))
     parts += [f"{k} {scalars[k]:.4g}" for k in order]
-    parts += [f"{img_s:.1f} img/s", f"ETA {format_eta((self.total - step) * sec_per_step) if ds > 0 else '?'}"]
+    parts += [
+        f"{img_s:.1f} img/s",
+        f"ETA {format_eta((self.total - step) * sec_per_step) if ds > 0 else '?'}",
+    ]
     return " | ".join(parts), img_s
 
   def log(self, step: int, scalars: Mapping[str, float]) -> float:

@@ -2,6 +2,7 @@
 
 Used by the CLIP-teacher stage, RegionCLIP pretraining and detector fine-tuning alike.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,14 +32,26 @@ def check_finite(step: int, metrics: Mapping[str, float]) -> None:
     raise NonFiniteLossError(
         f"non-finite loss at step {step}: {bad[0]} = {float(metrics[bad[0]])}"
         + (f" (also {', '.join(bad[1:])})" if len(bad) > 1 else "")
-        + "; the last good checkpoint was left intact")
+        + "; the last good checkpoint was left intact"
+    )
 
 
-def train_loop(*, state: PyTree, step_fn: StepFn, data: Iterator, num_steps: int, workdir: str,
-               put_batch: Callable[[PyTree], PyTree] = lambda b: b,
-               checkpoint_every: int = 1000, keep_checkpoints: int = 3, async_checkpoints: bool = True,
-               log_every: int = 50, images_per_step: int = 1, name: str = "train",
-               on_log: Callable[[int, dict], None] | None = None) -> PyTree:
+def train_loop(
+    *,
+    state: PyTree,
+    step_fn: StepFn,
+    data: Iterator,
+    num_steps: int,
+    workdir: str,
+    put_batch: Callable[[PyTree], PyTree] = lambda b: b,
+    checkpoint_every: int = 1000,
+    keep_checkpoints: int = 3,
+    async_checkpoints: bool = True,
+    log_every: int = 50,
+    images_per_step: int = 1,
+    name: str = "train",
+    on_log: Callable[[int, dict], None] | None = None,
+) -> PyTree:
   """Run `state, metrics = step_fn(state, put_batch(next(data)))` up to `num_steps`.
 
   Resumes from the latest checkpoint in `<workdir>/checkpoints` (train state and iterator
@@ -47,8 +60,11 @@ def train_loop(*, state: PyTree, step_fn: StepFn, data: Iterator, num_steps: int
   non-finite loss raises NonFiniteLossError and never reaches a checkpoint. TensorBoard events
   and metrics.jsonl go to `<workdir>/tensorboard`. Returns the final state.
   """
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=keep_checkpoints,
-                      async_save=async_checkpoints)
+  ckpt = Checkpointer(
+      os.path.join(workdir, "checkpoints"),
+      max_to_keep=keep_checkpoints,
+      async_save=async_checkpoints,
+  )
   writer = MetricWriter(os.path.join(workdir, "tensorboard"))
   try:
     restored, iter_state = ckpt.restore(state)
@@ -58,8 +74,11 @@ def train_loop(*, state: PyTree, step_fn: StepFn, data: Iterator, num_steps: int
         data.set_state(iter_state)
     start = int(jax.device_get(state.step))
     if jax.process_index() == 0:
-      print(f"[{name}] {'resumed at' if restored is not None else 'starting at'} step {start}"
-            f" of {num_steps}; workdir {os.path.abspath(workdir)}", flush=True)
+      print(
+          f"[{name}] {'resumed at' if restored is not None else 'starting at'} step {start}"
+          f" of {num_steps}; workdir {os.path.abspath(workdir)}",
+          flush=True,
+      )
     progress = Progress(name, num_steps, images_per_step, start_step=start)
     acc: dict[str, list[float]] = {}
     pending = None

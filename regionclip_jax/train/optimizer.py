@@ -1,5 +1,6 @@
 """Optimiser factory: detectron2-style SGD with warmup + multi-step decay, per-tensor clipping,
 and a trainable mask (frozen parameters get no gradient, no optimiser state, no update)."""
+
 from __future__ import annotations
 
 import re
@@ -13,9 +14,13 @@ from flax import traverse_util
 PyTree = Any
 
 
-def warmup_multistep_schedule(base_lr: float, warmup_steps: int, warmup_factor: float,
-                              decay_steps: Sequence[int], decay_factor: float = 0.1
-                              ) -> Callable[[jax.Array], jax.Array]:
+def warmup_multistep_schedule(
+    base_lr: float,
+    warmup_steps: int,
+    warmup_factor: float,
+    decay_steps: Sequence[int],
+    decay_factor: float = 0.1,
+) -> Callable[[jax.Array], jax.Array]:
   """detectron2 `WarmupMultiStepLR` with linear warmup.
 
   lr(t) = base_lr * decay_factor ** #{s in decay_steps: s <= t} * w(t), with
@@ -64,22 +69,30 @@ def _as_dict(tree):
   return tree.unfreeze() if hasattr(tree, "unfreeze") else dict(tree)
 
 
-def trainable_mask(params: PyTree, trainable: Sequence[str] = (".*",),
-                   frozen: Sequence[str] = ()) -> PyTree:
+def trainable_mask(
+    params: PyTree, trainable: Sequence[str] = (".*",), frozen: Sequence[str] = ()
+) -> PyTree:
   """Bool tree: a leaf trains iff its path matches some `trainable` regex (re.search) and no
   `frozen` regex. Raises if a `trainable` pattern matches nothing (a typo would silently freeze)."""
   flat = traverse_util.flatten_dict(_as_dict(params), sep="/")
   for pat in trainable:
     if not any(re.search(pat, k) for k in flat):
       raise ValueError(f"trainable pattern {pat!r} matches no parameter; e.g. {sorted(flat)[:5]}")
-  out = {k: any(re.search(p, k) for p in trainable) and not any(re.search(p, k) for p in frozen)
-         for k in flat}
+  out = {
+      k: any(re.search(p, k) for p in trainable) and not any(re.search(p, k) for p in frozen)
+      for k in flat
+  }
   return traverse_util.unflatten_dict(out, sep="/")
 
 
-def sgd(learning_rate, momentum: float = 0.9, weight_decay: float = 1e-4,
-        clip_norm: float | None = 5.0, clip_type: str = "per_tensor",
-        nesterov: bool = False) -> optax.GradientTransformation:
+def sgd(
+    learning_rate,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    clip_norm: float | None = 5.0,
+    clip_type: str = "per_tensor",
+    nesterov: bool = False,
+) -> optax.GradientTransformation:
   """torch.optim.SGD as detectron2 builds it: clip, + wd * param, momentum buffer, * -lr.
 
   clip_type: "per_tensor" (official) or "global" (optax.clip_by_global_norm).
@@ -120,5 +133,6 @@ def select(tree: PyTree, mask: PyTree) -> PyTree:
 
 def merge(trainable: PyTree, full: PyTree, mask: PyTree) -> PyTree:
   """Put the trainable leaves back into the full tree (frozen leaves are taken from `full`)."""
-  return jax.tree.map(lambda m, t, f: t if m else f, mask, trainable, full,
-                      is_leaf=lambda x: x is None)
+  return jax.tree.map(
+      lambda m, t, f: t if m else f, mask, trainable, full, is_leaf=lambda x: x is None
+  )

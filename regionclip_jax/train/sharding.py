@@ -1,4 +1,5 @@
 """Device mesh, batch sharding and parameter-sharding rules (data parallel, optional FSDP)."""
+
 from __future__ import annotations
 
 import re
@@ -45,8 +46,13 @@ def fsdp_spec(shape: Sequence[int], num_shards: int, min_size: int) -> P:
   return P()
 
 
-def param_shardings(params: PyTree, mesh: Mesh, mode: str = "replicate",
-                    min_size: int = 2 ** 16, rules: Sequence[tuple[str, P]] = ()) -> PyTree:
+def param_shardings(
+    params: PyTree,
+    mesh: Mesh,
+    mode: str = "replicate",
+    min_size: int = 2**16,
+    rules: Sequence[tuple[str, P]] = (),
+) -> PyTree:
   """Tree of NamedSharding for `params` (arrays or ShapeDtypeStructs).
 
   mode: "replicate" (data parallel) or "fsdp" (ZeRO-3-style: each large tensor split over
@@ -56,8 +62,9 @@ def param_shardings(params: PyTree, mesh: Mesh, mode: str = "replicate",
   if mode not in ("replicate", "fsdp"):
     raise ValueError(f"sharding.mode must be 'replicate' or 'fsdp', got {mode!r}")
   n = mesh.shape[DATA]
-  flat = traverse_util.flatten_dict(params.unfreeze() if hasattr(params, "unfreeze") else params,
-                                    sep="/")
+  flat = traverse_util.flatten_dict(
+      params.unfreeze() if hasattr(params, "unfreeze") else params, sep="/"
+  )
   out = {}
   for path, x in flat.items():
     spec = None
@@ -71,8 +78,9 @@ def param_shardings(params: PyTree, mesh: Mesh, mode: str = "replicate",
   return traverse_util.unflatten_dict(out, sep="/")
 
 
-def tree_shardings_like(tree: PyTree, param_tree_shardings: PyTree, params: PyTree,
-                        mesh: Mesh) -> PyTree:
+def tree_shardings_like(
+    tree: PyTree, param_tree_shardings: PyTree, params: PyTree, mesh: Mesh
+) -> PyTree:
   """Shardings for a tree (e.g. optimiser state) whose array leaves mirror `params` by shape:
   leaves with a parameter's shape at the same path suffix reuse its sharding, others replicate."""
   flat_p = traverse_util.flatten_dict(params, sep="/")
@@ -94,11 +102,12 @@ def global_batch(local: PyTree, mesh: Mesh) -> PyTree:
 
   Every process passes its own shard (leading axis = global batch / process count)."""
   sharding = batch_sharding(mesh)
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-                      local)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local
+  )
 
 
-def state_shardings(state, mesh: Mesh, mode: str = "replicate", min_size: int = 2 ** 16):
+def state_shardings(state, mesh: Mesh, mode: str = "replicate", min_size: int = 2**16):
   """Shardings for a TrainState: params by `param_shardings`, optimiser state mirroring them,
   the step replicated."""
   ps = param_shardings(state.params, mesh, mode, min_size)
@@ -106,8 +115,16 @@ def state_shardings(state, mesh: Mesh, mode: str = "replicate", min_size: int = 
   return state.replace(step=replicated(mesh), params=ps, opt_state=os_)
 
 
-def jit_step(step, mesh: Mesh, state, *, mode: str = "replicate", min_size: int = 2 ** 16,
-             donate: bool = True, frozen=None):
+def jit_step(
+    step,
+    mesh: Mesh,
+    state,
+    *,
+    mode: str = "replicate",
+    min_size: int = 2**16,
+    donate: bool = True,
+    frozen=None,
+):
   """jax.jit a `step(state, batch, frozen) -> (state, metrics)` over `mesh`.
 
   The batch is split over `data`, `frozen` (teacher params, concept embeddings) replicated or
@@ -117,10 +134,16 @@ def jit_step(step, mesh: Mesh, state, *, mode: str = "replicate", min_size: int 
   st_sh = state_shardings(state, mesh, mode, min_size)
   fr_sh = None
   if frozen is not None:
-    fr_sh = {k: (param_shardings(v, mesh, mode, min_size) if isinstance(v, dict) else replicated(mesh))
-             for k, v in frozen.items()}
+    fr_sh = {
+        k: (param_shardings(v, mesh, mode, min_size) if isinstance(v, dict) else replicated(mesh))
+        for k, v in frozen.items()
+    }
     frozen = jax.device_put(frozen, fr_sh)
   state = jax.device_put(state, st_sh)
-  fn = jax.jit(step, in_shardings=(st_sh, batch_sharding(mesh), fr_sh),
-               out_shardings=(st_sh, replicated(mesh)), donate_argnums=(0,) if donate else ())
+  fn = jax.jit(
+      step,
+      in_shardings=(st_sh, batch_sharding(mesh), fr_sh),
+      out_shardings=(st_sh, replicated(mesh)),
+      donate_argnums=(0,) if donate else (),
+  )
   return fn, state, frozen
