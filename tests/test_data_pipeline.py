@@ -1,19 +1,33 @@
 """grain pipeline: determinism, exact resume through json, sharding, skipped records, epochs."""
 
+import json
+
 import numpy as np
 import pytest
 
 from regionclip_jax.data import transforms as T
-from regionclip_jax.data.pipeline import (
-    CachedSource,
-    batch_equal,
-    make_dataset,
-    make_pipeline,
-    state_from_json,
-    state_to_json,
-    take,
-)
+from regionclip_jax.data.pipeline import CachedSource, make_dataset, make_pipeline
 from regionclip_jax.data.shapes_world import ShapesWorld
+
+
+def take(iterator, n: int) -> list:
+  """The next `n` batches as a list."""
+  return [next(iterator) for _ in range(n)]
+
+
+def batch_equal(a: dict, b: dict) -> bool:
+  if a.keys() != b.keys():
+    return False
+  return all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
+
+
+def state_to_json(state) -> str:
+  """Iterator state -> json text; raises if the state is not json-clean (orbax saves it as json)."""
+  return json.dumps(state, sort_keys=True)
+
+
+def state_from_json(text: str):
+  return json.loads(text)
 
 
 def _tok(texts, context_length=77):

@@ -10,12 +10,10 @@ records the uninterrupted run would have produced. Multi-host: each process read
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any, Sequence
 
 import grain
-import numpy as np
 
 
 def _process_info() -> tuple[int, int]:
@@ -153,23 +151,3 @@ class CachedSource:
 
 
 _MISSING = object()
-
-
-def state_to_json(state: Any) -> str:
-  """Iterator state -> json text (orbax / plain files); raises if the state is not json-clean."""
-  return json.dumps(state, sort_keys=True)
-
-
-def state_from_json(text: str) -> Any:
-  return json.loads(text)
-
-
-def take(iterator, n: int) -> list:
-  """The next `n` batches as a list (tests, benchmarks)."""
-  return [next(iterator) for _ in range(n)]
-
-
-def batch_equal(a: dict, b: dict) -> bool:
-  if a.keys() != b.keys():
-    return False
-  return all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)

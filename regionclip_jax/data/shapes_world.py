@@ -1,6 +1,6 @@
 """The "shapes world": procedural scenes of shape concepts with boxes and incomplete captions.
 
-DESIGN.md §6. Each scene is a noisy colour field with low-frequency tint, some distractor
+See docs/design.md, "Shapes world". Each scene is a noisy colour field with low-frequency tint, some distractor
 clutter (strokes and specks that belong to no concept), and 2-3 objects of 16-40 px (at 64 px;
 sizes scale with the image; see ShapesWorldConfig and HARD_WORLD) drawn from a vocabulary of
 12 shape concepts (3 novel) in random colours,

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 def _check_boxes(b, name: str) -> None:
   if b.ndim < 1 or b.shape[-1] != 4:
-    raise ValueError(f"ops/boxes.py: {name} must have shape [..., 4], got {tuple(b.shape)}")
+    raise ValueError(f"{__name__}: {name} must have shape [..., 4], got {tuple(b.shape)}")
 
 
 def box_area(b):
@@ -36,7 +36,7 @@ def pairwise_iou(a, b):
   _check_boxes(b, "b")
   if a.ndim != 2 or b.ndim != 2:
     raise ValueError(
-        f"ops/boxes.py: pairwise_iou wants a [N, 4] and b [M, 4], got "
+        f"{__name__}: pairwise_iou wants a [N, 4] and b [M, 4], got "
         f"{tuple(a.shape)} and {tuple(b.shape)}; vmap for batches"
     )
   area_a = box_area(a)
@@ -79,7 +79,7 @@ class Box2BoxTransform:
       scale_clamp: float = math.log(1000.0 / 16),
   ):
     if len(weights) != 4:
-      raise ValueError(f"ops/boxes.py: Box2BoxTransform weights must be 4 numbers, got {weights}")
+      raise ValueError(f"{__name__}: Box2BoxTransform weights must be 4 numbers, got {weights}")
     self.weights = tuple(float(w) for w in weights)
     self.scale_clamp = float(scale_clamp)
 
@@ -110,7 +110,7 @@ class Box2BoxTransform:
     _check_boxes(boxes, "boxes")
     if deltas.shape[-1] % 4:
       raise ValueError(
-          f"ops/boxes.py: deltas last dim must be a multiple of 4, got {tuple(deltas.shape)}"
+          f"{__name__}: deltas last dim must be a multiple of 4, got {tuple(deltas.shape)}"
       )
     dtype = jnp.promote_types(deltas.dtype, jnp.float32)
     d = deltas.astype(dtype).reshape(deltas.shape[:-1] + (-1, 4))

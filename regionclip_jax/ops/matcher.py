@@ -27,14 +27,14 @@ class Matcher:
   ):
     thresholds = [float(t) for t in thresholds]
     if any(a > b for a, b in zip(thresholds[:-1], thresholds[1:])):
-      raise ValueError(f"ops/matcher.py: thresholds must be increasing, got {thresholds}")
+      raise ValueError(f"{__name__}: thresholds must be increasing, got {thresholds}")
     if len(labels) != len(thresholds) + 1:
       raise ValueError(
-          f"ops/matcher.py: need len(labels) == len(thresholds) + 1, got "
+          f"{__name__}: need len(labels) == len(thresholds) + 1, got "
           f"{len(labels)} labels for {len(thresholds)} thresholds"
       )
     if any(l not in (-1, 0, 1) for l in labels):
-      raise ValueError(f"ops/matcher.py: labels must be in {{-1, 0, 1}}, got {list(labels)}")
+      raise ValueError(f"{__name__}: labels must be in {{-1, 0, 1}}, got {list(labels)}")
     self.thresholds = [-math.inf] + thresholds + [math.inf]
     self.labels = [int(l) for l in labels]
     self.allow_low_quality_matches = allow_low_quality_matches
@@ -47,7 +47,7 @@ class Matcher:
     """
     iou = jnp.asarray(iou)
     if iou.ndim != 2:
-      raise ValueError(f"ops/matcher.py: iou must be [G, P], got {tuple(iou.shape)}")
+      raise ValueError(f"{__name__}: iou must be [G, P], got {tuple(iou.shape)}")
     num_gt, num_pred = iou.shape
     if num_gt == 0:
       return (jnp.zeros((num_pred,), jnp.int32), jnp.full((num_pred,), self.labels[0], jnp.int32))
@@ -56,7 +56,7 @@ class Matcher:
     gt_valid = jnp.asarray(gt_valid, bool)
     if gt_valid.shape != (num_gt,):
       raise ValueError(
-          f"ops/matcher.py: gt_valid must be [G] = ({num_gt},), got {tuple(gt_valid.shape)}"
+          f"{__name__}: gt_valid must be [G] = ({num_gt},), got {tuple(gt_valid.shape)}"
       )
     q = jnp.where(gt_valid[:, None], iou, -jnp.inf)
     matched_vals = jnp.max(q, axis=0)

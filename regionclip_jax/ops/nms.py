@@ -20,17 +20,17 @@ def _prepare(boxes, scores, valid, name: str):
   boxes = jnp.asarray(boxes)
   scores = jnp.asarray(scores)
   if boxes.ndim != 2 or boxes.shape[-1] != 4:
-    raise ValueError(f"ops/nms.py: {name} boxes must be [N, 4], got {tuple(boxes.shape)}")
+    raise ValueError(f"{__name__}: {name} boxes must be [N, 4], got {tuple(boxes.shape)}")
   if scores.shape != boxes.shape[:1]:
     raise ValueError(
-        f"ops/nms.py: {name} scores must be [N] = {boxes.shape[:1]}, got {tuple(scores.shape)}"
+        f"{__name__}: {name} scores must be [N] = {boxes.shape[:1]}, got {tuple(scores.shape)}"
     )
   ok = jnp.isfinite(scores) & jnp.all(jnp.isfinite(boxes), axis=-1)
   if valid is not None:
     valid = jnp.asarray(valid)
     if valid.shape != scores.shape:
       raise ValueError(
-          f"ops/nms.py: {name} valid must be [N] = {scores.shape}, got {tuple(valid.shape)}"
+          f"{__name__}: {name} valid must be [N] = {scores.shape}, got {tuple(valid.shape)}"
       )
     ok = ok & valid.astype(bool)
   dtype = jnp.promote_types(boxes.dtype, jnp.float32)
@@ -93,7 +93,7 @@ def batched_nms(boxes, scores, classes, iou_threshold: float, max_output: int, v
   classes = jnp.asarray(classes)
   if classes.shape != scores.shape:
     raise ValueError(
-        f"ops/nms.py: batched_nms classes must be [N] = {scores.shape}, got "
+        f"{__name__}: batched_nms classes must be [N] = {scores.shape}, got "
         f"{tuple(classes.shape)}"
     )
   if boxes.shape[0] == 0:
@@ -126,7 +126,7 @@ def soft_nms(
     classes = jnp.asarray(classes)
     if classes.shape != scores.shape:
       raise ValueError(
-          f"ops/nms.py: soft_nms classes must be [N] = {scores.shape}, got "
+          f"{__name__}: soft_nms classes must be [N] = {scores.shape}, got "
           f"{tuple(classes.shape)}"
       )
   dtype = jnp.promote_types(scores.dtype, jnp.float32)

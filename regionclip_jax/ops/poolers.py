@@ -13,11 +13,11 @@ from regionclip_jax.ops.roi_align import roi_align
 def _levels(scales: Sequence[float]) -> tuple[int, int]:
   levels = [-math.log2(s) for s in scales]
   if any(abs(l - round(l)) > 1e-6 for l in levels):
-    raise ValueError(f"ops/poolers.py: scales must be powers of 1/2, got {list(scales)}")
+    raise ValueError(f"{__name__}: scales must be powers of 1/2, got {list(scales)}")
   levels = [int(round(l)) for l in levels]
   if levels != list(range(levels[0], levels[0] + len(levels))):
     raise ValueError(
-        f"ops/poolers.py: scales must be consecutive levels (1/4, 1/8, ...), got {list(scales)}"
+        f"{__name__}: scales must be consecutive levels (1/4, 1/8, ...), got {list(scales)}"
     )
   return levels[0], levels[-1]
 
@@ -63,11 +63,11 @@ def multilevel_roi_align(
   separable form for adaptive sampling (see roi_align).
   """
   if len(features) != len(scales) or not features:
-    raise ValueError(f"ops/poolers.py: got {len(features)} feature maps for {len(scales)} scales")
+    raise ValueError(f"{__name__}: got {len(features)} feature maps for {len(scales)} scales")
   channels = {f.shape[-1] for f in features}
   if len(channels) != 1 or any(f.shape[0] != features[0].shape[0] for f in features):
     raise ValueError(
-        "ops/poolers.py: feature maps must share batch and channels, got "
+        f"{__name__}: feature maps must share batch and channels, got "
         f"{[tuple(f.shape) for f in features]}"
     )
   pool = lambda f, s, b: roi_align(

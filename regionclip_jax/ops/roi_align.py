@@ -277,22 +277,22 @@ def roi_align(
   boxes = jnp.asarray(boxes)
   if features.ndim != 4:
     raise ValueError(
-        f"ops/roi_align.py: features must be [N, H, W, C], got {tuple(features.shape)}"
+        f"{__name__}: features must be [N, H, W, C], got {tuple(features.shape)}"
     )
   if boxes.ndim != 3 or boxes.shape[-1] != 4:
-    raise ValueError(f"ops/roi_align.py: boxes must be [N, R, 4], got {tuple(boxes.shape)}")
+    raise ValueError(f"{__name__}: boxes must be [N, R, 4], got {tuple(boxes.shape)}")
   if boxes.shape[0] != features.shape[0]:
     raise ValueError(
-        f"ops/roi_align.py: batch mismatch: features {tuple(features.shape)} vs "
+        f"{__name__}: batch mismatch: features {tuple(features.shape)} vs "
         f"boxes {tuple(boxes.shape)}"
     )
   if method not in ("separable", "gather", "auto"):
     raise ValueError(
-        f"ops/roi_align.py: method must be 'separable', 'gather' or 'auto', got {method!r}"
+        f"{__name__}: method must be 'separable', 'gather' or 'auto', got {method!r}"
     )
   if sampling_ratio < 0 or chunk_size < 1:
     raise ValueError(
-        f"ops/roi_align.py: need sampling_ratio >= 0 and chunk_size >= 1, got "
+        f"{__name__}: need sampling_ratio >= 0 and chunk_size >= 1, got "
         f"{sampling_ratio}, {chunk_size}"
     )
   oh, ow = _pair(output_size)

@@ -22,13 +22,13 @@ def subsample_labels(
   """
   labels = jnp.asarray(labels)
   if labels.ndim != 1:
-    raise ValueError(f"ops/sampling.py: labels must be [P], got {tuple(labels.shape)}")
+    raise ValueError(f"{__name__}: labels must be [P], got {tuple(labels.shape)}")
   num_preds = labels.shape[0]
   if valid is not None:
     valid = jnp.asarray(valid, bool)
     if valid.shape != labels.shape:
       raise ValueError(
-          f"ops/sampling.py: valid must be [P] = {labels.shape}, got {tuple(valid.shape)}"
+          f"{__name__}: valid must be [P] = {labels.shape}, got {tuple(valid.shape)}"
       )
     labels = jnp.where(valid, labels, -1)
   if num_preds == 0:
