@@ -41,12 +41,8 @@ def _median_time(fn, repeats):
 def run_variant(name, dtype, args):
   from regionclip_jax.detection import builders
   from regionclip_jax.detection.settings import InferenceSettings, RoIHeadSettings, RPNSettings
-  from regionclip_jax.detection.train_lib import (
-      make_classify_fn,
-      make_detector_step,
-      make_proposal_fn,
-      make_region_fn,
-  )
+  from regionclip_jax.detection.inference import make_classify_fn, make_proposal_fn, make_region_fn
+  from regionclip_jax.detection.train_lib import make_detector_step
   from regionclip_jax.detection.finetune import TRAINABLE_DETECTOR
   from regionclip_jax.models.clip import FROZEN_BN_REGEX, get_config
   from regionclip_jax.train import optimizer as optim

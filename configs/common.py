@@ -23,31 +23,7 @@ def select_preset(
   cfg = presets[name]()
   with cfg.unlocked():
     cfg.preset = name
-  cfg.lock()  # unknown keys in --config.x.y=... overrides now fail, naming the valid ones
+  # locked: unknown keys in --config.x.y=... overrides fail, naming the valid ones, so the
+  # configs need no key checking of their own
+  cfg.lock()
   return cfg
-
-
-def check_keys(
-    cfg: ml_collections.ConfigDict,
-    reference: ml_collections.ConfigDict,
-    where: str,
-    prefix: str = "",
-) -> None:
-  """Raise naming the bad key and the valid keys if `cfg` has a key `reference` lacks."""
-  for k in cfg.keys():
-    if k not in reference:
-      close = difflib.get_close_matches(k, list(reference.keys()), n=1)
-      hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
-      raise ValueError(
-          f"{where}: unknown config key {prefix + k!r}{hint}; valid keys at this "
-          f"level: {sorted(reference.keys())}"
-      )
-    if isinstance(cfg[k], ml_collections.ConfigDict) and isinstance(
-        reference[k], ml_collections.ConfigDict
-    ):
-      check_keys(cfg[k], reference[k], where, prefix + k + ".")
-
-
-def check_choice(value, choices, key: str, where: str) -> None:
-  if value not in choices:
-    raise ValueError(f"{where}: {key}={value!r} is not one of {list(choices)}")

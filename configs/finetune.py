@@ -1,23 +1,30 @@
-"""Open-vocabulary detector transfer (DESIGN.md §1.4) and the offline RPN it uses.
+"""Open-vocabulary detector transfer (docs/design.md, "Detector transfer") and its offline RPN.
 
     python -m regionclip_jax.main --config=configs/finetune.py            # shapes (default)
     python -m regionclip_jax.main --config=configs/finetune.py:coco_ovd_rn50
     python -m regionclip_jax.main --config=configs/finetune.py:rpn_shapes  # train the offline RPN
 
 Presets: shapes (default), rpn_shapes, coco_ovd_rn50, coco_ovd_rn50x4, lvis_rn50, rpn_coco,
-rpn_lvis. `task` "detection" (main.py -> detection.run), `stage`: "finetune" (detector on base classes,
-proposals from a frozen RPN) or "rpn" (class-agnostic RPN on base boxes). Official values are the defaults; deviations say so.
+rpn_lvis. `task` "detection" (main.py -> detection.run), `stage`: "finetune" (detector on base
+classes, proposals from a frozen RPN) or "rpn" (class-agnostic RPN on base boxes). Official values
+are the defaults; deviations say so. The rpn / roi_heads / test defaults are those of the settings
+dataclasses (regionclip_jax/detection/settings.py, their one definition); presets write only what
+they change.
 """
 
 from __future__ import annotations
 
-import os
-import sys
+import dataclasses
 
 import ml_collections as mlc
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import select_preset  # noqa: E402
+from configs.common import select_preset
+from regionclip_jax.detection.settings import InferenceSettings, RoIHeadSettings, RPNSettings
+
+
+def _settings_section(settings, drop=()) -> mlc.ConfigDict:
+  """Every field of a settings dataclass at its default (`drop`: fields another section holds)."""
+  return mlc.ConfigDict({k: v for k, v in dataclasses.asdict(settings).items() if k not in drop})
 
 
 def _base() -> mlc.ConfigDict:
@@ -44,46 +51,24 @@ def _base() -> mlc.ConfigDict:
   c.model.fpn.canonical_box_size = 224.0
   c.model.fpn.fc_dim = 1024
 
-  c.rpn = mlc.ConfigDict()
+  c.rpn = _settings_section(RPNSettings())
   c.rpn.checkpoint = ""  # workdir of a stage="rpn" run (the frozen offline RPN)
   c.rpn.clip_preset = ""  # RPN backbone; "" = model.clip_preset
   c.rpn.init_checkpoint = ""  # RPN backbone init (stage="rpn"); "" = model.init_checkpoint
   c.rpn.anchor_sizes = (32, 64, 128, 256, 512)
   c.rpn.aspect_ratios = (0.5, 1.0, 2.0)
   c.rpn.stride = 16
-  c.rpn.iou_thresholds = (0.3, 0.7)
-  c.rpn.batch_size_per_image = 256
-  c.rpn.positive_fraction = 0.5
-  c.rpn.pre_nms_topk_train = 12000
-  c.rpn.post_nms_topk_train = 2000
-  c.rpn.pre_nms_topk_test = 6000
-  c.rpn.post_nms_topk_test = 1000
-  c.rpn.nms_thresh = 0.7
 
-  c.roi_heads = mlc.ConfigDict()
-  c.roi_heads.batch_size_per_image = 512
-  c.roi_heads.positive_fraction = 0.25
-  c.roi_heads.iou_threshold = 0.5
-  c.roi_heads.temperature = 0.01
-  # a CLIP checkpoint: temperature = 1 / its learned logit scale (OpenAI CLIP: 0.01, as above)
+  c.roi_heads = _settings_section(RoIHeadSettings())
+  # a CLIP checkpoint: temperature = 1 / its learned logit scale (OpenAI CLIP: 0.01, the default)
   c.roi_heads.temperature_from_checkpoint = ""
-  c.roi_heads.focal_gamma = 0.5  # COCO; LVIS: None (plain CE)
-  c.roi_heads.bg_weight = 0.2  # COCO; LVIS: 0.8
-  c.roi_heads.box_weights = (10.0, 10.0, 5.0, 5.0)
 
-  c.test = mlc.ConfigDict()
-  c.test.score_thresh = 0.001
-  c.test.nms_thresh = 0.5
-  c.test.topk = 100
-  c.test.soft_nms_enabled = False  # reported numbers used gaussian soft-NMS (sigma 0.5)
-  c.test.soft_nms_sigma = 0.5
-  c.test.soft_nms_prune = 0.001
-  c.test.max_candidates = 2000  # static-shape cap on (RoI, class) pairs entering NMS
+  # the classifier temperature is roi_heads' (the one the detector trains with)
+  c.test = _settings_section(InferenceSettings(), drop=("temperature",))
+  # None is spelled "" / () here, so --config.test.* can set these fields
   c.test.rpn_fusion = ""  # "" | "raw_logit" (official MULTIPLY_RPN_SCORE) | "sigmoid"
+  c.test.pretrained_score_weights = ()  # (w_seen, w_unseen) score ensemble; () = detector alone
   c.test.eval_split = "coco_ovd"
-  # (w_seen, w_unseen): geometric-mean score ensemble with the frozen pretrained init, F-VLM's
-  # (0.35, 0.65); () = the fine-tuned detector alone (official RegionCLIP)
-  c.test.pretrained_score_weights = ()
   c.test.batch_size = 1
   c.test.num_examples = 0  # > 0: <workdir>/examples.png, GT vs. detections on test images
 
@@ -169,7 +154,6 @@ def shapes() -> mlc.ConfigDict:
   c.model.clip_preset = "tiny_rn"
   c.model.pooler_resolution = 4  # 2 * attnpool grid of tiny_rn (64 px -> 2x2)
   c.rpn.anchor_sizes = (12, 20, 32, 48)
-  c.rpn.aspect_ratios = (0.5, 1.0, 2.0)
   c.rpn.batch_size_per_image = 64
   c.rpn.pre_nms_topk_train = 192
   c.rpn.post_nms_topk_train = 64

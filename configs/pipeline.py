@@ -1,6 +1,7 @@
-"""The whole shapes-world experiment in one command (DESIGN.md §6): teacher CLIP -> base-class RPN
--> RegionCLIP pretraining (+ matched-compute control) -> open-vocabulary fine-tuning from the
-student, teacher and control -> region recognition and AP50 tables (regionclip_jax/pipeline.py).
+"""The whole shapes-world experiment in one command (docs/design.md, "Shapes world"): teacher
+CLIP -> base-class RPN -> RegionCLIP pretraining (+ matched-compute control) -> open-vocabulary
+fine-tuning from the student, teacher and control -> region recognition and AP50 tables
+(regionclip_jax/pipeline.py).
 
     python -m regionclip_jax.main --config=configs/pipeline.py                 # one seed
     python -m regionclip_jax.main --config=configs/pipeline.py:three_seeds     # the README table
@@ -13,15 +14,10 @@ any key, e.g. --config.pretrain.num_steps=600 --config.finetune.train.num_steps=
 
 from __future__ import annotations
 
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import finetune as finetune_configs  # noqa: E402
-import pretrain as pretrain_configs  # noqa: E402
-from common import select_preset  # noqa: E402
+from configs import finetune as finetune_configs, pretrain as pretrain_configs
+from configs.common import select_preset
 
 
 def shapes() -> ml_collections.ConfigDict:

@@ -7,19 +7,15 @@
 Presets: `shapes` (default: tiny CLIP ResNets on the procedural shapes world; the job first trains
 an image-level CLIP teacher into <workdir>/teacher when none is given, then the base-class RPN
 into <workdir>/rpn), `rn50_cc3m`,
-`rn50x4_cc3m`, `rn50_coco` (official hyper-parameters, DESIGN.md §1.3).
+`rn50x4_cc3m`, `rn50_coco` (official hyper-parameters; docs/design.md, "Pretraining").
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import finetune as finetune_configs  # noqa: E402
-from common import select_preset  # noqa: E402
+from configs import finetune as finetune_configs
+from configs.common import select_preset
 
 FROZEN_BN = r"(^|/)(bn\d+|downsample_bn)/"  # = models.clip.FROZEN_BN_REGEX (no jax import here)
 
@@ -131,7 +127,8 @@ def base() -> ml_collections.ConfigDict:
   c.teacher_stage.calibration_images = 512
 
   # Matched-compute control: the teacher trained further with the image-level CLIP loss for
-  # control_steps (0 = off). Region recognition gains are judged against it (DESIGN.md §6).
+  # control_steps (0 = off). Region recognition gains are judged against it (docs/design.md,
+  # "Shapes world").
   c.control_steps = 0
   c.eval = ml_collections.ConfigDict()
   c.eval.enabled = True

@@ -1,4 +1,4 @@
-"""Zero-shot open-vocabulary inference without fine-tuning (DESIGN.md §1.4, last bullet).
+"""Zero-shot open-vocabulary inference without fine-tuning (docs/design.md, "Detector transfer").
 
     python -m regionclip_jax.main --config=configs/zero_shot.py:folder \
         --config.zero_shot.checkpoint=CKPT --config.zero_shot.images=DIR \
@@ -7,27 +7,25 @@
 
 Presets: folder (default: your images, your words), coco_gt / coco_rpn (the paper's protocol on
 COCO OVD: GT boxes or RPN proposals, AP50 novel/base/all), lvis_gt / lvis_rpn.
-The same settings as flags: `python -m regionclip_jax.tools.zero_shot --help`.
+The tool's flags are generated from the `zero_shot` fields below (one definition):
+`python -m regionclip_jax.tools.zero_shot --help`.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
 import ml_collections as mlc
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import select_preset  # noqa: E402
+from configs.common import select_preset
 
 
 def _base() -> mlc.ConfigDict:
   c = mlc.ConfigDict()
-  c.task = "detection"  # main.py -> regionclip_jax.detection.run
+  c.task = "zero_shot"  # main.py -> regionclip_jax.tools.zero_shot.run
   c.stage = "zero_shot"
   c.seed = 0
   z = c.zero_shot = mlc.ConfigDict()
   z.checkpoint = ""  # CLIP checkpoint (any format) or a detector export dir
+  z.source = ""  # force the checkpoint format (see models.checkpoints); "" = detect it
   z.text_checkpoint = ""  # text tower, if not in `checkpoint`
   z.embeddings = ""  # .npy [K, D] in vocabulary / category order
   z.rpn = ""  # frozen RPN workdir / export; "" = sliding windows

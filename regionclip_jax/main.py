@@ -8,12 +8,17 @@ from __future__ import annotations
 import importlib
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from regionclip_jax.train.loop import NonFiniteLossError
+
+# Imported by name when dispatched: each task pulls in its own stack (detection, pretraining...).
 TASKS = {
-    "pretrain": "regionclip_jax.pretrain.run",
+    "pretrain": "regionclip_jax.stages",
     "detection": "regionclip_jax.detection.run",
+    "zero_shot": "regionclip_jax.tools.zero_shot",
     "pipeline": "regionclip_jax.pipeline",
 }
 
@@ -38,15 +43,11 @@ def main(argv):
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/pretrain.py")
   if _DISTRIBUTED.value:
-    import jax
-
     jax.distributed.initialize()
   task = config.get("task")
   if task not in TASKS:
     raise app.UsageError(f"config.task={task!r} is not one of {sorted(TASKS)}")
   module = importlib.import_module(TASKS[task])
-  from regionclip_jax.train.loop import NonFiniteLossError
-
   try:
     module.run(config, _WORKDIR.value)
   except NonFiniteLossError as e:

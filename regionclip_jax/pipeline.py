@@ -1,8 +1,8 @@
-"""The whole shapes-world experiment in one command (DESIGN.md §6):
+"""The whole shapes-world experiment in one command (docs/design.md, "Shapes world"):
 
     python -m regionclip_jax.main --config=configs/pipeline.py [--workdir=DIR]
 
-For each seed, into <workdir>/seed_<s>/:
+For each seed, into <workdir>/seed_<s>/ (stages 1-3 are `regionclip_jax.stages`):
   1. image-level CLIP teacher                       pretrain/teacher/final
   2. class-agnostic RPN on base boxes (teacher init) rpn/export
   3. RegionCLIP pretraining with the RPN's proposals pretrain/student, plus the matched-compute
@@ -29,7 +29,13 @@ import shutil
 import tempfile
 import time
 
+import jax
 import numpy as np
+from jax.experimental.compilation_cache import compilation_cache as cc
+
+from regionclip_jax import stages
+from regionclip_jax.detection import builders, finetune
+from regionclip_jax.evaluation import visualize
 
 INITS = ("student", "teacher", "control")
 REGION_MODELS = ("teacher", "control", "student")
@@ -60,30 +66,25 @@ def _finetune_config(config, seed: int, init: str, rpn_dir: str, teacher: str):
 
 
 def run_seed(config, seed: int, workdir: str) -> dict:
-  """Stages 1-4 for one seed -> {"region": pretrain eval, "detection": {init: AP50s}, "seconds"}."""
-  from regionclip_jax.detection import builders, finetune
-  from regionclip_jax.pretrain import run as pretrain_run
-
+  """Stages 1-5 for one seed -> {"region": pretrain eval, "detection": {init: AP50s}, "seconds"}."""
   timings: dict = {}
   pre = config.pretrain.copy_and_resolve_references()
   pre.seed = seed
   pre_dir = os.path.join(workdir, "pretrain")
 
   t = time.time()
-  pretrain_run.train_teacher(pre, pre_dir)
-  teacher = os.path.join(pre_dir, "teacher", "final")
+  teacher = stages.teacher(pre, pre_dir)
   _stage_time(timings, "teacher", t)
 
   t = time.time()
-  # the detectors need it whatever the pretraining proposals are
-  pre.proposals.rpn_checkpoint = ""
-  rpn_dir = pretrain_run.get_rpn(pre, workdir, teacher)  # -> <workdir>/rpn
+  # the detectors need it whatever the pretraining proposals are; beside the seed's detectors
+  rpn_dir = stages.rpn(pre, teacher, os.path.join(workdir, "rpn"))
   _stage_time(timings, "rpn", t)
 
   t = time.time()
   pre.model.teacher_checkpoint = teacher
   pre.proposals.rpn_checkpoint = rpn_dir
-  region = pretrain_run.run(pre, pre_dir)
+  region = stages.regionclip(pre, pre_dir)
   _stage_time(timings, "pretrain_and_control", t)
 
   inits = {
@@ -246,8 +247,6 @@ def verdict(summary: dict) -> dict:
 
 def _figures(workdir: str, summary: dict, seed_dirs: list[str]) -> None:
   """Bar chart over seeds, example detections and loss curves copied up from the first seed."""
-  from regionclip_jax.evaluation import visualize
-
   region, n = summary["region"], summary["num_seeds"]
   groups = ("base", "novel", "all")
   models = [m for m in REGION_MODELS if m in region]
@@ -282,9 +281,6 @@ def compilation_cache(directory: str):
   fine-tunes build identical XLA programs (train step, proposals, evaluation), which are then
   compiled once. A cache the user configured (JAX_COMPILATION_CACHE_DIR) is left alone. The cache
   is trusted code: it lives in the run's own workdir."""
-  import jax
-  from jax.experimental.compilation_cache import compilation_cache as cc
-
   if jax.config.jax_compilation_cache_dir:
     yield
     return

@@ -47,7 +47,7 @@ def _reference_embeddings(model, names, templates):
 
 
 def test_extract_concept_features_matches_reference_text_tower(tmp_path, capsys):
-  from regionclip_jax.pretrain.prompts import TEMPLATES
+  from regionclip_jax.models.prompts import TEMPLATES
 
   assert all(t in TEMPLATES for t in _SOME_OFFICIAL) and len(TEMPLATES) == 81
   model = u.torch_clip("rn", seed=7)

@@ -12,7 +12,7 @@ from regionclip_jax.data.concepts import (
     main,
     plural_forms,
 )
-from regionclip_jax.pretrain.prompts import read_concepts_file
+from regionclip_jax.models.prompts import read_concepts_file
 
 
 def test_matcher_longest_phrase_plurals_and_cleaning():

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from regionclip_jax.detection import builders
+from regionclip_jax.detection import builders, export
 from regionclip_jax.detection.postprocess import ensemble_with_pretrained
 from regionclip_jax.detection.predictor import DetectorPredictor
 from regionclip_jax.detection.settings import InferenceSettings
@@ -112,14 +112,14 @@ def test_export_carries_the_pretrained_init(tmp_path, two_detectors):
       "clip_config": get_config("tiny_rn").to_dict(),
       "pooler_resolution": 4,
   }
-  builders.export_model(str(tmp_path / "a"), tuned, meta, pretrained=init)
-  builders.export_model(str(tmp_path / "b"), tuned, meta)
-  got = builders.load_export_pretrained(str(tmp_path / "a"))
+  export.export_model(str(tmp_path / "a"), tuned, meta, pretrained=init)
+  export.export_model(str(tmp_path / "b"), tuned, meta)
+  got = export.load_export_pretrained(str(tmp_path / "a"))
   flat_got, flat_want = jax.tree.leaves(got), jax.tree.leaves(init)
   assert len(flat_got) == len(flat_want)
   for a, b in zip(flat_got, flat_want):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert builders.load_export_pretrained(str(tmp_path / "b")) is None
+  assert export.load_export_pretrained(str(tmp_path / "b")) is None
 
 
 def test_zero_shot_tool_scores_an_export_with_its_ensemble(tmp_path, two_detectors):
@@ -138,7 +138,7 @@ def test_zero_shot_tool_scores_an_export_with_its_ensemble(tmp_path, two_detecto
       "temperature": 0.1,
       "pretrained_score_weights": [0.35, 0.65],
   }
-  builders.export_model(str(tmp_path / "export"), tuned, meta, pretrained=init)
+  export.export_model(str(tmp_path / "export"), tuned, meta, pretrained=init)
   tool = ZeroShotDetector(
       str(tmp_path / "export"), test_size=64, max_size=64, score_thresh=0.0, topk=12
   )
@@ -166,7 +166,7 @@ def test_zero_shot_tool_scores_an_export_with_its_ensemble(tmp_path, two_detecto
   with pytest.raises(ValueError, match="seen"):
     tool.detect(image, text, boxes=boxes[0])  # the ensemble needs to know which names were trained
   # an export whose model.json asks for the ensemble but lost the init is refused, not degraded
-  builders.export_model(str(tmp_path / "lost"), tuned, meta)
+  export.export_model(str(tmp_path / "lost"), tuned, meta)
   with pytest.raises(ValueError, match="pretrained_variables.msgpack is missing"):
     ZeroShotDetector(str(tmp_path / "lost"), test_size=64, max_size=64)
 

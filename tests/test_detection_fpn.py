@@ -11,7 +11,7 @@ import pytest
 from configs import finetune as finetune_config
 from regionclip_jax.data.shapes_world import ShapesWorld
 from regionclip_jax.data.transforms import apply_transforms, shapes_world_transforms
-from regionclip_jax.detection import builders, fpn
+from regionclip_jax.detection import builders, export, fpn
 from regionclip_jax.detection.heads import OpenVocabFasterRCNN
 from regionclip_jax.detection.settings import RoIHeadSettings, RPNSettings
 from regionclip_jax.detection.train_lib import make_detector_step, make_rpn_step
@@ -256,7 +256,7 @@ def test_config_selects_head(tmp_path):
   with pytest.raises(ValueError, match="model.head"):
     builders.detector_from_config(cfg, TINY)
   # an exported FPN detector rebuilds as one
-  builders.export_model(
+  export.export_model(
       str(tmp_path),
       {"params": {}},
       {
@@ -267,5 +267,5 @@ def test_config_selects_head(tmp_path):
           "fpn": SMALL_FPN,
       },
   )
-  module, _, _ = builders.load_export(str(tmp_path))
+  module, _, _ = export.load_export(str(tmp_path))
   assert isinstance(module, fpn.FPNFasterRCNN) and module.fpn_channels == 32

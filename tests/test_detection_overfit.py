@@ -14,7 +14,8 @@ import pytest
 from regionclip_jax.data.shapes_world import ShapesWorld
 from regionclip_jax.data.transforms import apply_transforms, shapes_world_transforms
 from regionclip_jax.detection import builders
-from regionclip_jax.detection.finetune import TRAINABLE_DETECTOR, records_to_coco_gt
+from regionclip_jax.detection.evaluate import records_to_coco_gt
+from regionclip_jax.detection.finetune import TRAINABLE_DETECTOR
 from regionclip_jax.detection.predictor import DetectorPredictor
 from regionclip_jax.detection.settings import InferenceSettings, RoIHeadSettings
 from regionclip_jax.detection.train_lib import make_detector_step

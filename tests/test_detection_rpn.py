@@ -7,10 +7,12 @@ import optax
 
 from regionclip_jax.data.shapes_world import ShapesWorld
 from regionclip_jax.data.transforms import apply_transforms, shapes_world_transforms
-from regionclip_jax.detection import builders
-from regionclip_jax.detection.finetune import TRAINABLE_RPN, BaseLabelMap
+from regionclip_jax.detection import builders, export
+from regionclip_jax.detection.data import BaseLabelMap
+from regionclip_jax.detection.finetune import TRAINABLE_RPN
 from regionclip_jax.detection.settings import RPNSettings
-from regionclip_jax.detection.train_lib import make_proposal_fn, make_rpn_step
+from regionclip_jax.detection.inference import make_proposal_fn
+from regionclip_jax.detection.train_lib import make_rpn_step
 from regionclip_jax.models.clip import FROZEN_BN_REGEX, get_config
 from regionclip_jax.ops.boxes import pairwise_iou
 from regionclip_jax.train.optimizer import trainable_mask
@@ -68,9 +70,9 @@ def test_rpn_learns_base_boxes_class_agnostic(tmp_path):
   assert b1.shape == (N, 20, 4) and l1.shape == (N, 20)
 
   # the trained RPN as the pretraining proposal source (official: top 300 at NMS 0.5, 100 random)
-  from regionclip_jax.detection.run import pretrain_proposal_fn
+  from regionclip_jax.pretrain.proposals import rpn_proposal_fn
 
-  builders.export_model(
+  export.export_model(
       str(tmp_path / "rpn" / "export"),
       state.params,
       {
@@ -81,6 +83,6 @@ def test_rpn_learns_base_boxes_class_agnostic(tmp_path):
           "stride": 16,
       },
   )
-  fn = jax.jit(pretrain_proposal_fn(str(tmp_path / "rpn"), post_nms_topk=30, num_sampled=8))
+  fn = jax.jit(rpn_proposal_fn(str(tmp_path / "rpn"), post_nms_topk=30, num_sampled=8))
   boxes, valid = fn(jax.random.PRNGKey(0), {"image": jb["image"], "image_size": jb["image_size"]})
   assert boxes.shape == (N, 8, 4) and valid.shape == (N, 8) and bool(valid.all())

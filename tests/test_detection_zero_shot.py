@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from regionclip_jax.detection import builders
+from regionclip_jax.detection import builders, export
 from regionclip_jax.models.clip import CLIP, get_config
 
 
@@ -69,7 +69,7 @@ def test_zero_shot_with_rpn_and_gt_boxes(tmp_path, photo_dir):
   ckpt, cfg = _tiny_clip_dir(tmp_path)
   rpn, gen = builders.build_rpn(cfg, anchor_sizes=(16, 32, 64))
   rv = builders.init_rpn(rpn, 64)
-  builders.export_model(
+  export.export_model(
       str(tmp_path / "rpn" / "export"),
       rv,
       {

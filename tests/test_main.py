@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
+from configs import pretrain as pretrain_config
+from regionclip_jax.pretrain.common import validate
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
-import pretrain as pretrain_config  # noqa: E402
 
 
 def test_presets_carry_official_hyperparameters():
@@ -48,19 +49,17 @@ def test_typos_fail_listing_valid_names():
 
 
 def test_validate_names_bad_choices():
-  from regionclip_jax.pretrain import run
-
   c = pretrain_config.get_config()
   with c.unlocked():
     c.proposals.kind = "rpnn"
   with pytest.raises(ValueError, match=r"proposals.kind='rpnn' is not one of"):
-    run.validate(c)
+    validate(c)
   with pytest.raises(ValueError, match="needs proposals.rpn_checkpoint"):
-    run.validate(pretrain_config.get_config("rn50_cc3m"))
+    validate(pretrain_config.get_config("rn50_cc3m"))
   c = pretrain_config.get_config()
   c.batch_size = 25
   with pytest.raises(ValueError, match="multiple of loss.group_size"):
-    run.validate(c)
+    validate(c)
 
 
 def _main(*args, timeout=900):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from regionclip_jax.pretrain import prompts
+from regionclip_jax.models import prompts
 
 
 def test_templates_are_the_81_official_ones():

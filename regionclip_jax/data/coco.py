@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from regionclip_jax.data import categories as cats
-from regionclip_jax.data.images import decode_image
+from regionclip_jax.data.images import decode_image_and_size, with_original_size
 from regionclip_jax.data.validation import (
     IssueCounter,
     check_policy,
@@ -126,6 +126,10 @@ class CocoDetection:
   Captions json) is given. `policy`: "strict" raises on a bad box / image; "skip" repairs or drops
   and counts in `self.issues` (see `report()`). A record whose image cannot be read comes back
   as None in skip mode; the pipeline drops it.
+
+  `draft_for` = (short_edge, max_size) of the largest shortest-edge resize that follows (e.g.
+  (800, 1333)) lets large JPEGs decode at a reduced size (`data.images`); such records carry
+  `orig_size` and boxes in the decoded frame, and the resize transforms end at the same size.
   """
 
   def __init__(
@@ -138,8 +142,10 @@ class CocoDetection:
       policy: str = "strict",
       drop_empty: bool = True,
       counter: IssueCounter | None = None,
+      draft_for: tuple[int, int] | None = None,
   ):
     self.policy = check_policy(policy)
+    self.draft_for = draft_for
     if split not in SPLITS:
       raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     path = os.fspath(annotations)
@@ -231,22 +237,24 @@ class CocoDetection:
   def __getitem__(self, index: int) -> dict | None:
     r = self._records[index]
     where = f"{self.path} image {r['image_id']} ({r['file']})"
-    image = decode_image(
+    decoded = decode_image_and_size(
         os.path.join(self.image_dir, r["file"]),
         policy=self.policy,
         counter=self.issues,
         where=where,
+        draft_for=self.draft_for,
     )
-    if image is None:
+    if decoded is None:
       return None
-    if image.shape[:2] != (r["h"], r["w"]):
+    image, full = decoded
+    if full != (r["h"], r["w"]):
       # Boxes are in the json's pixel frame; a different size means they would not fit.
       handle(
           self.policy,
           self.issues,
           "image_size_mismatch",
           where,
-          f"file is {image.shape[0]}x{image.shape[1]}, json says {r['h']}x{r['w']}",
+          f"file is {full[0]}x{full[1]}, json says {r['h']}x{r['w']}",
       )
       return None
     out = {
@@ -258,7 +266,7 @@ class CocoDetection:
     }
     if "captions" in r:
       out["captions"] = list(r["captions"])
-    return out
+    return with_original_size(out, full)
 
   def report(self) -> str:
     return self.issues.report()
@@ -268,6 +276,7 @@ class CocoCaptions:
   """COCO Captions json + image folder -> image-text records (image, captions, image_id).
 
   Images whose captions are all empty are dropped at construction in skip mode (counted).
+  `draft_for`: reduced-size JPEG decoding, as in `CocoDetection`.
   """
 
   def __init__(
@@ -277,8 +286,10 @@ class CocoCaptions:
       *,
       policy: str = "strict",
       counter: IssueCounter | None = None,
+      draft_for: tuple[int, int] | None = None,
   ):
     self.policy = check_policy(policy)
+    self.draft_for = draft_for
     path = os.fspath(captions)
     self.path, self.image_dir = path, os.fspath(image_dir)
     self.issues = counter or IssueCounter(os.path.basename(path))
@@ -300,15 +311,17 @@ class CocoCaptions:
 
   def __getitem__(self, index: int) -> dict | None:
     image_id, file, captions = self._records[index]
-    image = decode_image(
+    decoded = decode_image_and_size(
         os.path.join(self.image_dir, file),
         policy=self.policy,
         counter=self.issues,
         where=f"{self.path} image {image_id} ({file})",
+        draft_for=self.draft_for,
     )
-    if image is None:
+    if decoded is None:
       return None
-    return {"image": image, "captions": list(captions), "image_id": image_id}
+    record = {"image": decoded[0], "captions": list(captions), "image_id": image_id}
+    return with_original_size(record, decoded[1])
 
   def report(self) -> str:
     return self.issues.report()

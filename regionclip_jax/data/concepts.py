@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 
 from regionclip_jax.data import categories as cats
 from regionclip_jax.data.shapes_world import SHAPES
-from regionclip_jax.pretrain.prompts import clean_concept_name, read_concepts_file
+from regionclip_jax.models.prompts import clean_concept_name, read_concepts_file
 
 _IRREGULAR = {
     "person": "people",

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from regionclip_jax.data.images import decode_image
+from regionclip_jax.data.images import decode_image_and_size, with_original_size
 from regionclip_jax.data.validation import IssueCounter, check_policy, handle, sanitize_captions
 
 MAX_CAPTIONS = 5  # official: captions[:5]
@@ -58,6 +58,17 @@ class _TsvFile:
     self.starts = np.cumsum([0] + [len(o) for o in self.offsets])
     self._local = threading.local()
 
+  def __getstate__(self) -> dict:
+    # Pickled into grain worker processes: open file handles (per thread) stay behind, each
+    # process opens its own.
+    state = dict(self.__dict__)
+    del state["_local"]
+    return state
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self._local = threading.local()
+
   def __len__(self) -> int:
     return int(self.starts[-1])
 
@@ -81,7 +92,11 @@ def _as_list(p) -> list:
 
 
 class TsvImageText:
-  """RegionCLIP image/text TSV pairs -> records (image, captions, image_id = row index, key)."""
+  """RegionCLIP image/text TSV pairs -> records (image, captions, image_id = row index, key).
+
+  `draft_for` = (short_edge, max_size) of the largest resize that follows (pretraining:
+  (800, 1333)) lets large JPEGs decode at a reduced size (`data.images`; record `orig_size`).
+  """
 
   def __init__(
       self,
@@ -91,8 +106,10 @@ class TsvImageText:
       policy: str = "strict",
       counter: IssueCounter | None = None,
       max_captions: int = MAX_CAPTIONS,
+      draft_for: tuple[int, int] | None = None,
   ):
     self.policy = check_policy(policy)
+    self.draft_for = draft_for
     self.images, self.texts = _TsvFile(_as_list(image_tsv)), _TsvFile(_as_list(text_tsv))
     if len(self.images) != len(self.texts):
       raise ValueError(
@@ -144,19 +161,27 @@ class TsvImageText:
           f"base64: {e}",
       )
       return None
-    image = decode_image(
-        data, policy=self.policy, counter=self.issues, where=f"{ipath} row {line} (key {irow[0]})"
+    decoded = decode_image_and_size(
+        data,
+        policy=self.policy,
+        counter=self.issues,
+        where=f"{ipath} row {line} (key {irow[0]})",
+        draft_for=self.draft_for,
     )
-    if image is None:
+    if decoded is None:
       return None
-    return {"image": image, "captions": captions, "image_id": int(index), "key": irow[0]}
+    record = {"image": decoded[0], "captions": captions, "image_id": int(index), "key": irow[0]}
+    return with_original_size(record, decoded[1])
 
   def report(self) -> str:
     return self.issues.report()
 
 
 class JsonlImageText:
-  """`{"image": path, "captions": [...]}` per line -> records (image, captions, image_id = line index)."""
+  """`{"image": path, "captions": [...]}` per line -> records (image, captions, image_id = line index).
+
+  `draft_for`: reduced-size JPEG decoding, as in `TsvImageText`.
+  """
 
   def __init__(
       self,
@@ -165,8 +190,10 @@ class JsonlImageText:
       *,
       policy: str = "strict",
       counter: IssueCounter | None = None,
+      draft_for: tuple[int, int] | None = None,
   ):
     self.policy = check_policy(policy)
+    self.draft_for = draft_for
     self.path = os.fspath(path)
     if not os.path.isfile(self.path):
       raise FileNotFoundError(f"JSONL file not found: {self.path}")
@@ -209,12 +236,17 @@ class JsonlImageText:
   def __getitem__(self, index: int) -> dict | None:
     lineno, image, captions = self._records[index]
     path = image if os.path.isabs(image) else os.path.join(self.image_root, image)
-    arr = decode_image(
-        path, policy=self.policy, counter=self.issues, where=f"{self.path} line {lineno}"
+    decoded = decode_image_and_size(
+        path,
+        policy=self.policy,
+        counter=self.issues,
+        where=f"{self.path} line {lineno}",
+        draft_for=self.draft_for,
     )
-    if arr is None:
+    if decoded is None:
       return None
-    return {"image": arr, "captions": list(captions), "image_id": int(index)}
+    record = {"image": decoded[0], "captions": list(captions), "image_id": int(index)}
+    return with_original_size(record, decoded[1])
 
   def report(self) -> str:
     return self.issues.report()

@@ -16,6 +16,9 @@ import grain
 import numpy as np
 from PIL import Image
 
+# shortest_edge_size lives with the decoder (draft sizes follow the same rule); detection imports
+# it from here.
+from regionclip_jax.data.images import shortest_edge_size
 from regionclip_jax.data.validation import IssueCounter, check_policy, handle
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -44,9 +47,17 @@ def resize_image(
 ) -> np.ndarray:
   """uint8 [H, W, 3] -> uint8 [height, width, 3].
 
-  backend "pil" is what detectron2's ResizeTransform (and so the official code) uses; "cv2" is
-  ~5-8x faster on CPU with slightly different kernels (bicubic a=-0.75 vs PIL's -0.5, no
-  antialiasing when shrinking) — see BENCHMARKS.md.
+  backend "pil" is what detectron2's ResizeTransform (and so the official code) uses. "cv2" is
+  ~10x faster on CPU (0.85 vs 9.6 ms for 640x480 -> 1067x800 bicubic) with other kernels:
+  bicubic a=-0.75 vs PIL's -0.5, and no antialiasing when shrinking, so for a shrink (both sides
+  smaller) it uses INTER_AREA, which is closer to PIL's antialiased filters than cv2's own cubic
+  or linear. Difference to PIL in uint8 levels, measured on the scikit-image photos (astronaut,
+  coffee, chelsea, rocket) resized to the input size and saved as JPEG quality 90:
+    bicubic  640x480 -> 1067x800 / 853x640 (INTER_CUBIC):   max 13 / 15, mean 0.35 / 0.37
+    bicubic  1600x1200 / 3200x2400 -> 1067x800 (INTER_AREA): max 11 / 7,  mean 0.28 / 0.17
+    bilinear 640x480 -> 1067x800 / 853x640 (INTER_LINEAR):  max 1 / 1,   mean 0.14 / 0.18
+    bilinear 1600x1200 / 3200x2400 -> 1067x800 (INTER_AREA): max 15 / 13, mean 0.33 / 0.21
+  (INTER_LINEAR for those bilinear shrinks: max 18 / 28.) tests/test_data_images.py holds these.
   """
   if image.shape[:2] == (height, width):
     return image
@@ -59,20 +70,20 @@ def resize_image(
         "nearest": cv2.INTER_NEAREST,
         "lanczos": cv2.INTER_LANCZOS4,
     }[interpolation]
+    shrink = height < image.shape[0] and width < image.shape[1]
+    if shrink and interpolation in ("bicubic", "bilinear"):
+      code = cv2.INTER_AREA
     return cv2.resize(image, (width, height), interpolation=code)
   if backend != "pil":
     raise ValueError(f"unknown resize backend {backend!r}; expected 'pil' or 'cv2'")
   return np.asarray(Image.fromarray(image).resize((width, height), _interp(interpolation)))
 
 
-def shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-  """detectron2 ResizeShortestEdge.get_output_shape: shorter side -> short, longer <= max_size."""
-  scale = short / min(h, w)
-  newh, neww = (short, scale * w) if h < w else (scale * h, short)
-  if max(newh, neww) > max_size:
-    s = max_size / max(newh, neww)
-    newh, neww = newh * s, neww * s
-  return int(newh + 0.5), int(neww + 0.5)
+def _full_size(record: dict) -> tuple[int, int]:
+  """The image's size as stored in its file: `orig_size` when the source decoded it smaller."""
+  if "orig_size" in record:
+    return int(record["orig_size"][0]), int(record["orig_size"][1])
+  return record["image"].shape[:2]
 
 
 def _scale_boxes(record: dict, sy: float, sx: float) -> None:
@@ -122,7 +133,9 @@ class ResizeShortestEdge(grain.transforms.RandomMap):
       short = self.short_edge_lengths[int(rng.integers(len(self.short_edge_lengths)))]
     record = dict(record)
     h, w = record["image"].shape[:2]
-    newh, neww = shortest_edge_size(h, w, short, self.max_size)
+    # Output size from the full size, so a draft-decoded image ends exactly as a full decode.
+    newh, neww = shortest_edge_size(*_full_size(record), short, self.max_size)
+    record.pop("orig_size", None)
     record["image"] = resize_image(record["image"], newh, neww, self.interpolation, self.backend)
     _scale_boxes(record, newh / h, neww / w)
     return record
@@ -178,8 +191,10 @@ class LargeScaleJitter(grain.transforms.RandomMap):
   def random_map(self, record: dict, rng: np.random.Generator) -> dict:
     record = dict(record)
     h, w = record["image"].shape[:2]
-    scale = rng.uniform(self.min_scale, self.max_scale) * self.output_size / max(h, w)
-    newh, neww = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+    fh, fw = _full_size(record)  # draft-decoded images: the size a full decode would have
+    record.pop("orig_size", None)
+    scale = rng.uniform(self.min_scale, self.max_scale) * self.output_size / max(fh, fw)
+    newh, neww = max(1, int(fh * scale + 0.5)), max(1, int(fw * scale + 0.5))
     image = resize_image(record["image"], newh, neww, self.interpolation, self.backend)
     y0 = int(rng.integers(0, max(newh - self.output_size, 0) + 1))
     x0 = int(rng.integers(0, max(neww - self.output_size, 0) + 1))

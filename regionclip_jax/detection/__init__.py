@@ -1,15 +1,26 @@
 """Open-vocabulary Faster R-CNN (C4) on a CLIP ResNet: RegionCLIP's detector transfer.
 
 Modules:
-  heads.py        OpenVocabFasterRCNN (res4 -> RoIAlign 14x14 -> layer4 + attnpool; bbox_pred), RPNModel
+  heads.py        OpenVocabFasterRCNN (res4 -> RoIAlign 14x14 -> layer4 + attnpool; bbox_pred),
+                  RPNModel
+  fpn.py          FPN variant of the detector and the RPN
   classifier.py   text_logits: cosine vs frozen class text embeddings / 0.01, zero background logit
   rpn.py          StandardRPNHead, flatten_predictions, find_top_rpn_proposals (static top-k + NMS)
   rpn_loss.py     label_anchors (0.3 / 0.7, 256 @ 50%), rpn_losses
   sampling.py     label_and_sample_proposals (GT appended, IoU 0.5, 512 @ 25%)
   losses.py       focal-scaled / weighted CE, class-agnostic L1 box loss
-  postprocess.py  fast_rcnn_inference (softmax K+1, threshold, per-class NMS / soft-NMS, top-k, RPN fusion)
-  train_lib.py    step builders (RPN, detector), proposal / region / classify jitted functions
+  postprocess.py  fast_rcnn_inference (softmax K+1, threshold, per-class NMS / soft-NMS, top-k,
+                  RPN fusion)
+  settings.py     RPN / RoI head / inference settings dataclasses (the one source of their defaults)
+  train_lib.py    training losses and step builders (RPN, detector)
+  inference.py    jitted inference programs: RPN proposals, region features, text classification
   predictor.py    DetectorPredictor (vocabulary swap without recompiling the backbone)
-  builders.py     config -> modules, init, checkpoint loading, text embeddings, export / load_export
-  finetune.py     main.py entry points: train_rpn(config, workdir), train_detector(config, workdir)
+  builders.py     config -> modules, init, backbone weights, settings, text embeddings
+  export.py       export_model / load_export / load_rpn: trained detectors and RPNs on disk
+  data.py         config -> record sources and transforms, BaseLabelMap (base-only training)
+  evaluate.py     COCO-style AP over a source (pycocotools), example grids
+  zero_shot.py    zero-shot detection (the pretrained model as detector), ZeroShotDetector
+  finetune.py     the tasks: train_rpn(config, workdir), train_detector(config, workdir),
+                  zero_shot_detection(config)
+  run.py          main.py entry for task "detection" (config.stage "rpn" | "finetune")
 """

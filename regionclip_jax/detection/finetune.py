@@ -1,27 +1,36 @@
-"""Entry points behind `detection.run`: stage "rpn" (offline class-agnostic RPN on base boxes) and stage
-"finetune" (open-vocabulary detector on base classes, proposals from the frozen RPN), both on the
-shared training infrastructure (train.loop / train.sharding / train.checkpoint), then evaluation
-(AP50 novel / base / all with pycocotools).
+"""The detection tasks (config -> trained / evaluated model) behind `detection.run` / the pipeline.
 
-    main.py (task "detection") -> detection.run.run -> config.stage "rpn": train_rpn(config, workdir)
-                                                     config.stage "finetune": train_detector(config, workdir)
+  train_rpn(cfg, workdir)       stage "rpn": offline class-agnostic RPN on base boxes -> export/
+  train_detector(cfg, workdir)  stage "finetune": open-vocabulary detector on base classes with
+                                the frozen RPN's proposals -> export/ + metrics.json (AP50 novel /
+                                base / all)
+  zero_shot_detection(cfg)      no fine-tuning: the pretrained model on the RPN's proposals ->
+                                metrics (the pipeline's zero-shot row)
+
+Training runs on the shared infrastructure (train.loop / train.sharding / train.checkpoint); data
+comes from `detection.data`, scoring from `detection.evaluate`, the zero-shot model from
+`detection.zero_shot` (docs/design.md, "Detector transfer").
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from regionclip_jax.detection import builders
+from regionclip_jax.data.pipeline import make_pipeline
+from regionclip_jax.data.transforms import DETECTION_KEYS
+from regionclip_jax.detection import builders, export
 from regionclip_jax.detection import fpn as fpn_lib
+from regionclip_jax.detection.data import BaseLabelMap, data_for, pad_size
+from regionclip_jax.detection.evaluate import draw_examples, evaluate
 from regionclip_jax.detection.predictor import DetectorPredictor
 from regionclip_jax.detection.train_lib import make_detector_step, make_rpn_step
+from regionclip_jax.detection.zero_shot import zero_shot_predictor
 from regionclip_jax.models.clip import (
     FROZEN_BN_REGEX,
     CLIPConfig,
@@ -29,98 +38,16 @@ from regionclip_jax.models.clip import (
     learned_temperature,
 )
 from regionclip_jax.train import optimizer as optim
+from regionclip_jax.train.loop import train_loop
+from regionclip_jax.train.sharding import global_batch, jit_step, make_mesh
 from regionclip_jax.train.state import create_train_state
 
 # FREEZE_AT 2: stem (conv1-3 + their BN) and res2 (layer1) never train; FrozenBN never trains.
 TRAINABLE_DETECTOR = (r"backbone/visual/(layer[234]|attnpool)/", r"bbox_pred/")
 TRAINABLE_RPN = (r"backbone/visual/(layer[23])/", r"rpn_head/")
-
-
-# ----------------------------------------------------------------------------- data
-
-
-class BaseLabelMap:
-  """Grain map: dataset labels -> training-class indices; boxes of other classes (novel) are
-  masked out, as in base-only training."""
-
-  def __init__(self, lookup: Sequence[int]):
-    self.lookup = np.asarray(lookup, np.int32)
-
-  def __call__(self, record: dict) -> dict:
-    record = dict(record)
-    lab = np.asarray(record["labels"], np.int32)
-    mapped = np.where(
-        (lab >= 0) & (lab < len(self.lookup)),
-        self.lookup[np.clip(lab, 0, len(self.lookup) - 1)],
-        -1,
-    )
-    record["box_mask"] = np.asarray(record["box_mask"], bool) & (mapped >= 0)
-    record["labels"] = np.where(record["box_mask"], mapped, -1).astype(np.int32)
-    return record
-
-
-def _shapes(cfg, train: bool):
-  from regionclip_jax.data.shapes_world import ScenesWithout, ShapesWorld
-  from regionclip_jax.data.transforms import shapes_world_transforms
-
-  n = cfg.data.num_train if train else cfg.data.num_test
-  seed = cfg.seed + (0 if train else 1000)
-  if train and cfg.data.get("exclude_novel_images", False):
-    # about half of the scenes show a novel shape: scan a world 4x larger for n novel-free ones
-    world = ShapesWorld(4 * n + 64, image_size=cfg.data.image_size, seed=seed)
-    src = ScenesWithout(world, n, world.novel_names)
-  else:
-    src = ShapesWorld(n, image_size=cfg.data.image_size, seed=seed)
-  tf = shapes_world_transforms(
-      image_size=cfg.data.image_size,
-      max_boxes=cfg.data.max_boxes,
-      flip=cfg.data.flip and train,
-      captions=False,
-  )
-  return src, tf, list(src.concepts), list(src.base_names), list(src.novel_names)
-
-
-def _coco(cfg, train: bool):
-  """COCO / LVIS-format json + image directory (`data.coco.CocoDetection`): training reads the
-  base split only (`<base_classes>_base`), testing every class (`<base_classes>_all`)."""
-  from regionclip_jax.data.coco import CocoDetection
-  from regionclip_jax.data.transforms import detection_transforms
-
-  prefix = {"coco_ovd": "coco_ovd", "lvis": "lvis", "lvis_v1": "lvis"}.get(cfg.data.base_classes)
-  if prefix is None:
-    raise ValueError(
-        f"detection/finetune.py: data.base_classes must be 'coco_ovd' or 'lvis', got "
-        f"{cfg.data.base_classes!r}"
-    )
-  ann = cfg.data.train_annotations if train else cfg.data.test_annotations
-  img = cfg.data.train_images if train else cfg.data.test_images
-  src = CocoDetection(
-      ann, img, split=f"{prefix}_base" if train else f"{prefix}_all", drop_empty=train
-  )
-  tf = detection_transforms(
-      train=train,
-      short_edge_lengths=tuple(cfg.data.short_edge_lengths),
-      test_size=cfg.data.test_size,
-      max_size=cfg.data.max_size,
-      max_boxes=cfg.data.max_boxes,
-      flip=cfg.data.flip,
-  )
-  names = list(src.class_names)
-  if train:
-    return src, tf, names, names, []
-  base = CocoDetection(ann, img, split=f"{prefix}_base", drop_empty=False).class_names
-  return src, tf, names, list(base), [n for n in names if n not in base]
-
-
-def data_for(cfg, train: bool):
-  """-> (source, transforms, label names (the records' labels index them), base names, novel names)."""
-  if cfg.data.name == "shapes_world":
-    return _shapes(cfg, train)
-  if cfg.data.name == "coco":
-    return _coco(cfg, train)
-  raise ValueError(
-      f"detection/finetune.py: data.name must be 'shapes_world' or 'coco', got {cfg.data.name!r}"
-  )
+# What the training steps read; the padding mask (the model sees padded images, as detectron2's)
+# and the image ids stay on the host.
+STEP_KEYS = tuple(k for k in DETECTION_KEYS if k not in ("image_mask", "image_id"))
 
 
 # ----------------------------------------------------------------------------- models
@@ -129,8 +56,8 @@ def data_for(cfg, train: bool):
 def _clip_config(cfg, preset: str = "", path: str = "") -> tuple[CLIPConfig, Any]:
   """Architecture + (optional) CLIP params from `path` (default model.init_checkpoint)."""
   path = path or cfg.model.init_checkpoint
-  if path and builders.is_export(path):
-    _, variables, meta = builders.load_export(path)
+  if path and export.is_export(path):
+    _, variables, meta = export.load_export(path)
     return CLIPConfig.from_dict(meta["clip_config"]), variables["params"]["backbone"]
   if path:
     return builders.load_clip_params(path, cfg.model.init_source or None)
@@ -176,8 +103,7 @@ def with_classifier_temperature(cfg):
   _, params = builders.load_clip_params(path)
   if params is None or "logit_scale" not in params:
     raise ValueError(
-        f"detection/finetune.py: roi_heads.temperature_from_checkpoint={path!r} holds no "
-        f"CLIP logit_scale"
+        f"{__name__}: roi_heads.temperature_from_checkpoint={path!r} holds no CLIP logit_scale"
     )
   cfg = cfg.copy_and_resolve_references()
   cfg.roi_heads.temperature = learned_temperature(params)
@@ -201,27 +127,21 @@ def _optimizer(cfg):
 
 
 def _pipeline(cfg, src, tf, extra=()):
-  from regionclip_jax.data.pipeline import make_pipeline
-
   return make_pipeline(
       src, list(tf) + list(extra), batch_size=cfg.train.batch_size, seed=cfg.seed, shuffle=True
   )
 
 
 def _train(cfg, workdir, step, state, data, frozen, name):
-  from regionclip_jax.train.loop import train_loop
-  from regionclip_jax.train.sharding import global_batch, jit_step, make_mesh
-
   mesh = make_mesh()
   fn, state, frozen = jit_step(step, mesh, state, frozen=frozen)
-  keep = ("image", "image_size", "boxes", "box_mask", "labels")
   return train_loop(
       state=state,
       step_fn=lambda s, b: fn(s, b, frozen),
       data=data,
       num_steps=cfg.train.num_steps,
       workdir=workdir,
-      put_batch=lambda b: global_batch({k: b[k] for k in keep}, mesh),
+      put_batch=lambda b: global_batch({k: b[k] for k in STEP_KEYS}, mesh),
       checkpoint_every=cfg.train.checkpoint_every,
       log_every=cfg.train.log_every,
       images_per_step=cfg.train.batch_size,
@@ -248,7 +168,7 @@ def train_rpn(cfg, workdir: str) -> dict:
       head=head,
       fpn_channels=fpn_channels,
   )
-  size = _pad_size(cfg)
+  size = pad_size(cfg)
   variables = builders.init_rpn(rpn, size, cfg.seed)
   if clip_params is not None:
     variables = builders.with_backbone(variables, clip_params)
@@ -273,21 +193,8 @@ def train_rpn(cfg, workdir: str) -> dict:
       "fpn_channels": fpn_channels,
   }
   if jax.process_index() == 0:
-    builders.export_model(os.path.join(workdir, "export"), jax.device_get(state.params), meta)
+    export.export_model(os.path.join(workdir, "export"), jax.device_get(state.params), meta)
   return {"export": os.path.join(workdir, "export")}
-
-
-def _pad_size(cfg) -> int:
-  if cfg.data.name == "shapes_world":
-    return cfg.data.image_size
-  return -(-cfg.data.max_size // 32) * 32
-
-
-def load_rpn(path: str):
-  """-> (RPNModel, anchor generator, variables) from an RPN workdir or its export directory."""
-  d = path if builders.is_export(path) else os.path.join(path, "export")
-  (rpn, gen), variables, _ = builders.load_export(d)
-  return rpn, gen, variables
 
 
 def train_detector(cfg, workdir: str) -> dict:
@@ -295,7 +202,7 @@ def train_detector(cfg, workdir: str) -> dict:
   classes (novel embeddings swapped in) and write `<workdir>/metrics.json`."""
   if not cfg.rpn.checkpoint:
     raise ValueError(
-        "detection/finetune.py: rpn.checkpoint is empty; train the offline RPN first "
+        f"{__name__}: rpn.checkpoint is empty; train the offline RPN first "
         "(stage='rpn', e.g. configs/finetune.py:rpn_shapes) and point rpn.checkpoint at it"
     )
   cfg = with_classifier_temperature(cfg)
@@ -303,27 +210,27 @@ def train_detector(cfg, workdir: str) -> dict:
   test_src, test_tf, names, base, novel = data_for(cfg, train=False)
   clip_cfg, clip_params = _clip_config(cfg)
   det = builders.detector_from_config(cfg, clip_cfg)
-  variables = builders.init_detector(det, _pad_size(cfg), cfg.seed)
+  variables = builders.init_detector(det, pad_size(cfg), cfg.seed)
   if clip_params is not None:
     variables = builders.with_backbone(variables, clip_params)
   inference = builders.inference_settings(cfg)
   head = cfg.model.get("head", "c4")
   if inference.pretrained_score_weights is not None and clip_params is None:
     raise ValueError(
-        "detection/finetune.py: test.pretrained_score_weights ensembles the detector "
+        f"{__name__}: test.pretrained_score_weights ensembles the detector "
         "with its pretrained init, but model.init_checkpoint is empty (a random "
         "network); set it, or test.pretrained_score_weights=()"
     )
   if inference.pretrained_score_weights is not None and head != "c4":
     raise ValueError(
-        "detection/finetune.py: test.pretrained_score_weights needs the C4 head (the "
+        f"{__name__}: test.pretrained_score_weights needs the C4 head (the "
         f"pretrained model's region embedding is the CLIP RoI head), got head={head!r}"
     )
   # the ensemble partner: a copy of the init taken before training (the step may donate buffers)
   pretrained = (
       jax.tree.map(jnp.copy, variables) if inference.pretrained_score_weights is not None else None
   )
-  rpn, gen, rpn_vars = load_rpn(cfg.rpn.checkpoint)
+  rpn, gen, rpn_vars = export.load_rpn(cfg.rpn.checkpoint)
   all_emb = test_class_embeddings(cfg, names, clip_cfg, clip_params)
   base_emb = (
       builders.read_embeddings(cfg.data.train_embeddings, len(base))
@@ -358,7 +265,7 @@ def train_detector(cfg, workdir: str) -> dict:
   if inference.pretrained_score_weights is not None:
     meta["pretrained_score_weights"] = list(inference.pretrained_score_weights)
   if jax.process_index() == 0:
-    builders.export_model(os.path.join(workdir, "export"), params, meta, pretrained)
+    export.export_model(os.path.join(workdir, "export"), params, meta, pretrained)
     np.save(os.path.join(workdir, "export", "class_embeddings.npy"), all_emb)
   predictor = DetectorPredictor(
       det,
@@ -415,169 +322,29 @@ def train_detector(cfg, workdir: str) -> dict:
 
 
 def zero_shot_detection(cfg) -> dict:
-  """Detection with no fine-tuning (DESIGN.md §1.4, zero-shot inference): the frozen RPN's
+  """Detection with no fine-tuning (docs/design.md, "Detector transfer"): the frozen RPN's
   (`rpn.checkpoint`) proposals classified by the pretrained model's (`model.init_checkpoint`)
-  region embeddings against every class's text embedding, zero background logit, proposals kept
-  as they are (no box deltas were ever trained); `test.*` post-processing. -> `evaluate` metrics
-  on the test split (AP50 novel / base / all)."""
+  region embeddings against every class's text embedding (`zero_shot.zero_shot_predictor`);
+  `test.*` post-processing. -> `evaluate` metrics on the test split (AP50 novel / base / all)."""
   if not (cfg.model.init_checkpoint and cfg.rpn.checkpoint):
     raise ValueError(
-        "detection/finetune.py: zero-shot detection needs model.init_checkpoint (a CLIP "
+        f"{__name__}: zero-shot detection needs model.init_checkpoint (a CLIP "
         "or RegionCLIP checkpoint) and rpn.checkpoint"
     )
   cfg = with_classifier_temperature(cfg)
   test_src, test_tf, names, base, novel = data_for(cfg, train=False)
   clip_cfg, clip_params = _clip_config(cfg)
   det = builders.detector_from_config(cfg, clip_cfg)
-  variables = builders.with_backbone(
-      builders.init_detector(det, _pad_size(cfg), cfg.seed), clip_params
+  predictor = zero_shot_predictor(
+      det,
+      clip_params,
+      builders.inference_settings(cfg),
+      cfg.rpn.checkpoint,
+      builders.rpn_settings(cfg),
+      image_size=pad_size(cfg),
+      seed=cfg.seed,
   )
-  rpn, gen, rpn_vars = load_rpn(cfg.rpn.checkpoint)
   emb = test_class_embeddings(cfg, names, clip_cfg, clip_params)
-  settings = dataclasses.replace(
-      builders.inference_settings(cfg), apply_deltas=False, pretrained_score_weights=None
-  )  # the model is its own init
-  predictor = DetectorPredictor(
-      det, variables, settings, rpn, rpn_vars, gen, builders.rpn_settings(cfg)
-  )
   return evaluate(
       predictor, test_src, test_tf, names, emb, base, novel, batch_size=cfg.test.batch_size
-  )
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def draw_examples(
-    predictor: DetectorPredictor,
-    source,
-    transforms,
-    class_names: Sequence[str],
-    text_emb,
-    novel_names: Sequence[str],
-    num: int,
-    path: str,
-    score_threshold: float = 0.3,
-    batch_size: Optional[int] = None,
-) -> np.ndarray:
-  """A PNG grid of the first `num` test scenes: ground truth (left) and detections scoring
-  >= score_threshold (right), novel classes in the novel colour. `batch_size`: pad the batch to
-  the evaluation's, whose compiled programs are then reused. -> the grid [H, W, 3] uint8."""
-  from PIL import Image
-  from regionclip_jax.data.transforms import apply_transforms
-  from regionclip_jax.evaluation.visualize import draw_detections
-
-  recs = [apply_transforms(source[i], transforms) for i in range(min(num, len(source)))]
-  padded = recs + [recs[-1]] * max(0, (batch_size or 0) - len(recs))
-  b = {
-      k: np.stack([np.asarray(r[k]) for r in padded])
-      for k in ("image", "image_size", "boxes", "box_mask", "labels")
-  }
-  out = predictor(
-      b["image"], b["image_size"], text_emb, seen=[n not in novel_names for n in class_names]
-  )
-  rows = []
-  for i in range(len(recs)):
-    kw = dict(class_names=class_names, novel_names=novel_names, clip_normalised=True)
-    gt = draw_detections(b["image"][i], b["boxes"][i], b["labels"][i], valid=b["box_mask"][i], **kw)
-    det = draw_detections(
-        b["image"][i],
-        out["boxes"][i],
-        out["classes"][i],
-        out["scores"][i],
-        valid=out["valid"][i],
-        score_threshold=score_threshold,
-        **kw,
-    )
-    gap = np.full((gt.shape[0], 8, 3), 255, np.uint8)
-    rows.append(np.concatenate([gt, gap, det], axis=1))
-  sep = np.full((8, rows[0].shape[1], 3), 255, np.uint8)
-  grid = np.concatenate([x for r in rows for x in (r, sep)][:-1], axis=0)
-  Image.fromarray(grid).save(path)
-  return grid
-
-
-def records_to_coco_gt(batches: Sequence[dict], class_names: Sequence[str]) -> dict:
-  """Padded batches (`image_id`, `image_size`, `boxes`, `box_mask`, `labels` as class indices)
-  -> COCO ground-truth dict with category ids = class index + 1."""
-  images, anns = [], []
-  for b in batches:
-    for i in range(len(b["image_id"])):
-      h, w = (int(x) for x in b["image_size"][i])
-      iid = int(b["image_id"][i])
-      images.append({"id": iid, "height": h, "width": w})
-      for box, lab, m in zip(b["boxes"][i], b["labels"][i], b["box_mask"][i]):
-        if m and lab >= 0:
-          x1, y1, x2, y2 = (float(v) for v in box)
-          anns.append(
-              {
-                  "id": len(anns) + 1,
-                  "image_id": iid,
-                  "category_id": int(lab) + 1,
-                  "bbox": [x1, y1, x2 - x1, y2 - y1],
-                  "area": (x2 - x1) * (y2 - y1),
-                  "iscrowd": 0,
-              }
-          )
-  cats = [{"id": i + 1, "name": n} for i, n in enumerate(class_names)]
-  return {"images": images, "annotations": anns, "categories": cats}
-
-
-def evaluate(
-    predictor: DetectorPredictor,
-    source,
-    transforms,
-    class_names: Sequence[str],
-    text_emb,
-    base_names: Sequence[str],
-    novel_names: Sequence[str],
-    *,
-    batch_size: int = 8,
-    use_gt_boxes: bool = False,
-    max_images: Optional[int] = None,
-) -> dict:
-  """Detect on every record of `source` with the whole vocabulary and score with pycocotools:
-  the standard COCO stats plus AP50_novel / AP50_base / AP50_all. `use_gt_boxes`: classify the
-  ground-truth boxes instead of RPN proposals (zero-shot region recognition protocol)."""
-  from regionclip_jax.data.transforms import apply_transforms
-  from regionclip_jax.evaluation.coco_eval import evaluate_coco
-  from regionclip_jax.evaluation.detections_io import detections_to_coco
-
-  n = len(source) if max_images is None else min(len(source), max_images)
-  batches, dets = [], []
-  cats = [{"id": i + 1, "name": c} for i, c in enumerate(class_names)]
-  seen = np.asarray([c in base_names for c in class_names])
-  for start in range(0, n, batch_size):
-    recs = [
-        apply_transforms(source[i], transforms) for i in range(start, min(n, start + batch_size))
-    ]
-    pad = batch_size - len(recs)
-    recs = recs + [recs[-1]] * pad  # static batch shape; padded copies are dropped below
-    b = {
-        k: np.stack([np.asarray(r[k]) for r in recs])
-        for k in ("image", "image_size", "boxes", "box_mask", "labels", "image_id")
-    }
-    boxes = b["boxes"] if use_gt_boxes else None
-    out = predictor(
-        b["image"],
-        b["image_size"],
-        text_emb,
-        boxes=boxes,
-        box_valid=b["box_mask"] if use_gt_boxes else None,
-        seen=seen,
-    )
-    keep = slice(0, batch_size - pad)
-    b = {k: v[keep] for k, v in b.items()}
-    batches.append(b)
-    dets += detections_to_coco(
-        b["image_id"],
-        out["boxes"][keep],
-        out["scores"][keep],
-        out["classes"][keep],
-        out["valid"][keep],
-        cats,
-    )
-  gt = records_to_coco_gt(batches, class_names)
-  return evaluate_coco(
-      gt, dets, split=None, base_names=list(base_names), novel_names=list(novel_names)
   )

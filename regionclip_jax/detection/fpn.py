@@ -85,7 +85,7 @@ class FPN(nn.Module):
   def __call__(self, feats: dict) -> dict:
     missing = [k for k in IN_FEATURES if k not in feats]
     if missing:
-      raise ValueError(f"detection/fpn.py: FPN needs features {IN_FEATURES}, missing {missing}")
+      raise ValueError(f"{__name__}: FPN needs features {IN_FEATURES}, missing {missing}")
     kw = {"dtype": self.dtype, "param_dtype": self.param_dtype, "kernel_init": c2_xavier}
     out, prev = {}, None
     for i in reversed(range(len(IN_FEATURES))):
@@ -161,7 +161,7 @@ class FPNFasterRCNN(nn.Module):
   def pool(self, features: Sequence[jax.Array], boxes: jax.Array) -> jax.Array:
     """[P2..P5], boxes [N,R,4] -> [N,R,S,S,F], each box from its detectron2 level."""
     if boxes.ndim != 3 or boxes.shape[-1] != 4:
-      raise ValueError(f"detection/fpn.py: boxes must be [N, R, 4]; got {tuple(boxes.shape)}")
+      raise ValueError(f"{__name__}: boxes must be [N, R, 4]; got {tuple(boxes.shape)}")
     s = self.pooler_resolution
     # float32 boxes: bf16 coordinates are off by pixels at 800 px
     return multilevel_roi_align(
@@ -217,7 +217,7 @@ def fpn_anchor_generator(
   """One anchor size per level P2..P6 (strides 4..64), shared aspect ratios (detectron2 FPN RPN)."""
   if len(sizes) != len(RPN_STRIDES):
     raise ValueError(
-        f"detection/fpn.py: the FPN RPN needs {len(RPN_STRIDES)} anchor sizes (one per "
+        f"{__name__}: the FPN RPN needs {len(RPN_STRIDES)} anchor sizes (one per "
         f"level P2..P6), got {list(sizes)}"
     )
   return DefaultAnchorGenerator(

@@ -1,7 +1,7 @@
 """Faster R-CNN C4 modules on a CLIP ResNet: region features, text classifier, box regressor, RPN model.
 
 The backbone is any Linen module with `image_res4(images [N,H,W,3]) -> [N,H/16,W/16,C4]` and
-`image_region_head(roi_feats [M,S,S,C4]) -> [M,D]` (the CLIP module; see models/clip.py). Text
+`image_region_head(roi_feats [M,S,S,C4]) -> [M,D]` (the CLIP module; see models/clip_model.py). Text
 embeddings are call arguments, never parameters: they stay frozen by construction and the
 vocabulary can change at test time without touching the backbone's compiled code.
 """
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from regionclip_jax.detection.classifier import text_logits  # noqa: F401  (re-export)
 from regionclip_jax.detection.rpn import StandardRPNHead
-from regionclip_jax.ops.roi_align import roi_align
+from regionclip_jax.models.region_encoder import resnet_region_features
 
 
 class OpenVocabFasterRCNN(nn.Module):
@@ -37,21 +37,20 @@ class OpenVocabFasterRCNN(nn.Module):
     return self.backbone.image_res4(images)
 
   def region_features(self, res4: jax.Array, boxes: jax.Array) -> jax.Array:
-    """res4 [N,h,w,C], boxes [N,R,4] image px -> [N,R,D]."""
-    n, r = boxes.shape[:2]
+    """res4 [N,h,w,C], boxes [N,R,4] image px -> [N,R,D], by the pretraining's region path
+    (`models.region_encoder`; docs/design.md, "Detector transfer")."""
     s = self.pooler_resolution
     # boxes stay float32 whatever the compute dtype: bf16 coordinates are off by pixels at 800 px
-    pooled = roi_align(
+    return resnet_region_features(
         res4,
         boxes.astype(jnp.float32),
+        self.backbone.image_region_head,
         (s, s),
         1.0 / self.feature_stride,
         sampling_ratio=self.sampling_ratio,
         aligned=True,
         chunk_size=self.roi_chunk_size,
     )
-    feats = self.backbone.image_region_head(pooled.reshape((n * r,) + pooled.shape[2:]))
-    return feats.reshape(n, r, -1)
 
   def box_deltas(self, region_feats: jax.Array) -> jax.Array:
     return self.bbox_pred(region_feats.astype(jnp.float32))

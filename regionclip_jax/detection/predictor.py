@@ -17,7 +17,7 @@ import numpy as np
 
 from regionclip_jax.detection.heads import OpenVocabFasterRCNN, RPNModel
 from regionclip_jax.detection.settings import InferenceSettings, RPNSettings
-from regionclip_jax.detection.train_lib import make_classify_fn, make_proposal_fn, make_region_fn
+from regionclip_jax.detection.inference import make_classify_fn, make_proposal_fn, make_region_fn
 
 
 @dataclasses.dataclass

@@ -2,7 +2,9 @@
 
 stage "rpn"       -> detection.finetune.train_rpn      (offline class-agnostic RPN on base boxes)
 stage "finetune"  -> detection.finetune.train_detector (open-vocabulary detector on base classes)
-stage "zero_shot" -> tools.zero_shot.run               (no fine-tuning; folder or COCO/LVIS json)
+
+Zero-shot inference (configs/zero_shot.py) is a task of its own, "zero_shot"
+(regionclip_jax.tools.zero_shot.run).
 """
 
 from __future__ import annotations
@@ -10,63 +12,26 @@ from __future__ import annotations
 import os
 import tempfile
 
-STAGES = ("rpn", "finetune", "zero_shot")
+from regionclip_jax.detection import finetune
+
+STAGES = ("rpn", "finetune")
 
 
 def run(config, workdir: str | None = None):
   stage = config.get("stage")
+  if stage == "zero_shot":
+    # the stage moved out of this task; an old config still names it
+    raise ValueError(
+        f"{__name__}: config.stage='zero_shot' is no longer a stage of task 'detection'; "
+        "run it as task 'zero_shot' (configs/zero_shot.py sets it; the tool: "
+        "python -m regionclip_jax.tools.zero_shot)"
+    )
   if stage not in STAGES:
-    raise ValueError(f"detection/run.py: config.stage={stage!r} is not one of {STAGES}")
+    raise ValueError(f"{__name__}: config.stage={stage!r} is not one of {STAGES}")
   if not workdir:
     workdir = config.get("workdir") or tempfile.mkdtemp(prefix=f"regionclip_{stage}_")
     print(f"[detection] workdir {workdir}", flush=True)
   os.makedirs(workdir, exist_ok=True)
-  if stage == "zero_shot":
-    from regionclip_jax.tools import zero_shot
-
-    return zero_shot.run(config, workdir)
-  from regionclip_jax.detection import finetune
-
   if stage == "rpn":
     return finetune.train_rpn(config, workdir)
   return finetune.train_detector(config, workdir)
-
-
-def pretrain_proposal_fn(
-    rpn_path: str,
-    *,
-    post_nms_topk: int = 300,
-    nms_thresh: float = 0.5,
-    num_sampled: int = 100,
-    pre_nms_topk: int = 6000,
-):
-  """Proposals for RegionCLIP pretraining from the frozen offline RPN (official: post-NMS top 300
-  at NMS 0.5, then `num_sampled` drawn at random among the valid ones per image).
-
-  -> `fn(key, batch) -> (boxes [N, num_sampled, 4], valid [N, num_sampled])`, the signature of
-  `pretrain.proposals.make_proposal_fn(kind="rpn", rpn_fn=...)`. Traceable (use inside jit).
-  """
-  import jax
-  import jax.numpy as jnp
-  from regionclip_jax.detection.finetune import load_rpn
-  from regionclip_jax.detection.settings import RPNSettings
-  from regionclip_jax.detection.train_lib import rpn_proposals
-
-  rpn, gen, variables = load_rpn(rpn_path)
-  settings = RPNSettings(nms_thresh=nms_thresh)
-
-  def fn(key, batch):
-    images = batch["image"]
-    n, h, w = images.shape[:3]
-    hw = batch.get("image_size")
-    hw = jnp.broadcast_to(jnp.asarray([h, w], jnp.float32), (n, 2)) if hw is None else hw
-    boxes, _, valid = rpn_proposals(
-        rpn, gen, settings, variables, images, hw.astype(jnp.float32), pre_nms_topk, post_nms_topk
-    )
-    # random subset of the valid proposals: top-k of random keys, invalid ones ranked last
-    r = jax.random.uniform(key, valid.shape)
-    _, idx = jax.lax.top_k(jnp.where(valid, r, -1.0), num_sampled)
-    take = lambda a, i: a[i]
-    return jax.vmap(take)(boxes, idx), jax.vmap(take)(valid, idx)
-
-  return fn

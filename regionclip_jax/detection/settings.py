@@ -1,4 +1,8 @@
-"""Static settings of the RPN, the RoI heads and inference (hashable; unpacked from configs)."""
+"""Static settings of the RPN, the RoI heads and inference (hashable; jit-static).
+
+The one definition of their defaults: configs/finetune.py's rpn / roi_heads / test sections are
+built from these fields, and `builders.settings_from` reads a section back by the same names.
+"""
 
 from __future__ import annotations
 
@@ -30,24 +34,27 @@ class RoIHeadSettings:
   positive_fraction: float = 0.25
   iou_threshold: float = 0.5
   temperature: float = 0.01
-  focal_gamma: Optional[float] = 0.5
-  bg_weight: Optional[float] = 0.2
+  focal_gamma: Optional[float] = 0.5  # COCO; LVIS: None (plain CE)
+  bg_weight: Optional[float] = 0.2  # COCO; LVIS: 0.8
   box_weights: tuple = (10.0, 10.0, 5.0, 5.0)
   box_loss_weight: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
 class InferenceSettings:
+  """RegionCLIP COCO test defaults (LVIS: score_thresh 0.02, topk 300)."""
+
   score_thresh: float = 0.001
   nms_thresh: float = 0.5
   topk: int = 100
-  soft_nms_enabled: bool = False
+  soft_nms_enabled: bool = False  # the paper's reported numbers used gaussian soft-NMS (0.5)
   soft_nms_sigma: float = 0.5
   soft_nms_prune: float = 0.001
-  max_candidates: int = 2000
-  rpn_fusion: Optional[str] = None  # None | "raw_logit" (official) | "sigmoid"
+  max_candidates: int = 2000  # static-shape cap on (RoI, class) pairs entering NMS
+  rpn_fusion: Optional[str] = None  # None | "raw_logit" (official MULTIPLY_RPN_SCORE) | "sigmoid"
   apply_deltas: bool = True
   temperature: float = 0.01
   # (w_seen, w_unseen): geometric-mean ensemble with the frozen pretrained model
-  # (postprocess.ensemble_with_pretrained); None = the fine-tuned detector alone (official)
+  # (postprocess.ensemble_with_pretrained), F-VLM's (0.35, 0.65); None = the fine-tuned detector
+  # alone (official RegionCLIP)
   pretrained_score_weights: Optional[tuple] = None

@@ -1,4 +1,4 @@
-"""Loss functions and jitted steps for RPN training, detector fine-tuning and inference.
+"""Losses and training steps: the offline RPN and detector fine-tuning (inference: inference.py).
 
 Batches follow the data contract: `image` [B,S,S,3] CLIP-normalised, `image_size` [B,2] (h, w),
 `boxes` [B,G,4], `box_mask` [B,G], `labels` [B,G] (already mapped to training-vocabulary indices;
@@ -7,19 +7,19 @@ Batches follow the data contract: `image` [B,S,S,3] CLIP-normalised, `image_size
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from regionclip_jax.detection.classifier import text_logits
 from regionclip_jax.detection.heads import OpenVocabFasterRCNN, RPNModel
+from regionclip_jax.detection.inference import rpn_proposals
 from regionclip_jax.detection.losses import fast_rcnn_losses
-from regionclip_jax.detection.postprocess import ensemble_with_pretrained, fast_rcnn_inference
-from regionclip_jax.detection.rpn import find_top_rpn_proposals, flatten_predictions
+from regionclip_jax.detection.rpn import flatten_predictions
 from regionclip_jax.detection.rpn_loss import label_anchors, rpn_losses
 from regionclip_jax.detection.sampling import label_and_sample_proposals
-from regionclip_jax.detection.settings import InferenceSettings, RoIHeadSettings, RPNSettings
+from regionclip_jax.detection.settings import RoIHeadSettings, RPNSettings
 from regionclip_jax.ops.anchors import DefaultAnchorGenerator
 from regionclip_jax.train.state import TrainState, apply_gradients, masked_value_and_grad
 
@@ -80,39 +80,6 @@ def make_rpn_step(rpn: RPNModel, anchor_gen, settings: RPNSettings, tx, mask, se
     return apply_gradients(state, grads, tx, mask), dict(parts, loss=loss)
 
   return step
-
-
-def rpn_proposals(
-    rpn: RPNModel,
-    anchor_gen,
-    settings: RPNSettings,
-    variables,
-    images,
-    image_sizes,
-    pre_nms_topk: int,
-    post_nms_topk: int,
-):
-  """Frozen RPN -> (boxes [N,P,4], objectness logits [N,P], valid [N,P]), P = post_nms_topk."""
-  logits, deltas = rpn.apply(jax.lax.stop_gradient(variables), images)
-  anchors, fl, fd = flatten_predictions(anchor_gen, logits, deltas)
-  return find_top_rpn_proposals(
-      anchors,
-      fl,
-      fd,
-      image_sizes,
-      pre_nms_topk=pre_nms_topk,
-      post_nms_topk=post_nms_topk,
-      nms_thresh=settings.nms_thresh,
-      min_box_size=settings.min_box_size,
-  )
-
-
-def make_proposal_fn(rpn: RPNModel, anchor_gen, settings: RPNSettings, training: bool = False):
-  """-> jitted `fn(rpn_variables, images, image_sizes) -> (boxes, logits, valid)` with the train
-  (12000 / 2000) or test (6000 / 1000) top-k."""
-  pre = settings.pre_nms_topk_train if training else settings.pre_nms_topk_test
-  post = settings.post_nms_topk_train if training else settings.post_nms_topk_test
-  return jax.jit(lambda v, im, hw: rpn_proposals(rpn, anchor_gen, settings, v, im, hw, pre, post))
 
 
 # ----------------------------------------------------------------------------- detector
@@ -209,58 +176,3 @@ def make_detector_step(
     return apply_gradients(state, grads, tx, mask), parts
 
   return step
-
-
-def make_region_fn(det: OpenVocabFasterRCNN) -> Callable:
-  """-> jitted `fn(params, images, boxes [N,R,4]) -> (region_feats [N,R,D], deltas [N,R,4])`.
-  Vocabulary-independent: compiled once per image / RoI shape whatever the class list."""
-  return jax.jit(lambda params, images, boxes: det.apply(params, images, boxes))
-
-
-def make_classify_fn(s: InferenceSettings) -> Callable:
-  """-> jitted `fn(region_feats, deltas, proposals, proposal_valid, image_sizes, text_emb,
-  objectness=None, pretrained_feats=None, seen=None) -> detections` (see `fast_rcnn_inference`).
-  With `pretrained_feats` [N,R,D] (the frozen init's region embeddings of the same boxes) and
-  `seen` [K], scores are `ensemble_with_pretrained` with `s.pretrained_score_weights`. Cheap;
-  recompiles only when the number of classes changes."""
-
-  def fn(
-      feats,
-      deltas,
-      proposals,
-      proposal_valid,
-      image_sizes,
-      text_emb,
-      objectness=None,
-      pretrained_feats=None,
-      seen=None,
-  ):
-    logits = text_logits(feats, text_emb, s.temperature)
-    probs = None
-    if pretrained_feats is not None:
-      probs = ensemble_with_pretrained(
-          logits,
-          text_logits(pretrained_feats, text_emb, s.temperature),
-          seen,
-          s.pretrained_score_weights,
-      )
-    return fast_rcnn_inference(
-        logits,
-        deltas,
-        proposals,
-        proposal_valid,
-        image_sizes,
-        objectness=objectness,
-        rpn_fusion=s.rpn_fusion,
-        score_thresh=s.score_thresh,
-        nms_thresh=s.nms_thresh,
-        topk=s.topk,
-        soft_nms_enabled=s.soft_nms_enabled,
-        soft_nms_sigma=s.soft_nms_sigma,
-        soft_nms_prune=s.soft_nms_prune,
-        max_candidates=s.max_candidates,
-        apply_deltas=s.apply_deltas,
-        probs=probs,
-    )
-
-  return jax.jit(fn)

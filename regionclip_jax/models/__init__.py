@@ -1,4 +1,8 @@
-"""CLIP towers (ModifiedResNet, ViT, text), OpenAI state-dict conversion, tokenizer."""
+"""CLIP towers (ModifiedResNet, ViT, text), region features, checkpoint readers and OpenAI
+state-dict conversion, tokenizer, prompts (docs/design.md, "CLIP towers").
+
+Re-exports the `clip` facade and `tokenize`.
+"""
 
 from regionclip_jax.models.clip import (
     CLIP,
@@ -20,6 +24,7 @@ from regionclip_jax.models.clip import (
     params_from_state_dict,
     state_dict_from_params,
 )
+from regionclip_jax.models.tokenizer import tokenize
 
 __all__ = [
     "CLIP",
@@ -42,10 +47,3 @@ __all__ = [
     "state_dict_from_params",
     "tokenize",
 ]
-
-
-def tokenize(texts, context_length: int = 77):
-  """[B, context_length] int32 OpenAI token ids (see `regionclip_jax.models.tokenizer`)."""
-  from regionclip_jax.models.tokenizer import tokenize as _tokenize
-
-  return _tokenize(texts, context_length)

@@ -1,4 +1,4 @@
-"""OpenAI CLIP state dict (numpy, `model.py` names) <-> Flax params of `clip.CLIP`.
+"""OpenAI CLIP state dict (numpy, `model.py` names) <-> Flax params of `clip_model.CLIP`.
 
 The Flax tree uses the OpenAI names with '.' -> '/', except where Flax needs its own leaf names:
   conv / linear `weight` [O, I, kh, kw] / [O, I]  ->  `kernel` [kh, kw, I, O] / [I, O]
@@ -18,7 +18,7 @@ import re
 import numpy as np
 from flax import traverse_util
 
-from regionclip_jax.models.clip import (
+from regionclip_jax.models.clip_model import (
     CLIPConfig,
     ResNetConfig,
     TextConfig,

@@ -1,4 +1,6 @@
-"""Region embeddings in CLIP space from the whole image (DESIGN.md §1.2), student and teacher alike.
+"""Region embeddings in CLIP space from the whole image, student and teacher alike (docs/design.md,
+"Region features"). The detector's C4 RoI head (`detection/heads.py`) embeds its boxes with the
+same `resnet_region_features`.
 
 ResNet (official): res4 of the whole image -> RoIAlign (1/16, aligned, adaptive sampling,
 S x S with S = 2 x attnpool grid, 14 for RN50) -> layer4 (its stride-2 avgpool gives the native
@@ -14,12 +16,13 @@ dense-CLIP detectors). A box covering exactly one patch returns that patch token
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from regionclip_jax.models.clip import CLIP
+from regionclip_jax.models.clip_model import CLIP
 from regionclip_jax.ops.roi_align import roi_align
 
 PyTree = Any
@@ -33,7 +36,7 @@ def _check(images, boxes):
       or boxes.shape[0] != images.shape[0]
   ):
     raise ValueError(
-        f"models/region_encoder.py: need images [N, H, W, 3] and boxes [N, R, 4]; "
+        f"{__name__}: need images [N, H, W, 3] and boxes [N, R, 4]; "
         f"got {tuple(images.shape)} and {tuple(boxes.shape)}"
     )
 
@@ -48,6 +51,40 @@ def global_boxes(images: jax.Array) -> jax.Array:
   """[N, 1, 4]: one box covering the whole (padded) image, the official 'global' proposal."""
   n, h, w = images.shape[:3]
   return jnp.broadcast_to(jnp.asarray([0.0, 0.0, w, h], jnp.float32), (n, 1, 4))
+
+
+def resnet_region_features(
+    res4: jax.Array,
+    boxes: jax.Array,
+    region_head: Callable[[jax.Array], jax.Array],
+    pooler_resolution: int | tuple[int, int],
+    spatial_scale: float,
+    *,
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+    chunk_size: int = 64,
+    roi_method: str = "separable",
+) -> jax.Array:
+  """The ResNet region path: res4 [N, h, w, C4], boxes [N, R, 4] x1y1x2y2 image px -> [N, R, D].
+
+  RoIAlign (`spatial_scale` = res4 / image size) to S x S bins, then `region_head` on the
+  [N * R, S, S, C4] crops (`CLIP.image_region_head`: layer4 + attnpool). `region_head` is a
+  callable so that both a bound Linen submodule (the detector's backbone) and `module.apply` with
+  explicit params (pretraining) share this code.
+  """
+  n, r = boxes.shape[:2]
+  rois = roi_align(
+      res4,
+      boxes,
+      pooler_resolution,
+      spatial_scale,
+      sampling_ratio,
+      aligned,
+      chunk_size=chunk_size,
+      method=roi_method,
+  )
+  flat = rois.reshape((n * r,) + rois.shape[2:])
+  return region_head(flat).reshape(n, r, -1)
 
 
 def region_features(
@@ -69,17 +106,20 @@ def region_features(
   """
   _check(images, boxes)
   s = pooler_resolution or default_pooler_resolution(module)
-  n, r = boxes.shape[:2]
   variables = {"params": params}
   if module.config.is_resnet:
     res4 = module.apply(variables, images, method=CLIP.image_res4)
-    scale = res4.shape[1] / images.shape[1]
-    rois = roi_align(
-        res4, boxes, s, scale, sampling_ratio, aligned, chunk_size=chunk_size, method=roi_method
+    return resnet_region_features(
+        res4,
+        boxes,
+        lambda rois: module.apply(variables, rois, method=CLIP.image_region_head),
+        s,
+        res4.shape[1] / images.shape[1],
+        sampling_ratio=sampling_ratio,
+        aligned=aligned,
+        chunk_size=chunk_size,
+        roi_method=roi_method,
     )
-    flat = rois.reshape((n * r,) + rois.shape[2:])
-    emb = module.apply(variables, flat, method=CLIP.image_region_head)
-    return emb.reshape(n, r, -1)
   _, grid = module.apply(variables, images, method=CLIP.image_tokens)
   scale = 1.0 / module.config.vision.patch_size
   rois = roi_align(

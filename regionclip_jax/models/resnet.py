@@ -1,4 +1,5 @@
-"""CLIP's ModifiedResNet (DESIGN §1.1) with the res4 trunk and the layer4 + attnpool head separable.
+"""CLIP's ModifiedResNet (docs/design.md, "CLIP towers") with the res4 trunk and the layer4 +
+attnpool head separable.
 
 The region path (RegionCLIP) runs `res4` on the whole image, RoIAligns on it, then feeds each
 RoI through `head` (layer4 + attnpool). Images are NHWC.

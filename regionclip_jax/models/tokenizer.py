@@ -75,14 +75,25 @@ def _cache_root() -> Path:
   return Path(base) / "regionclip_jax"
 
 
+def _tokenizer_class():
+  """transformers' `CLIPTokenizerFast`, imported on first use (transformers is heavy).
+
+  Only the tokenizer is used, so transformers' advisory "PyTorch was not found" line, printed at
+  import on a machine without torch, is noise: it is switched off unless the user set the variable.
+  """
+  os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+  from transformers import CLIPTokenizerFast
+
+  return CLIPTokenizerFast
+
+
 def _build_dir(bpe_path: Path) -> Path:
   """Directory with vocab.json / merges.txt / tokenizer.json, written once (atomic rename)."""
   digest = hashlib.sha256(bpe_path.read_bytes()).hexdigest()[:12]
   target = _cache_root() / f"clip_tokenizer_{digest}"
   if (target / "tokenizer.json").exists():
     return target
-  from transformers import CLIPTokenizerFast
-
+  CLIPTokenizerFast = _tokenizer_class()
   target.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
   vocab, merges = _vocab_and_merges(bpe_path)
@@ -108,8 +119,7 @@ def _build_dir(bpe_path: Path) -> Path:
 @functools.cache
 def get_tokenizer(bpe_path: str | None = None):
   """The cached `CLIPTokenizerFast` for the shipped (or given) BPE file."""
-  from transformers import CLIPTokenizerFast
-
+  CLIPTokenizerFast = _tokenizer_class()
   path = Path(bpe_path) if bpe_path else BPE_PATH
   if not path.exists():
     raise FileNotFoundError(f"tokenizer: BPE vocabulary not found at {path}")

@@ -276,9 +276,7 @@ def roi_align(
   features = jnp.asarray(features)
   boxes = jnp.asarray(boxes)
   if features.ndim != 4:
-    raise ValueError(
-        f"{__name__}: features must be [N, H, W, C], got {tuple(features.shape)}"
-    )
+    raise ValueError(f"{__name__}: features must be [N, H, W, C], got {tuple(features.shape)}")
   if boxes.ndim != 3 or boxes.shape[-1] != 4:
     raise ValueError(f"{__name__}: boxes must be [N, R, 4], got {tuple(boxes.shape)}")
   if boxes.shape[0] != features.shape[0]:
@@ -287,9 +285,7 @@ def roi_align(
         f"boxes {tuple(boxes.shape)}"
     )
   if method not in ("separable", "gather", "auto"):
-    raise ValueError(
-        f"{__name__}: method must be 'separable', 'gather' or 'auto', got {method!r}"
-    )
+    raise ValueError(f"{__name__}: method must be 'separable', 'gather' or 'auto', got {method!r}")
   if sampling_ratio < 0 or chunk_size < 1:
     raise ValueError(
         f"{__name__}: need sampling_ratio >= 0 and chunk_size >= 1, got "

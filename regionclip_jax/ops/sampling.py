@@ -27,9 +27,7 @@ def subsample_labels(
   if valid is not None:
     valid = jnp.asarray(valid, bool)
     if valid.shape != labels.shape:
-      raise ValueError(
-          f"{__name__}: valid must be [P] = {labels.shape}, got {tuple(valid.shape)}"
-      )
+      raise ValueError(f"{__name__}: valid must be [P] = {labels.shape}, got {tuple(valid.shape)}")
     labels = jnp.where(valid, labels, -1)
   if num_preds == 0:
     return (

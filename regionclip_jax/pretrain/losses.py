@@ -1,4 +1,4 @@
-"""The three RegionCLIP pretraining losses (DESIGN.md §1.3), static-shape and masked.
+"""The three RegionCLIP pretraining losses (docs/design.md, "Pretraining"), static-shape and masked.
 
 Regions are grouped: `[G, R, ...]` where a group is the set of images one GPU held in the
 official code (3 images x 100 regions). Pseudo-label filtering, the distillation `batchmean` and

@@ -1,11 +1,10 @@
 """Region proposals for pretraining, as a config choice (static shapes: [N, R, 4] + valid [N, R]).
 
-Official: a frozen class-agnostic RPN trained on base boxes, post-NMS top 300 at NMS 0.5, then
-100 random per image. Until the detection area's RPN is wired in ("rpn"), the interim default
-"boxes_jitter" stands in for it: jittered copies of ALL objects' boxes (an RPN trained on base
-boxes proposes novel objects too, since objectness transfers) plus random boxes (the RPN's
-background and part proposals). "random" uses random boxes only (the official GRID/RANDOM
-crop types' spirit).
+Official ("rpn", `rpn_proposal_fn`): a frozen class-agnostic RPN trained on base boxes, post-NMS
+top 300 at NMS 0.5, then 100 random per image. Without one, "boxes_jitter" (shapes world) stands
+in for it: jittered copies of ALL objects' boxes (an RPN trained on base boxes proposes novel
+objects too, since objectness transfers) plus random boxes (the RPN's background and part
+proposals). "random" uses random boxes only (the official GRID/RANDOM crop types' spirit).
 """
 
 from __future__ import annotations
@@ -14,6 +13,10 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from regionclip_jax.detection.export import load_rpn
+from regionclip_jax.detection.inference import rpn_proposals
+from regionclip_jax.detection.settings import RPNSettings
 
 ProposalFn = Callable[[jax.Array, dict], tuple[jax.Array, jax.Array]]
 
@@ -51,6 +54,40 @@ def jitter_boxes(
   hw = image_hw.astype(jnp.float32)[:, None, ::-1]
   lo = jnp.zeros_like(hw)
   return jnp.concatenate([jnp.clip(out[..., :2], lo, hw), jnp.clip(out[..., 2:], lo, hw)], -1)
+
+
+def rpn_proposal_fn(
+    rpn_path: str,
+    *,
+    post_nms_topk: int = 300,
+    nms_thresh: float = 0.5,
+    num_sampled: int = 100,
+    pre_nms_topk: int = 6000,
+) -> ProposalFn:
+  """Proposals from the frozen offline RPN at `rpn_path` (an RPN workdir or its export): official
+  post-NMS top 300 at NMS 0.5, then `num_sampled` drawn at random among the valid ones per image.
+
+  -> `fn(key, batch) -> (boxes [N, num_sampled, 4], valid [N, num_sampled])`, the `rpn_fn` of
+  `make_proposal_fn(kind="rpn")`. Traceable (use inside jit).
+  """
+  rpn, gen, variables = load_rpn(rpn_path)
+  settings = RPNSettings(nms_thresh=nms_thresh)
+
+  def fn(key, batch):
+    images = batch["image"]
+    n, h, w = images.shape[:3]
+    hw = batch.get("image_size")
+    hw = jnp.broadcast_to(jnp.asarray([h, w], jnp.float32), (n, 2)) if hw is None else hw
+    boxes, _, valid = rpn_proposals(
+        rpn, gen, settings, variables, images, hw.astype(jnp.float32), pre_nms_topk, post_nms_topk
+    )
+    # random subset of the valid proposals: top-k of random keys, invalid ones ranked last
+    r = jax.random.uniform(key, valid.shape)
+    _, idx = jax.lax.top_k(jnp.where(valid, r, -1.0), num_sampled)
+    take = lambda a, i: a[i]
+    return jax.vmap(take)(boxes, idx), jax.vmap(take)(valid, idx)
+
+  return fn
 
 
 def make_proposal_fn(

@@ -1,4 +1,5 @@
-"""Teacher pseudo-labels over the concept pool (DESIGN.md §1.3, official `get_psuedo_concept_labels`)."""
+"""Teacher pseudo-labels over the concept pool (docs/design.md, "Pretraining"; the official
+`get_psuedo_concept_labels`)."""
 
 from __future__ import annotations
 

@@ -18,8 +18,7 @@ import time
 
 import numpy as np
 
-from regionclip_jax.models import checkpoints
-from regionclip_jax.pretrain import prompts
+from regionclip_jax.models import checkpoints, prompts
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 r"""Open-vocabulary detection on your own images with your own words (no fine-tuning needed).
 
   python -m regionclip_jax.tools.zero_shot --checkpoint=CKPT --images=DIR \
-      --vocabulary="cat,dog,person" [--rpn=RPN_WORKDIR] [--output=DIR]
+      --vocabulary="cat,dog,person" [--rpn=RPN_WORKDIR] [--output=DIR] [--preset=coco_gt]
 
 Writes `<output>/<image>.png` (boxes + "name score") and `<output>/detections.json`
 (COCO-style results with `file_name` and `category_name`, boxes in original pixels).
@@ -13,9 +13,14 @@ official RegionCLIP .pth) — the paper's zero-shot protocol: region embeddings 
 Proposals: a frozen RPN (`--rpn`, a stage="rpn" workdir or its export) or, without one, a
 multi-scale sliding window (a weak fallback: scores then come from CLIP alone). With
 `--annotations=GT.json` the images' ground-truth boxes (`--boxes=gt`) or the RPN proposals are
-classified and scored with pycocotools (AP50 novel / base / all with `--split`).
+classified and scored with pycocotools (AP50 novel / base / all with `--split`); the metrics are
+printed and written to `<output>/zero_shot_metrics.json`.
 Vocabulary text embeddings come from the checkpoint's text tower, `--text_checkpoint`, or
 `--embeddings=FILE.npy` ([K, D], in vocabulary order).
+
+The flags are the fields of `configs/zero_shot.py`'s `zero_shot` section (same names and
+defaults); `--preset` picks the config preset the given flags override. As a `main.py` task
+(`--config=configs/zero_shot.py`), `run(config, workdir)` is the same job.
 """
 
 from __future__ import annotations
@@ -24,7 +29,26 @@ import json
 import os
 from typing import Optional, Sequence
 
+import ml_collections
 import numpy as np
+from absl import app, flags
+from PIL import Image
+
+from configs import zero_shot as zero_shot_config
+from regionclip_jax.detection.zero_shot import ZeroShotDetector, sliding_window_boxes
+from regionclip_jax.evaluation.coco_eval import evaluate_coco
+from regionclip_jax.evaluation.detections_io import write_json
+from regionclip_jax.evaluation.visualize import draw_detections
+from regionclip_jax.models.prompts import read_concepts_file
+
+__all__ = [
+    "ZeroShotDetector",
+    "detect_folder",
+    "evaluate_annotations",
+    "parse_vocabulary",
+    "run",
+    "sliding_window_boxes",
+]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -32,8 +56,6 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 def parse_vocabulary(text: str) -> list[str]:
   """ "a,b,c" or "@file.txt" (one name per line; "name,count" rows allowed) -> names."""
   if text.startswith("@"):
-    from regionclip_jax.pretrain.prompts import read_concepts_file
-
     names = read_concepts_file(text[1:])
   else:
     names = [t.strip() for t in text.split(",")]
@@ -45,169 +67,7 @@ def parse_vocabulary(text: str) -> list[str]:
   return names
 
 
-def sliding_window_boxes(
-    height: int, width: int, fractions=(0.2, 0.4, 0.7), aspect_ratios=(0.5, 1.0, 2.0)
-) -> np.ndarray:
-  """Fallback proposals [R, 4]: square-area windows of `fraction * shorter side` at stride half
-  their size, each aspect ratio (h / w), clipped to the image."""
-  short = min(height, width)
-  out = []
-  for f in fractions:
-    s = max(8.0, f * short)
-    step = s / 2
-    for ar in aspect_ratios:
-      w, h = s / np.sqrt(ar), s * np.sqrt(ar)
-      for cy in np.arange(h / 2, max(height - h / 2, h / 2) + 1e-3, step):
-        for cx in np.arange(w / 2, max(width - w / 2, w / 2) + 1e-3, step):
-          out.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
-  b = np.asarray(out, np.float32)
-  b[:, [0, 2]] = b[:, [0, 2]].clip(0, width)
-  b[:, [1, 3]] = b[:, [1, 3]].clip(0, height)
-  return b
-
-
-class ZeroShotDetector:
-  """Region model + optional frozen RPN + text encoder for vocabularies.
-
-  `detect(image_uint8 [H,W,3], text_emb [K,D], boxes=None, names=None) -> dict(boxes [T,4]
-  original px, scores, classes)`; `names` is required for an export with the score ensemble.
-  """
-
-  def __init__(
-      self,
-      checkpoint: str,
-      *,
-      rpn: str = "",
-      text_checkpoint: str = "",
-      source: Optional[str] = None,
-      test_size: int = 800,
-      max_size: int = 1333,
-      score_thresh: float = 0.05,
-      nms_thresh: float = 0.5,
-      topk: int = 100,
-      rpn_fusion: Optional[str] = None,
-      soft_nms: bool = False,
-      temperature: Optional[float] = None,
-      pooler_resolution: Optional[int] = None,
-  ):
-    from regionclip_jax.detection import builders
-    from regionclip_jax.detection.finetune import load_rpn
-    from regionclip_jax.detection.predictor import DetectorPredictor
-    from regionclip_jax.detection.settings import InferenceSettings
-
-    self.test_size, self.max_size = test_size, max_size
-    self.pad = -(-max_size // 32) * 32
-    self._text = None
-    pretrained, weights, self.trained_names = None, None, frozenset()
-    if builders.is_export(checkpoint):
-      det, variables, meta = builders.load_export(checkpoint)
-      apply_deltas = True
-      # an export fine-tuned with the score ensemble carries its frozen init and weights
-      pretrained = builders.load_export_pretrained(checkpoint)
-      if (pretrained is None) != (not meta.get("pretrained_score_weights")):
-        raise ValueError(
-            f"zero_shot: {checkpoint}: {builders.EXPORT_META} pretrained_score_weights "
-            f"= {meta.get('pretrained_score_weights')} but {builders.EXPORT_PRETRAINED} is "
-            f"{'missing' if pretrained is None else 'there'}; the score ensemble needs both"
-        )
-      if pretrained is not None:
-        weights = tuple(meta["pretrained_score_weights"])
-      self.trained_names = frozenset(meta.get("base_names", ()))
-      # the temperature the detector was fine-tuned with, unless the caller overrides it
-      temperature = meta.get("temperature") if temperature is None else temperature
-      from regionclip_jax.models.clip import CLIPConfig
-
-      self.clip_config = CLIPConfig.from_dict(meta["clip_config"])
-    else:
-      self.clip_config, clip_params = builders.load_clip_params(checkpoint, source)
-      v = self.clip_config.vision
-      res = pooler_resolution or 2 * (v.image_size // 32)
-      det = builders.build_detector(self.clip_config, freeze_at=0, pooler_resolution=res)
-      variables = builders.with_backbone(builders.init_detector(det, 64), clip_params)
-      apply_deltas = False  # no trained box regressor: boxes are the proposals (official GT/RPN zs)
-      self._text = (self.clip_config, clip_params)
-    temperature = 0.01 if temperature is None else temperature  # official CLSS_TEMP
-    if text_checkpoint:
-      self._text = builders.load_clip_params(text_checkpoint, source)
-    settings = InferenceSettings(
-        score_thresh=score_thresh,
-        nms_thresh=nms_thresh,
-        topk=topk,
-        soft_nms_enabled=soft_nms,
-        rpn_fusion=rpn_fusion or None,
-        apply_deltas=apply_deltas,
-        temperature=temperature,
-        max_candidates=2000,
-        pretrained_score_weights=weights,
-    )
-    rpn_model = gen = rpn_vars = None
-    if rpn:
-      rpn_model, gen, rpn_vars = load_rpn(rpn)
-    self.predictor = DetectorPredictor(
-        det, variables, settings, rpn_model, rpn_vars, gen, pretrained_variables=pretrained
-    )
-
-  def text_embeddings(self, names: Sequence[str], embeddings: str = "") -> np.ndarray:
-    from regionclip_jax.detection import builders
-
-    if embeddings:
-      return builders.read_embeddings(embeddings, len(names))
-    if self._text is None or "transformer" not in self._text[1]:
-      raise ValueError(
-          "zero_shot: the checkpoint has no text tower; pass --text_checkpoint or --embeddings"
-      )
-    return builders.class_embeddings(names, *self._text)
-
-  def preprocess(self, image: np.ndarray):
-    """uint8 [H,W,3] -> (normalised padded [1,P,P,3], image_size [1,2], scale)."""
-    from regionclip_jax.data.transforms import resize_image, shortest_edge_size
-    from regionclip_jax.models.clip import normalize_images
-
-    h, w = image.shape[:2]
-    nh, nw = shortest_edge_size(h, w, self.test_size, self.max_size)
-    img = resize_image(np.ascontiguousarray(image[..., :3]), nh, nw, "bilinear")
-    x = np.zeros((1, self.pad, self.pad, 3), np.float32)
-    x[0, :nh, :nw] = normalize_images(img)
-    return x, np.asarray([[nh, nw]], np.float32), (nh / h, nw / w)
-
-  def detect(
-      self,
-      image: np.ndarray,
-      text_emb: np.ndarray,
-      boxes: Optional[np.ndarray] = None,
-      names: Optional[Sequence[str]] = None,
-  ) -> dict:
-    """boxes [R,4] in original pixels to classify given regions; else RPN / sliding window.
-    names [K] (the vocabulary of text_emb): needed by an export with the score ensemble, whose
-    classes seen in fine-tuning are weighted differently from the rest."""
-    x, size, (sy, sx) = self.preprocess(image)
-    scale = np.asarray([sx, sy, sx, sy], np.float32)
-    if boxes is not None:
-      b = (np.asarray(boxes, np.float32).reshape(-1, 4) * scale)[None]
-    elif self.predictor.rpn is None:
-      b = sliding_window_boxes(int(size[0, 0]), int(size[0, 1]))[None]
-    else:
-      b = None
-    seen = None if names is None else np.asarray([n in self.trained_names for n in names])
-    out = self.predictor(
-        x,
-        size,
-        text_emb,
-        boxes=b,
-        box_valid=None if b is None else np.ones(b.shape[:2], bool),
-        seen=seen,
-    )
-    keep = out["valid"][0]
-    return {
-        "boxes": out["boxes"][0][keep] / scale,
-        "scores": out["scores"][0][keep],
-        "classes": out["classes"][0][keep],
-    }
-
-
 def _read_image(path: str) -> np.ndarray:
-  from PIL import Image
-
   with Image.open(path) as im:
     return np.asarray(im.convert("RGB"))
 
@@ -222,9 +82,6 @@ def detect_folder(
     draw_threshold: float = 0.0,
 ) -> list[dict]:
   """Runs every image of `images_dir`, writes a PNG per image and detections.json -> detections."""
-  from regionclip_jax.evaluation.detections_io import write_json
-  from regionclip_jax.evaluation.visualize import draw_detections
-
   files = sorted(f for f in os.listdir(images_dir) if f.lower().endswith(IMAGE_EXTS))
   if not files:
     raise FileNotFoundError(f"zero_shot: no images ({', '.join(IMAGE_EXTS)}) in {images_dir}")
@@ -270,8 +127,6 @@ def evaluate_annotations(
 ) -> dict:
   """Paper zero-shot protocol on COCO / LVIS-format data: classify GT boxes (or proposals) of every
   image against all the json's categories and score with pycocotools."""
-  from regionclip_jax.evaluation.coco_eval import evaluate_coco
-
   gt = json.load(open(annotations))
   cats = sorted(gt["categories"], key=lambda c: c["id"])
   names = [c["name"] for c in cats]
@@ -316,12 +171,16 @@ def evaluate_annotations(
 
 
 def run(config, workdir: str) -> dict:
-  """Entry for stage="zero_shot" (configs/zero_shot.py, via detection.run)."""
+  """The zero-shot job (task "zero_shot", configs/zero_shot.py; the command line builds the same
+  config): evaluate on `zero_shot.annotations` (-> metrics, also in
+  `<workdir>/zero_shot_metrics.json`), else detect on the `zero_shot.images` folder (-> PNGs +
+  detections.json in `zero_shot.output`, default `<workdir>/zero_shot`)."""
   z = config.zero_shot
   det = ZeroShotDetector(
       z.checkpoint,
       rpn=z.rpn,
       text_checkpoint=z.text_checkpoint,
+      source=z.source or None,
       test_size=z.test_size,
       max_size=z.max_size,
       score_thresh=z.score_thresh,
@@ -341,8 +200,6 @@ def run(config, workdir: str) -> dict:
         max_images=z.max_images or None,
     )
     os.makedirs(workdir, exist_ok=True)
-    from regionclip_jax.evaluation.detections_io import write_json
-
     write_json(
         os.path.join(workdir, "zero_shot_metrics.json"),
         {k: v for k, v in metrics.items() if k != "per_category"},
@@ -360,78 +217,82 @@ def run(config, workdir: str) -> dict:
   return {"num_detections": len(dets)}
 
 
-def main(argv: Sequence[str]) -> None:
-  del argv
-  from absl import flags
+# ----------------------------------------------------------------------------- command line
 
-  F = flags.FLAGS
-  if not F.checkpoint or not F.images:
-    raise SystemExit("zero_shot: --checkpoint and --images are required")
-  det = ZeroShotDetector(
-      F.checkpoint,
-      rpn=F.rpn,
-      text_checkpoint=F.text_checkpoint,
-      source=F.source or None,
-      test_size=F.test_size,
-      max_size=F.max_size,
-      score_thresh=F.score_thresh,
-      nms_thresh=F.nms_thresh,
-      topk=F.topk,
-      rpn_fusion=F.rpn_fusion or None,
-      soft_nms=F.soft_nms,
-  )
-  if F.annotations:
-    m = evaluate_annotations(
-        det,
-        F.annotations,
-        F.images,
-        use_gt_boxes=F.boxes == "gt",
-        split=F.split or None,
-        embeddings=F.embeddings,
-    )
-    print(json.dumps({k: v for k, v in m.items() if k != "per_category"}, indent=1))
-    return
-  if not F.vocabulary:
-    raise SystemExit("zero_shot: --vocabulary is required without --annotations")
-  dets = detect_folder(
-      det,
-      F.images,
-      parse_vocabulary(F.vocabulary),
-      F.output,
-      embeddings=F.embeddings,
-      draw_threshold=F.draw_threshold,
-  )
-  print(f"zero_shot: {len(dets)} detections written to {F.output}")
+# Flag help; names, types and defaults come from configs/zero_shot.py.
+_HELP = {
+    "checkpoint": "CLIP checkpoint (any format) or detector export dir",
+    "images": "folder of images",
+    "vocabulary": "comma-separated class names, or @file.txt",
+    "output": "output folder (PNGs + detections.json)",
+    "rpn": "frozen RPN (stage='rpn' workdir or export); '' = sliding windows",
+    "text_checkpoint": "CLIP checkpoint for the text tower",
+    "embeddings": ".npy [K, D] vocabulary embeddings",
+    "source": "force the checkpoint format",
+    "annotations": "COCO / LVIS-format json: evaluate instead of drawing",
+    "boxes": "with --annotations: classify GT boxes or proposals",
+    "split": "with --annotations: coco_ovd | lvis | '' (standard metrics)",
+    "max_images": "with --annotations: evaluate the first N images only (0 = all)",
+    "test_size": "shorter side",
+    "max_size": "longer side cap (also the padded size)",
+    "score_thresh": "drop detections below",
+    "draw_threshold": "draw only detections above",
+    "nms_thresh": "per-class NMS IoU",
+    "topk": "detections per image",
+    "rpn_fusion": "'' | raw_logit | sigmoid",
+    "soft_nms": "gaussian soft-NMS instead of NMS",
+}
+_CHOICES = {"boxes": ("gt", "rpn")}
+# The command line has no workdir, so its output folder gets a default of its own (the config's
+# "" means <workdir>/zero_shot).
+_TOOL_DEFAULTS = {"output": "zero_shot_out"}
 
 
 def _define_flags() -> None:
-  from absl import flags
-
-  flags.DEFINE_string("checkpoint", None, "CLIP checkpoint (any format) or detector export dir")
-  flags.DEFINE_string("images", None, "folder of images")
-  flags.DEFINE_string("vocabulary", "", "comma-separated class names, or @file.txt")
-  flags.DEFINE_string("output", "zero_shot_out", "output folder (PNGs + detections.json)")
-  flags.DEFINE_string("rpn", "", "frozen RPN (stage='rpn' workdir or export); '' = sliding windows")
-  flags.DEFINE_string("text_checkpoint", "", "CLIP checkpoint for the text tower")
-  flags.DEFINE_string("embeddings", "", ".npy [K, D] vocabulary embeddings")
-  flags.DEFINE_string("source", "", "force the checkpoint format")
-  flags.DEFINE_string("annotations", "", "COCO / LVIS-format json: evaluate instead of drawing")
+  """One absl flag per field of the default preset's `zero_shot` section, plus `--preset`."""
   flags.DEFINE_enum(
-      "boxes", "gt", ("gt", "rpn"), "with --annotations: classify GT boxes or proposals"
+      "preset", "folder", list(zero_shot_config.PRESETS), "configs/zero_shot.py preset"
   )
-  flags.DEFINE_string("split", "", "with --annotations: coco_ovd | lvis | '' (standard metrics)")
-  flags.DEFINE_integer("test_size", 800, "shorter side")
-  flags.DEFINE_integer("max_size", 1333, "longer side cap (also the padded size)")
-  flags.DEFINE_float("score_thresh", 0.05, "drop detections below")
-  flags.DEFINE_float("draw_threshold", 0.0, "draw only detections above")
-  flags.DEFINE_float("nms_thresh", 0.5, "per-class NMS IoU")
-  flags.DEFINE_integer("topk", 50, "detections per image")
-  flags.DEFINE_string("rpn_fusion", "", "'' | raw_logit | sigmoid")
-  flags.DEFINE_bool("soft_nms", False, "gaussian soft-NMS instead of NMS")
+  for name, default in zero_shot_config.get_config().zero_shot.items():
+    default = _TOOL_DEFAULTS.get(name, default)
+    help_ = _HELP.get(name, name)
+    if name in _CHOICES:
+      flags.DEFINE_enum(name, default, _CHOICES[name], help_)
+    elif isinstance(default, bool):
+      flags.DEFINE_bool(name, default, help_)
+    elif isinstance(default, int):
+      flags.DEFINE_integer(name, default, help_)
+    elif isinstance(default, float):
+      flags.DEFINE_float(name, default, help_)
+    else:
+      flags.DEFINE_string(name, default, help_)
+
+
+def config_from_flags(values) -> ml_collections.ConfigDict:
+  """`get_config(--preset)` with the `zero_shot` fields given on the command line (and the
+  tool's own defaults) written over it."""
+  cfg = zero_shot_config.get_config(values.preset)
+  for name in cfg.zero_shot.keys():
+    if values[name].present or name in _TOOL_DEFAULTS:
+      cfg.zero_shot[name] = values[name].value
+  return cfg
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  cfg = config_from_flags(flags.FLAGS)
+  z = cfg.zero_shot
+  if not z.checkpoint or not z.images:
+    raise SystemExit("zero_shot: --checkpoint and --images are required")
+  if not z.annotations and not z.vocabulary:
+    raise SystemExit("zero_shot: --vocabulary is required without --annotations")
+  out = run(cfg, z.output)
+  if z.annotations:
+    print(json.dumps({k: v for k, v in out.items() if k != "per_category"}, indent=1))
+  else:
+    print(f"zero_shot: {out['num_detections']} detections written to {z.output}")
 
 
 if __name__ == "__main__":
-  from absl import app
-
   _define_flags()
   app.run(main)

@@ -1,4 +1,4 @@
-"""RegionCLIP (detectron2) checkpoint names -> OpenAI CLIP names.
+"""RegionCLIP (detectron2) `.pth` checkpoints: names -> OpenAI CLIP names.
 
 Official layout (microsoft/RegionCLIP, `clip_backbone.py`, `clip_rcnn.py`), saved by
 detectron2's checkpointer as `{"model": state_dict, ...}`:

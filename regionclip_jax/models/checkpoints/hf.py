@@ -1,4 +1,7 @@
-"""Transformers `CLIPModel` state-dict names -> OpenAI CLIP names (ViT image tower only).
+"""Hugging Face transformers `CLIPModel` checkpoints: file layout, and names -> OpenAI names.
+
+Layout: a directory with `config.json` + `model.safetensors` / `pytorch_model.bin`, sharded
+(`*.index.json`) or not, or one of those files. Only the ViT image tower exists in HF's CLIPModel.
 
 HF splits the fused attention input projection into q/k/v and stores projections as Linear
 weights [D, W]; OpenAI fuses `in_proj_weight` [3W, W] and keeps `proj` / `text_projection` as
@@ -7,9 +10,17 @@ weights [D, W]; OpenAI fuses `in_proj_weight` [3W, W] and keeps `proj` / `text_p
 
 from __future__ import annotations
 
+import json
+import os
 import re
 
 import numpy as np
+
+from regionclip_jax.models.checkpoints.errors import CheckpointError
+from regionclip_jax.models.checkpoints.torch_files import read_weights_file
+
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+HF_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 _LAYER = re.compile(r"^(text_model|vision_model)\.encoder\.layers\.(\d+)\.(.+)$")
 
@@ -113,3 +124,31 @@ def hints_from_hf_config(cfg: dict) -> dict:
   eps = {float(text.get("layer_norm_eps", 1e-5)), float(vision.get("layer_norm_eps", 1e-5))}
   hints["layer_norm_eps"] = eps.pop() if len(eps) == 1 else sorted(eps)
   return hints
+
+
+def read_hf_files(path: str) -> tuple[dict, dict | None]:
+  """(HF-named flat weights, `config.json` dict or None) of a directory (sharded or not) or of
+  one weights file (its directory's `config.json` is used when present)."""
+  cfg = None
+  if os.path.isdir(path):
+    cfg_file = os.path.join(path, "config.json")
+    if os.path.exists(cfg_file):
+      with open(cfg_file, encoding="utf-8") as f:
+        cfg = json.load(f)
+    for index in HF_INDEXES:  # sharded checkpoints
+      if os.path.exists(os.path.join(path, index)):
+        with open(os.path.join(path, index), encoding="utf-8") as f:
+          shards = sorted(set(json.load(f)["weight_map"].values()))
+        sd = {}
+        for shard in shards:
+          sd.update(read_weights_file(os.path.join(path, shard)))
+        return sd, cfg
+    for name in HF_WEIGHTS:
+      if os.path.exists(os.path.join(path, name)):
+        return read_weights_file(os.path.join(path, name)), cfg
+    raise CheckpointError(f"{path}: no {' / '.join(HF_WEIGHTS)} in this HF directory")
+  cfg_file = os.path.join(os.path.dirname(path), "config.json")
+  if os.path.exists(cfg_file):
+    with open(cfg_file, encoding="utf-8") as f:
+      cfg = json.load(f)
+  return read_weights_file(path), cfg

@@ -1,7 +1,8 @@
 """Prompt templates and concept (class-name) text embeddings, as RegionCLIP builds them.
 
 A concept embedding is the *unnormalised* mean, over the 81 templates below, of the CLIP text
-embeddings of the prompted name (DESIGN §1.3); it is L2-normalised only where it is used.
+embeddings of the prompted name (docs/design.md, "Pretraining"); it is L2-normalised only where
+it is used.
 """
 
 from __future__ import annotations

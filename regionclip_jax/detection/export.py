@@ -1,0 +1,96 @@
+"""Export and loading of trained detectors and RPNs.
+
+An export directory (a detector or RPN workdir's `export/`) holds the final variables (flax
+msgpack), a json describing how to rebuild the module, and optionally the frozen init's variables
+for the score ensemble. Later stages (fine-tuning, zero-shot, pretraining proposals) read it back
+without the training config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+
+from regionclip_jax.detection.builders import build_detector, build_rpn
+from regionclip_jax.models.clip import CLIPConfig
+
+PyTree = Any
+
+EXPORT_PARAMS = "variables.msgpack"
+EXPORT_META = "model.json"
+EXPORT_PRETRAINED = "pretrained_variables.msgpack"  # the frozen init, for the score ensemble
+
+
+def export_model(directory: str, variables: PyTree, meta: dict, pretrained: PyTree = None) -> None:
+  """Write final variables (flax msgpack) + a json describing how to rebuild the module
+  (`kind` "detector" | "rpn", `clip_config` dict, module settings). `pretrained`: the frozen init's
+  variables (same module) for the score ensemble, written beside them."""
+  os.makedirs(directory, exist_ok=True)
+  for name, tree in ((EXPORT_PARAMS, variables), (EXPORT_PRETRAINED, pretrained)):
+    if tree is not None:
+      with open(os.path.join(directory, name), "wb") as f:
+        f.write(serialization.msgpack_serialize(jax.tree.map(np.asarray, tree)))
+  with open(os.path.join(directory, EXPORT_META), "w") as f:
+    json.dump(meta, f, indent=1)
+
+
+def is_export(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, EXPORT_META))
+
+
+def load_export(directory: str):
+  """-> (module, variables, meta) for an `export_model` directory (a detector workdir's `export/`).
+  For kind "rpn" the module is (RPNModel, DefaultAnchorGenerator)."""
+  meta_path = os.path.join(directory, EXPORT_META)
+  if not os.path.isfile(meta_path):
+    raise FileNotFoundError(f"{__name__}: no {EXPORT_META} in {directory} (not an export)")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  clip_cfg = CLIPConfig.from_dict(meta["clip_config"])
+  if meta["kind"] == "detector":
+    module = build_detector(
+        clip_cfg,
+        freeze_at=0,
+        pooler_resolution=meta["pooler_resolution"],
+        sampling_ratio=meta.get("sampling_ratio", 0),
+        head=meta.get("head", "c4"),
+        fpn=meta.get("fpn"),
+    )
+  elif meta["kind"] == "rpn":
+    module = build_rpn(
+        clip_cfg,
+        anchor_sizes=meta["anchor_sizes"],
+        aspect_ratios=meta["aspect_ratios"],
+        stride=meta.get("stride", 16),
+        freeze_at=0,
+        head=meta.get("head", "c4"),
+        fpn_channels=meta.get("fpn_channels", 256),
+    )
+  else:
+    raise ValueError(f"{__name__}: {meta_path}: unknown kind {meta['kind']!r}")
+  with open(os.path.join(directory, EXPORT_PARAMS), "rb") as f:
+    variables = serialization.msgpack_restore(f.read())
+  variables = jax.tree.map(jnp.asarray, variables)
+  return module, variables, meta
+
+
+def load_export_pretrained(directory: str) -> Optional[PyTree]:
+  """The frozen init's variables an export carries for the score ensemble, or None."""
+  path = os.path.join(directory, EXPORT_PRETRAINED)
+  if not os.path.isfile(path):
+    return None
+  with open(path, "rb") as f:
+    return jax.tree.map(jnp.asarray, serialization.msgpack_restore(f.read()))
+
+
+def load_rpn(path: str):
+  """-> (RPNModel, anchor generator, variables) from an RPN workdir or its export directory."""
+  d = path if is_export(path) else os.path.join(path, "export")
+  (rpn, gen), variables, _ = load_export(d)
+  return rpn, gen, variables

@@ -1,0 +1,90 @@
+"""Which format a checkpoint is (`detect_source`), and where in it the weights are (`unwrap`).
+
+Directories are told apart by their file names; single files by name, then by their keys (read
+without copying tensors: the safetensors header, or a memory-mapped torch pickle).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from regionclip_jax.models.checkpoints.converted import CONFIG_NAME, PARAMS_NAME
+from regionclip_jax.models.checkpoints.errors import CheckpointError
+from regionclip_jax.models.checkpoints.hf import HF_INDEXES, HF_WEIGHTS, is_hf_clip
+from regionclip_jax.models.checkpoints.open_clip import OPEN_CLIP_WEIGHTS, looks_open_clip_custom
+from regionclip_jax.models.checkpoints.openai import looks_openai
+from regionclip_jax.models.checkpoints.regionclip import is_regionclip
+from regionclip_jax.models.checkpoints.safetensors_io import safetensors_header
+from regionclip_jax.models.checkpoints.torch_files import is_torchscript, peek_torch_keys
+
+SOURCES = ("openai", "hf", "open_clip", "regionclip", "converted")
+
+
+def strip_prefixes(sd: dict[str, Any]) -> dict[str, Any]:
+  """Undo DDP (`module.`) and torch.compile (`_orig_mod.`) prefixes."""
+  for p in ("module.", "_orig_mod."):
+    if sd and all(k.startswith(p) for k in sd):
+      sd = {k[len(p) :]: v for k, v in sd.items()}
+  return sd
+
+
+def unwrap(sd: dict[str, Any]) -> dict[str, Any]:
+  """Training checkpoints keep the weights under "state_dict" (open_clip) or "model" (detectron2)."""
+  for wrapper in ("state_dict", "model"):
+    sub = {k[len(wrapper) + 1 :]: v for k, v in sd.items() if k.startswith(wrapper + ".")}
+    if sub and (
+        is_hf_clip(sub)
+        or looks_openai(strip_prefixes(sub))
+        or is_regionclip(strip_prefixes(sub))
+        or looks_open_clip_custom(strip_prefixes(sub))
+    ):
+      return strip_prefixes(sub)
+  return strip_prefixes(sd)
+
+
+def detect_source(path: str | os.PathLike) -> str:
+  """Guess the format of `path` (one of SOURCES) from file names and, if needed, its keys."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise CheckpointError(f"checkpoint not found: {path}")
+  if os.path.isdir(path):
+    files = set(os.listdir(path))
+    if CONFIG_NAME in files and PARAMS_NAME in files:
+      return "converted"
+    if files & set(OPEN_CLIP_WEIGHTS):
+      return "open_clip"
+    if files & (set(HF_WEIGHTS) | set(HF_INDEXES)):
+      return "hf"
+    raise CheckpointError(
+        f"{path}: directory holds no known checkpoint (expected "
+        f"{PARAMS_NAME}, {' / '.join(OPEN_CLIP_WEIGHTS)} or {' / '.join(HF_WEIGHTS)})"
+    )
+  base = os.path.basename(path)
+  if base in OPEN_CLIP_WEIGHTS:
+    return "open_clip"
+  if base == PARAMS_NAME and os.path.exists(os.path.join(os.path.dirname(path), CONFIG_NAME)):
+    return "converted"
+  if path.endswith(".safetensors"):
+    return source_from_keys(dict.fromkeys(safetensors_header(path)[0]), path)
+  if is_torchscript(path):
+    return "openai"
+  return source_from_keys(peek_torch_keys(path), path)
+
+
+def source_from_keys(sd: dict, path: str) -> str:
+  """The format of a single file from its flattened keys (values unused)."""
+  keys = list(unwrap(sd))
+  if is_hf_clip(keys):
+    return "hf"
+  if is_regionclip(keys):
+    return "regionclip"
+  if (
+      any(k.startswith("state_dict.") for k in sd)
+      or any(k.startswith("module.") for k in sd)
+      or any(k.startswith("text.") for k in keys)
+  ):
+    return "open_clip"
+  if looks_openai(keys):
+    return "openai"
+  raise CheckpointError(f"{path}: no CLIP weights recognised (first keys: {keys[:5]})")
