@@ -166,10 +166,11 @@ def shapes() -> mlc.ConfigDict:
   c.test.batch_size = 32
   c.test.num_examples = 4
   # deviation: the sane sigmoid form of the official RPN-score fusion; on 64 px scenes unfused
-  # scores rank clutter boxes with objects (seed 0: base AP50 12 -> 30, BENCHMARKS.md)
+  # scores rank clutter boxes with objects (seed 0: base AP50 12 -> 30;
+  # docs/findings.md, "Claim b: why novel AP50 was near zero")
   c.test.rpn_fusion = "sigmoid"
-  # deviation: base-only fine-tuning of the ~400k-parameter model halves novel AP50 from every
-  # init (BENCHMARKS.md, claim b), so novel classes are scored with the frozen init as well, with
+  # deviation: base-only fine-tuning of the tiny model halves novel AP50 from every init
+  # (docs/findings.md, "The score ensemble"), so novel classes are scored with the frozen init as well, with
   # F-VLM's published weights (not tuned here); metrics.json keeps the detector alone beside it
   c.test.pretrained_score_weights = (0.35, 0.65)
   c.data.name = "shapes_world"
@@ -179,7 +180,8 @@ def shapes() -> mlc.ConfigDict:
   c.data.max_boxes = 8
   c.data.flip = False
   # zero-shot detection protocol (Bansal et al. 2018): RPN and detector train on scenes without
-  # novel objects; with them, both learn "crescent = background" (BENCHMARKS.md, claim b)
+  # novel objects; with them, both learn "crescent = background" (docs/findings.md,
+  # "Claim b: why novel AP50 was near zero")
   c.data.exclude_novel_images = True
   c.optimizer.name = "adamw"  # deviation for the miniature: fast on CPU from scratch
   c.optimizer.lr = 1e-3

@@ -34,13 +34,14 @@ def shapes() -> ml_collections.ConfigDict:
   c.pretrain.data.num_eval_scenes = 1200  # ~3,000 GT regions: se <= 1 point
   # a teacher twice as long as the main command's: at 1,500 steps its text tower still gives
   # near-identical embeddings to 14 concept pairs (circle / square / heart, triangle / star / ...),
-  # capping region top-1 at ~40% (BENCHMARKS.md, "A stronger teacher")
+  # capping region top-1 at ~40% (docs/findings.md, "Concept twins in the text tower")
   c.pretrain.teacher_stage.num_steps = 3000
   c.finetune = finetune_configs.shapes()
   c.finetune.data.num_test = 512
   # classifier temperature 1 / the teacher's learned logit scale (~0.13) for every init, the
   # miniature's counterpart of the official 0.01 = 1 / OpenAI CLIP's scale: at 0.01 fine-tuning
-  # collapses some inits onto one novel class (seed 0: teacher init base AP50 1.1; BENCHMARKS.md)
+  # collapses some inits onto one novel class (seed 0: teacher init base AP50 1.1; docs/findings.md,
+  # "Classifier temperature")
   c.temperature_from_teacher = True
   # half the preset's fine-tuning, to keep one seed within 30 minutes with the longer teacher
   c.finetune.train.num_steps = 500

@@ -157,8 +157,9 @@ def shapes() -> ml_collections.ConfigDict:
   c.proposals.jitter_copies = 2
   c.proposals.min_frac = 0.15
   c.rpn_stage = finetune_configs.rpn_shapes()
-  # official lr 0.002 (0.02, used until 2026-11-30, lowered the teacher's region top-1 by 2.2
-  # points on seed 0 where 0.002 raised it by 1.0; BENCHMARKS.md, shapes-world pipeline)
+  # official lr 0.002 (0.02 lowered the teacher's region top-1 by 2.2 points on seed 0
+  # where 0.002 raised it by 1.0; docs/findings.md, "Student stage: learning rate, losses and
+  # temperature")
   c.optimizer.lr = 0.002
   c.optimizer.warmup_steps = 30
   c.optimizer.warmup_factor = 0.01

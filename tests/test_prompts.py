@@ -1,4 +1,4 @@
-"""pretrain/prompts: official templates, name cleaning, concept files, template averaging."""
+"""models/prompts: official templates, name cleaning, concept files, template averaging."""
 
 import numpy as np
 import pytest

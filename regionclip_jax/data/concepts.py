@@ -1,6 +1,6 @@
 """Concept pool from captions, with no model download: match captions against a candidate
 vocabulary (COCO + LVIS category names + the shapes world, plus any user list), count, keep the
-frequent ones, write `concepts.txt` ("name,count" rows, read by `pretrain.prompts.read_concepts_file`).
+frequent ones, write `concepts.txt` ("name,count" rows, read by `models.prompts.read_concepts_file`).
 
 The official pool came from a noun parser (frequency >= 100: 4,764 concepts from COCO Captions);
 a fixed candidate vocabulary is the offline stand-in: it finds only listed concepts, but every

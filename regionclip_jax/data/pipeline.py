@@ -142,7 +142,9 @@ def make_pipeline(
     )
   else:
     it_ds = _in_workers(ds, num_workers, num_threads, prefetch_buffer_size, worker_buffer_size)
-  it_ds = it_ds.batch(batch_size, drop_remainder=drop_remainder)
+  # With workers, padded images travel cropped (see _crop_padding) and are padded into the batch.
+  batch_fn = _batch_from_workers if num_workers else None
+  it_ds = it_ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=batch_fn)
   if batch_prefetch:
     it_ds = grain.experimental.ThreadPrefetchIterDataset(it_ds, prefetch_buffer_size=batch_prefetch)
   return iter(it_ds) if num_workers == 0 else _WorkerPipelineIterator(iter(it_ds), num_workers)
@@ -152,6 +154,7 @@ def make_pipeline(
 
 _SKIPPED = "__skipped_record__"  # key of the marker a worker sends for a skipped (None) record
 _ISSUES = "__data_issues__"  # key of the issue counts a worker sends along with a record
+_PADDED = "__padded_to__"  # (H, W) of a record whose image travels without its zero padding
 # Arrays below this size are pickled with the record; the image and mask go through shared
 # memory (grain's default, 0, would also make a shared-memory block per token array and id).
 _MIN_SHM_BYTES = 64 * 1024
@@ -266,11 +269,87 @@ class _WorkerRecords(grain.MapDataset):
     if isinstance(index, slice):
       return self.slice(index)
     record = self._parent[index]
-    out = {_SKIPPED: np.bool_(True)} if record is None else dict(record)
+    out = {_SKIPPED: np.bool_(True)} if record is None else _crop_padding(dict(record))
     issues = _drain_worker_issues()
     if issues:
       out[_ISSUES] = issues
     return out
+
+
+def _crop_padding(record: dict) -> dict:
+  """A record laid out as NormalizeAndPad leaves it (image zero outside [:h, :w], image_mask the
+  [:h, :w] rectangle) -> its valid image crop, no mask, and `_PADDED` = (H, W).
+
+  Lossless: the layout is checked, not assumed (~0.5 ms), and anything else travels unchanged.
+  At 800 px in a 1344 pad it moves 2.6 MB through shared memory instead of 7.2 MB (uint8 image
+  and bool mask), which halved the per-record cost that worker processes add on top of the work.
+  """
+  image, mask, size = record.get("image"), record.get("image_mask"), record.get("image_size")
+  if not (
+      isinstance(image, np.ndarray)
+      and isinstance(mask, np.ndarray)
+      and image.ndim == 3
+      and mask.dtype == bool
+      and mask.shape == image.shape[:2]
+      and np.shape(size) == (2,)
+  ):
+    return record
+  h, w = int(size[0]), int(size[1])
+  H, W = mask.shape
+  if not (0 < h <= H and 0 < w <= W) or (h, w) == (H, W):
+    return record
+  if not mask[:h, :w].all() or mask[h:].any() or mask[:h, w:].any():
+    return record
+  if image[h:].any() or image[:h, w:].any():
+    return record
+  record["image"] = np.ascontiguousarray(image[:h, :w])
+  record["image_mask"] = None  # rebuilt from image_size; the key stays for the batch's key order
+  record[_PADDED] = (H, W)
+  return record
+
+
+def _batch_from_workers(records: Sequence[dict]) -> dict:
+  """Batches worker records: cropped images padded straight into the batch (one copy), masks
+  rebuilt from `image_size`; every other leaf stacked as grain's default batching does."""
+  pads = [r.get(_PADDED) for r in records]
+  if pads[0] is None or any(p != pads[0] for p in pads):
+    if any(p is not None for p in pads):  # mixed: pad each record back, then stack
+      records = [_uncrop(r) if p is not None else r for r, p in zip(records, pads)]
+    return _stack(records)
+  (H, W), first = pads[0], records[0]["image"]
+  image = np.zeros((len(records), H, W) + first.shape[2:], first.dtype)
+  mask = np.zeros((len(records), H, W), bool)
+  for i, r in enumerate(records):
+    h, w = r["image"].shape[:2]
+    image[i, :h, :w] = r["image"]
+    mask[i, :h, :w] = True
+  batch = {}
+  for k in records[0]:  # the record's key order, as grain's batching keeps it
+    if k == "image":
+      batch[k] = image
+    elif k == "image_mask":
+      batch[k] = mask
+    elif k != _PADDED:
+      batch[k] = _stack([r[k] for r in records])
+  return batch
+
+
+def _uncrop(record: dict) -> dict:
+  record = dict(record)
+  H, W = record.pop(_PADDED)
+  crop = record["image"]
+  h, w = crop.shape[:2]
+  record["image"] = np.zeros((H, W) + crop.shape[2:], crop.dtype)
+  record["image"][:h, :w] = crop
+  record["image_mask"] = np.zeros((H, W), bool)  # replaces the None left by _crop_padding
+  record["image_mask"][:h, :w] = True
+  return record
+
+
+def _stack(values: Sequence):
+  if isinstance(values[0], dict):
+    return {k: _stack([v[k] for v in values]) for k in values[0]}
+  return np.stack([np.asarray(v) for v in values])
 
 
 def _from_worker(record: dict) -> dict:

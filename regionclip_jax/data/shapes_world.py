@@ -24,7 +24,7 @@ import numpy as np
 # shape with base relatives (crescent~ring/circle, diamond~square, chevron~arrow/triangle), as
 # novel COCO classes have seen cousins. The six subtler shapes of SHAPES (hexagon, pentagon,
 # ellipse, semicircle, trapezoid, hourglass) are available through `concepts=`; with all 18 and
-# the old clutter a tiny CLIP stayed at chance for 3,000 steps (BENCHMARKS.md, shapes world).
+# the old clutter a tiny CLIP stayed at chance for 3,000 steps (docs/findings.md, "Teacher training in the shapes world").
 DEFAULT_CONCEPTS: tuple[str, ...] = (
     "circle",
     "square",

@@ -96,7 +96,8 @@ def with_classifier_temperature(cfg):
   as CLIP caps it) of the CLIP checkpoint `roi_heads.temperature_from_checkpoint`. For OpenAI
   CLIP (scale 100) that is the official CLSS_TEMP 0.01; a CLIP trained from scratch in the shapes
   world ends near scale 8, where tau 0.01 lets 0.03 cosine margins decide every class and
-  fine-tuning drifts the region features away from the text embeddings (BENCHMARKS.md)."""
+  fine-tuning drifts the region features away from the text embeddings (docs/findings.md, "Classifier temperature").
+  """
   path = cfg.roi_heads.get("temperature_from_checkpoint", "")
   if not path:
     return cfg

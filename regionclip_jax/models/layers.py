@@ -50,7 +50,7 @@ class Conv1x1(nn.Module):
   """1x1 convolution (no bias) written as a matmul; kernel [1, 1, Cin, Cout] exactly as `nn.Conv`.
 
   On CPU XLA's convolution backward (kernel gradient) is far slower than a dot: this makes the
-  RN50 res4 trunk forward + backward ~30% faster (BENCHMARKS.md).
+  RN50 res4 trunk forward + backward ~30% faster (docs/findings.md, "CPU speed against PyTorch").
   x: [..., Cin] -> [..., Cout].
   """
 

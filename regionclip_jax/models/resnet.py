@@ -29,7 +29,7 @@ def _avg_pool(x, k: int):
   """torch AvgPool2d(k) (kernel = stride = k, no padding, floor) on [N, H, W, C].
 
   Written as crop + reshape + mean: on CPU its backward is a broadcast, ~17% faster for the
-  RN50 trunk forward + backward than `reduce_window` (BENCHMARKS.md).
+  RN50 trunk forward + backward than `reduce_window` (docs/findings.md, "CPU speed against PyTorch").
   """
   if k == 1:
     return x

@@ -55,7 +55,7 @@ def make_clip_step(
   batch_norm "frozen": the image tower's BN is a fixed affine (RegionCLIP's setting; fine for a
   pretrained tower). "train": BN as CLIP itself trains it (batch statistics, trainable affine;
   the mask must leave scale / bias trainable, see BN_STATISTICS_REGEX) -- a tower trained from
-  scratch with frozen identity BN barely learns (BENCHMARKS.md). Afterwards
+  scratch with frozen identity BN barely learns (docs/findings.md, "Teacher training in the shapes world"). Afterwards
   `calibrate_frozen_bn` stores population statistics so the frozen BN reproduces it.
   """
   if batch_norm not in BATCH_NORM_MODES:

@@ -1,6 +1,6 @@
-"""Zero-shot region recognition of the pretraining stages' models (docs/design.md, "Region
-features"): top-1 over the concept pool with GT boxes on held-out shapes-world scenes, teacher vs.
-student [vs. control], base / novel, the paired student differences, and the figures.
+"""Zero-shot region recognition of the pretraining stages' models (docs/design.md,
+"Pretraining"): top-1 over the concept pool with GT boxes on held-out shapes-world scenes,
+teacher vs. student [vs. control], base / novel, the paired student differences, the figures.
 
 Reads every model from the workdir (or the config's checkpoints), so it runs after the stages
 that wrote them.

@@ -16,7 +16,7 @@ from regionclip_jax.pretrain.common import WHERE
 def shapes_train_source(config) -> pipeline.CachedSource:
   d = config.data
   # cached: after the first epoch a batch costs memory reads, not ~1.5 ms of generation a scene
-  # on the cores the step needs (BENCHMARKS.md, input pipeline)
+  # on the cores the step needs (docs/findings.md, "Input pipeline speed")
   return pipeline.CachedSource(ShapesWorld(d.num_train_scenes, d.image_size, seed=config.seed))
 
 

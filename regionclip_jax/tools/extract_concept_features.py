@@ -4,7 +4,7 @@
         --concepts=FILE.txt --output=FILE.npy [--batch_size=256] [--source=...]
 
 Output: [num_concepts, D] float32, the *unnormalised* mean over the 81 prompt templates of the
-text embeddings (names cleaned and prompts filled as in `regionclip_jax.pretrain.prompts`).
+text embeddings (names cleaned and prompts filled as in `regionclip_jax.models.prompts`).
 The concepts file holds one name per line, or "name,count" rows (name before the first comma).
 """
 

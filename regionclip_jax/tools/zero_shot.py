@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Optional, Sequence
 
 import ml_collections
@@ -170,12 +171,16 @@ def evaluate_annotations(
   return evaluate_coco(gt, dets, split=split)
 
 
-def run(config, workdir: str) -> dict:
+def run(config, workdir: str | None = None) -> dict:
   """The zero-shot job (task "zero_shot", configs/zero_shot.py; the command line builds the same
   config): evaluate on `zero_shot.annotations` (-> metrics, also in
   `<workdir>/zero_shot_metrics.json`), else detect on the `zero_shot.images` folder (-> PNGs +
   detections.json in `zero_shot.output`, default `<workdir>/zero_shot`)."""
   z = config.zero_shot
+  if not workdir:
+    workdir = tempfile.mkdtemp(prefix="regionclip_zero_shot_")
+    print(f"[zero_shot] workdir {workdir}", flush=True)
+  os.makedirs(workdir, exist_ok=True)
   det = ZeroShotDetector(
       z.checkpoint,
       rpn=z.rpn,
