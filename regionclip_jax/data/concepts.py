@@ -24,7 +24,8 @@ import re
 from typing import Iterable, Sequence
 
 from regionclip_jax.data import categories as cats
-from regionclip_jax.data.shapes_world import SHAPES
+from regionclip_jax.data.coco import load_json
+from regionclip_jax.data.shape_masks import SHAPES
 from regionclip_jax.models.prompts import clean_concept_name, read_concepts_file
 
 _IRREGULAR = {
@@ -169,8 +170,6 @@ def read_captions_file(path: str | os.PathLike) -> list[str]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"captions file not found: {path}")
   if path.endswith(".json"):
-    from regionclip_jax.data.coco import load_json
-
     data = load_json(path)
     if not isinstance(data, dict) or "annotations" not in data:
       raise ValueError(f"{path}: captions json lacks required field 'annotations'")

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from regionclip_jax.ops.boxes import Box2BoxTransform, clip_boxes
+from regionclip_jax.ops.nms import batched_nms
 
 
 class StandardRPNHead(nn.Module):
@@ -70,8 +71,6 @@ def find_top_rpn_proposals(
   image_sizes [N, 2] (h, w) valid size -> (boxes [N, P, 4], logits [N, P], valid [N, P]),
   P = post_nms_topk, sorted by objectness logit, invalid rows zero boxes / -inf logits.
   """
-  from regionclip_jax.ops.nms import batched_nms  # deferred: heads and losses import without NMS
-
   b2b = Box2BoxTransform(weights=tuple(box_weights), scale_clamp=math.log(1000.0 / 16))
 
   def one_image(obj_list, dlt_list, hw):

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 
 from regionclip_jax.ops.boxes import Box2BoxTransform, pairwise_iou
+from regionclip_jax.ops.matcher import Matcher
+from regionclip_jax.ops.sampling import subsample_labels
 
 
 def label_anchors(
@@ -24,9 +26,6 @@ def label_anchors(
   matched_gt_boxes [A, 4]). Matcher (0.3, 0.7) with low-quality matches, then 256 anchors with at
   most half positive, everything else ignored (detectron2 `label_and_sample_anchors`).
   """
-  from regionclip_jax.ops.matcher import Matcher  # deferred: the losses import without them
-  from regionclip_jax.ops.sampling import subsample_labels
-
   matcher = Matcher(list(iou_thresholds), [0, -1, 1], allow_low_quality_matches=True)
   iou = pairwise_iou(gt_boxes, anchors)
   iou = jnp.where(gt_valid[:, None], iou, -1.0)

@@ -8,6 +8,7 @@ import zlib
 
 import numpy as np
 
+from regionclip_jax.models.tokenizer import tokenize
 from regionclip_jax.pretrain.common import log
 
 SOT, EOT = 49406, 49407  # the OpenAI vocabulary's start / end of text ids
@@ -27,11 +28,7 @@ def word_tokenize(texts, context_length: int = 77) -> np.ndarray:
 def base_tokenizer(source: str):
   """The OpenAI BPE tokenizer, built once here in the main thread (transformers' lazy imports
   are not safe to trigger first from grain's reader threads)."""
-  try:
-    # imported here: the BPE needs its vocabulary and `regex`, and the shapes world can do
-    # without both
-    from regionclip_jax.models.tokenizer import tokenize
-
+  try:  # the BPE needs its vocabulary file; the shapes world can do without it
     tokenize(["warm up"], context_length=77)
     return tokenize
   except Exception as e:  # noqa: BLE001 - any failure: fall back for the shapes world only
