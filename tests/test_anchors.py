@@ -51,7 +51,7 @@ def test_generator_defaults_c4_and_levels():
   )
   out = fpn([(8, 8), (4, 4)])
   assert [x.shape[0] for x in out] == [8 * 8 * 3, 4 * 4 * 3]
-  with pytest.raises(ValueError, match="anchors.py"):
+  with pytest.raises(ValueError, match="ops.anchors"):
     fpn([(8, 8)])
-  with pytest.raises(ValueError, match="anchors.py"):
+  with pytest.raises(ValueError, match="ops.anchors"):
     DefaultAnchorGenerator(sizes=((1,), (2,), (3,)), strides=(4, 8)).cell_anchors

@@ -218,7 +218,7 @@ def test_rpn_fusion_raw_logit_and_sigmoid():
   assert np.all(np.isnan(raw[1]))  # PyTorch: sqrt of a negative -> NaN; the row is then dropped
   sig = np.asarray(fuse_rpn_scores(probs, obj, "sigmoid"))
   np.testing.assert_allclose(sig[1], np.sqrt(np.asarray(probs[1]) / (1 + math.e)), rtol=1e-5)
-  with pytest.raises(ValueError, match="postprocess.py"):
+  with pytest.raises(ValueError, match="detection.postprocess"):
     fuse_rpn_scores(probs, obj, "product")
   # end to end: the negative-logit RoI disappears, the reported score is the un-fused probability
   props = [[0, 0, 20, 20], [50, 50, 70, 70]]

@@ -4,10 +4,13 @@ Reduced-size decoding (`draft_for`): a JPEG at least twice the size of the large
 follows is decoded by libjpeg at 1/2, 1/4 or 1/8 scale (PIL `Image.draft`, a DCT-domain
 downscale), never below that resize's output size, so the resize still starts from at least as
 many pixels as it produces. Measured on the scikit-image photos (astronaut, coffee, chelsea,
-rocket) upscaled and saved as JPEG quality 90, then resized to 1067x800 with PIL bicubic:
-draft + resize vs full decode + the same resize differ by at most 14 uint8 levels, mean 0.33
-(2400x1800, decoded at 1200x900), and at most 9, mean 0.24 (3200x2400 at 1600x1200); the same
-figures hold for bilinear. Smaller images (COCO's 640x480) are decoded exactly as without it.
+rocket) resized and saved as JPEG quality 90, then resized to 1067x800 (shorter side 800) with
+PIL bicubic: draft + resize vs full decode + the same resize differ by at most 14 uint8 levels,
+mean 0.33 (2400x1800, decoded at 1200x900), and at most 9, mean 0.24 (3200x2400 at 1600x1200);
+bilinear and a 640 shorter side give the same or smaller figures. With the cv2 resize on top
+(transforms.resize_image), vs the official full decode + PIL resize: at most 19 / 23 levels,
+mean 0.36 / 0.32 (bicubic / bilinear, 2400x1800 -> 1067x800; at most 29, mean 0.42 for 853x640).
+Images under twice the target (COCO's 640x480, 1600x1200 for 800 px) decode exactly as without.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ def fuse_rpn_scores(probs: jax.Array, objectness: jax.Array, mode: Optional[str]
     return jnp.where(prod >= 0, jnp.sqrt(jnp.maximum(prod, 0.0)), jnp.nan)
   if mode == "sigmoid":
     return jnp.sqrt(probs * jax.nn.sigmoid(objectness)[..., None])
-  raise ValueError(f"postprocess.py: rpn fusion must be None|'raw_logit'|'sigmoid', got {mode!r}")
+  raise ValueError(f"{__name__}: rpn fusion must be None|'raw_logit'|'sigmoid', got {mode!r}")
 
 
 def ensemble_with_pretrained(

@@ -14,10 +14,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from regionclip_jax.models.clip_model import CLIP_MEAN, CLIP_STD
+
 BASE_COLOR = (30, 120, 230)  # blue: classes seen in training
 NOVEL_COLOR = (230, 40, 40)  # red: held-out classes
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def to_uint8_image(image, clip_normalised: bool = False) -> np.ndarray:

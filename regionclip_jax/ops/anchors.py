@@ -23,7 +23,7 @@ def generate_cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]
     area = float(size) ** 2
     for ratio in aspect_ratios:
       if ratio <= 0:
-        raise ValueError(f"anchors.py: aspect ratio must be > 0, got {ratio}")
+        raise ValueError(f"{__name__}: aspect ratio must be > 0, got {ratio}")
       w = math.sqrt(area / ratio)
       h = ratio * w
       out.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
@@ -59,7 +59,7 @@ class DefaultAnchorGenerator:
     if len(seq) == 1 and n > 1:
       return list(seq) * n
     if len(seq) != n:
-      raise ValueError(f"anchors.py: {name} has {len(seq)} levels but strides has {n}")
+      raise ValueError(f"{__name__}: {name} has {len(seq)} levels but strides has {n}")
     return list(seq)
 
   @property
@@ -81,7 +81,7 @@ class DefaultAnchorGenerator:
     """feature_shapes: (H, W) per level -> list of [H * W * A, 4] float32 image-pixel anchors."""
     if len(feature_shapes) != len(self.strides):
       raise ValueError(
-          f"anchors.py: got {len(feature_shapes)} feature levels, generator has {len(self.strides)}"
+          f"{__name__}: got {len(feature_shapes)} feature levels, generator has {len(self.strides)}"
       )
     return [
         grid_anchors(c, hw, s, self.offset)

@@ -3,6 +3,8 @@ trainable. In the shapes world it trains the teacher that RegionCLIP then distil
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any
 
 import flax.linen as nn
@@ -119,10 +121,7 @@ def calibrate_frozen_bn(model: CLIP, params: PyTree, images: jax.Array) -> PyTre
   return traverse_util.unflatten_dict(flat)
 
 
-_STATS_FNS: dict = {}
-
-
+@functools.cache
 def _stats_fn(model: CLIP):
-  if model not in _STATS_FNS:
-    _STATS_FNS[model] = jax.jit(lambda p, x: frozen_bn_statistics(model, p, x))
-  return _STATS_FNS[model]
+  """One compiled statistics program per (hashable, frozen) model definition."""
+  return jax.jit(lambda p, x: frozen_bn_statistics(model, p, x))
