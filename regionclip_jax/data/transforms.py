@@ -100,6 +100,25 @@ def normalize_on_device(
   return jnp.where(image_mask[..., None], x, 0).astype(dtype)
 
 
+def normalize_batch(batch: dict) -> dict:
+  """The first thing every jitted step does with its batch: a uint8 `image` [N, H, W, 3] (host
+  pipelines with `normalize=False`) is CLIP-normalised here, on the device, with the padding
+  beyond `image_size` [N, 2] (valid h, w) at 0 as on the host; a float `image` (host-normalised)
+  is returned untouched, so one step serves both kinds of pipeline. The branch is on the dtype,
+  which is static under jit."""
+  import jax.numpy as jnp
+
+  images = batch["image"]
+  if images.dtype != jnp.uint8:
+    return batch
+  h, w = images.shape[1:3]
+  size = jnp.asarray(batch["image_size"])
+  mask = (jnp.arange(h)[None, :, None] < size[:, 0, None, None]) & (
+      jnp.arange(w)[None, None, :] < size[:, 1, None, None]
+  )
+  return {**batch, "image": normalize_on_device(images, mask)}
+
+
 class PadBoxes(grain.transforms.Map):
   """boxes [K, 4] / labels [K] -> [max_boxes, 4] / [max_boxes] (label -1 when padded) + box_mask.
 

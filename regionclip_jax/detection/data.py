@@ -71,16 +71,25 @@ def _coco(cfg, train: bool):
     )
   ann = cfg.data.train_annotations if train else cfg.data.test_annotations
   img = cfg.data.train_images if train else cfg.data.test_images
+  d = cfg.data
+  # reduced-size JPEG decoding down to (not below) the largest resize that follows
+  draft = (max(max(d.short_edge_lengths), d.test_size), d.max_size) if d.draft_decode else None
   src = CocoDetection(
-      ann, img, split=f"{prefix}_base" if train else f"{prefix}_all", drop_empty=train
+      ann,
+      img,
+      split=f"{prefix}_base" if train else f"{prefix}_all",
+      drop_empty=train,
+      draft_for=draft,
   )
   tf = detection_transforms(
       train=train,
-      short_edge_lengths=tuple(cfg.data.short_edge_lengths),
-      test_size=cfg.data.test_size,
-      max_size=cfg.data.max_size,
-      max_boxes=cfg.data.max_boxes,
-      flip=cfg.data.flip,
+      short_edge_lengths=tuple(d.short_edge_lengths),
+      test_size=d.test_size,
+      max_size=d.max_size,
+      max_boxes=d.max_boxes,
+      flip=d.flip,
+      normalize=d.normalize_on_host,
+      backend=d.resize_backend,
   )
   names = list(src.class_names)
   if train:

@@ -18,6 +18,7 @@ import numpy as np
 from regionclip_jax.detection.heads import OpenVocabFasterRCNN, RPNModel
 from regionclip_jax.detection.settings import InferenceSettings, RPNSettings
 from regionclip_jax.detection.inference import make_classify_fn, make_proposal_fn, make_region_fn
+from regionclip_jax.data.transforms import normalize_batch
 
 
 @dataclasses.dataclass
@@ -75,12 +76,13 @@ class DetectorPredictor:
     return self._regions(self.variables, jnp.asarray(images), jnp.asarray(boxes, jnp.float32))
 
   def __call__(self, images, image_sizes, text_emb, boxes=None, box_valid=None, seen=None) -> dict:
-    """images [N,S,S,3] CLIP-normalised, image_sizes [N,2] (h, w), text_emb [K,D]; boxes [N,R,4]
+    """images [N,S,S,3] CLIP-normalised float or uint8, image_sizes [N,2] (h, w), text_emb [K,D]; boxes [N,R,4]
     + box_valid [N,R] to classify given regions (e.g. GT, zero-shot protocol), else RPN proposals;
     seen [K] bool: the classes the detector was trained on (needed by the score ensemble only).
     -> numpy dict `boxes` [N,T,4], `scores`, `classes`, `valid`, `roi_index` [N,T]."""
-    images = jnp.asarray(images)
     image_sizes = jnp.asarray(image_sizes, jnp.float32)
+    # uint8 batches (real presets' host pipelines) are normalised here, float ones pass through
+    images = normalize_batch({"image": jnp.asarray(images), "image_size": image_sizes})["image"]
     objectness = None
     if boxes is None:
       boxes, objectness, box_valid = self.proposals(images, image_sizes)

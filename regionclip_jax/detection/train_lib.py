@@ -22,6 +22,7 @@ from regionclip_jax.detection.sampling import label_and_sample_proposals
 from regionclip_jax.detection.settings import RoIHeadSettings, RPNSettings
 from regionclip_jax.ops.anchors import DefaultAnchorGenerator
 from regionclip_jax.train.state import TrainState, apply_gradients, masked_value_and_grad
+from regionclip_jax.data.transforms import normalize_batch
 
 PyTree = Any
 
@@ -73,6 +74,7 @@ def make_rpn_step(rpn: RPNModel, anchor_gen, settings: RPNSettings, tx, mask, se
 
   def step(state: TrainState, batch: dict, frozen=None):
     del frozen
+    batch = normalize_batch(batch)  # uint8 from the real presets' host pipelines
     key = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
     (loss, parts), grads = masked_value_and_grad(
         lambda p: rpn_loss(rpn, anchor_gen, settings, p, batch, key), state.params, mask
@@ -153,6 +155,7 @@ def make_detector_step(
   unless the batch carries precomputed `proposals` [B,P,4] and `proposal_valid` [B,P]."""
 
   def step(state: TrainState, batch: dict, frozen: dict):
+    batch = normalize_batch(batch)  # uint8 from the real presets' host pipelines
     key = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
     if "proposals" in batch:
       props, pvalid = batch["proposals"], batch["proposal_valid"]

@@ -17,6 +17,7 @@ from regionclip_jax.models.clip import CLIP, MAX_LOGIT_SCALE
 from regionclip_jax.models.layers import FrozenBatchNorm
 from regionclip_jax.pretrain.losses import l2_normalize
 from regionclip_jax.train.state import TrainState, apply_gradients, masked_value_and_grad
+from regionclip_jax.data.transforms import normalize_batch
 
 PyTree = Any
 # With batch_norm="train" the BN affine trains and only the statistics stay out of the optimiser.
@@ -71,6 +72,7 @@ def make_clip_step(
 
   def step(state: TrainState, batch: dict, frozen=None):
     del frozen
+    batch = normalize_batch(batch)  # uint8 from the real presets' host pipelines
 
     def loss_fn(params):
       v = {"params": params}

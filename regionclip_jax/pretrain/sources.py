@@ -29,15 +29,17 @@ def shapes_eval_source(config) -> ShapesWorld:
 def real_source(config):
   """The image-text pairs of data.source 'tsv' or 'coco_captions'."""
   d = config.data
+  # reduced-size JPEG decoding down to (not below) the largest resize that follows
+  draft = (max(d.short_edge_lengths), d.max_size) if d.draft_decode else None
   if d.source == "tsv":
     if not d.image_tsv or not d.text_tsv:
       raise ValueError(f"{WHERE}: data.source='tsv' needs data.image_tsv and data.text_tsv")
-    return TsvImageText(d.image_tsv, d.text_tsv, policy="skip")
+    return TsvImageText(d.image_tsv, d.text_tsv, policy="skip", draft_for=draft)
   if not d.coco_captions or not d.coco_image_dir:
     raise ValueError(
         f"{WHERE}: data.source='coco_captions' needs data.coco_captions and data.coco_image_dir"
     )
-  return CocoCaptions(d.coco_captions, d.coco_image_dir, policy="skip")
+  return CocoCaptions(d.coco_captions, d.coco_image_dir, policy="skip", draft_for=draft)
 
 
 def train_source(config):
@@ -60,6 +62,8 @@ def train_iterator(config, source, batch_size: int, tokenize, seed_offset: int =
         max_size=d.max_size,
         flip=d.flip,
         tokenize_fn=tokenize,
+        normalize=d.normalize_on_host,
+        backend=d.resize_backend,
     )
   per_process = batch_size // jax.process_count()
   return pipeline.make_pipeline(
@@ -69,6 +73,7 @@ def train_iterator(config, source, batch_size: int, tokenize, seed_offset: int =
       seed=config.seed + seed_offset,
       shuffle=True,
       num_threads=d.num_threads,
+      num_workers=d.num_workers,
   )
 
 

@@ -16,6 +16,7 @@ from regionclip_jax.pretrain import losses
 from regionclip_jax.pretrain.proposals import ProposalFn
 from regionclip_jax.pretrain.pseudo_labels import pseudo_concept_labels
 from regionclip_jax.train.state import TrainState, apply_gradients, masked_value_and_grad
+from regionclip_jax.data.transforms import normalize_batch
 
 PyTree = Any
 
@@ -126,6 +127,7 @@ def make_pretrain_step(
     )
 
   def step(state: TrainState, batch: dict, frozen: dict):
+    batch = normalize_batch(batch)  # uint8 from the real presets' host pipelines
     key = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
     proposals, valid = proposal_fn(key, batch)
 
