@@ -117,6 +117,7 @@ def base() -> ml_collections.ConfigDict:
   c.optimizer.clip_type = "per_tensor"  # official; "global" as an option
 
   c.sharding = ml_collections.ConfigDict()
+  c.sharding.num_devices = 0  # 0 = every device of the job
   c.sharding.mode = "replicate"  # "replicate" (data parallel) | "fsdp"
   c.sharding.fsdp_min_size = 2**16
 

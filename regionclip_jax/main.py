@@ -13,6 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from regionclip_jax.train.loop import NonFiniteLossError
+from regionclip_jax.train.preflight import PreflightError, check_writable
 
 # Imported by name when dispatched: each task pulls in its own stack (detection, pretraining...).
 TASKS = {
@@ -48,8 +49,17 @@ def main(argv):
   if task not in TASKS:
     raise app.UsageError(f"config.task={task!r} is not one of {sorted(TASKS)}")
   module = importlib.import_module(TASKS[task])
+  if _WORKDIR.value:
+    try:
+      check_writable(_WORKDIR.value)
+    except PreflightError as e:
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.exit(2)
   try:
     module.run(config, _WORKDIR.value)
+  except PreflightError as e:  # a setting or the machine rules the run out: one line, no trace
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
   except NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)

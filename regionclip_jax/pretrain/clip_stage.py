@@ -110,7 +110,7 @@ def train_clip(
 
 def _train_and_save(config, cfg, params, workdir: str, num_steps: int, name: str, **kw) -> str:
   """train_clip on the shapes world into `workdir`, saved as a converted CLIP in <workdir>/final."""
-  mesh = make_mesh()
+  mesh = make_mesh(config.sharding.num_devices)
   tokenize = make_tokenize(config)
   params = train_clip(
       config,

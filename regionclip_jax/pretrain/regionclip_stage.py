@@ -121,7 +121,7 @@ def run(config, workdir: str) -> dict:
 
   -> {"student": its path, "num_concepts": C, "near_identical_concepts": [(a, b, cosine)]}.
   """
-  mesh = make_mesh()
+  mesh = make_mesh(config.sharding.num_devices)
   tokenize = make_tokenize(config)
   train_source, names = sources.train_source(config)
   teacher_cfg, teacher_params = load_clip(teacher_path(config, workdir))

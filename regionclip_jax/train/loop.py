@@ -15,6 +15,7 @@ import numpy as np
 from regionclip_jax.data.validation import report_all
 from regionclip_jax.train.checkpoint import Checkpointer
 from regionclip_jax.train.logger import MetricWriter, Progress
+from regionclip_jax.train.preflight import check_free_space, check_writable
 
 PyTree = Any
 StepFn = Callable[[PyTree, PyTree], tuple[PyTree, Mapping[str, jax.Array]]]
@@ -60,6 +61,9 @@ def train_loop(
   non-finite loss raises NonFiniteLossError and never reaches a checkpoint. TensorBoard events
   and metrics.jsonl go to `<workdir>/tensorboard`. Returns the final state.
   """
+  # before any step: a run that cannot write its checkpoints says so now, in one line
+  check_writable(workdir)
+  check_free_space(workdir, state)
   ckpt = Checkpointer(
       os.path.join(workdir, "checkpoints"),
       max_to_keep=keep_checkpoints,

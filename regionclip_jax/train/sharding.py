@@ -10,17 +10,20 @@ import numpy as np
 from flax import traverse_util
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from regionclip_jax.train.preflight import check_devices
+
 PyTree = Any
 DATA = "data"
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-  """1-D mesh over all (global) devices, axis `data`.
+def make_mesh(num_devices: int | None = None, key: str = "sharding.num_devices") -> Mesh:
+  """1-D mesh over the first `num_devices` (global) devices (None / 0: all), axis `data`;
+  PreflightError in one line, naming the config `key`, if more are asked for than exist.
 
   Auto axis types: with jax >= 0.10's default Explicit axes, a global contrastive `a @ b.T`
   between two batch-sharded arrays is a sharding type error; Auto lets XLA insert the gather.
   """
-  n = num_devices or jax.device_count()
+  n = check_devices(num_devices or 0, key)
   devices = jax.devices()[:n]
   return jax.make_mesh((n,), (DATA,), axis_types=(AxisType.Auto,), devices=devices)
 
