@@ -4,6 +4,7 @@ Modules:
   heads.py        OpenVocabFasterRCNN (res4 -> RoIAlign 14x14 -> layer4 + attnpool; bbox_pred),
                   RPNModel
   fpn.py          FPN variant of the detector and the RPN
+  offline_rpn.py  DetectronRPN: the official offline RPNs (detectron2 R-50 C4 / FPN + RPN head)
   classifier.py   text_logits: cosine vs frozen class text embeddings / 0.01, zero background logit
   rpn.py          StandardRPNHead, flatten_predictions, find_top_rpn_proposals (static top-k + NMS)
   rpn_loss.py     label_anchors (0.3 / 0.7, 256 @ 50%), rpn_losses
@@ -16,7 +17,8 @@ Modules:
   inference.py    jitted inference programs: RPN proposals, region features, text classification
   predictor.py    DetectorPredictor (vocabulary swap without recompiling the backbone)
   builders.py     config -> modules, init, backbone weights, settings, text embeddings
-  export.py       export_model / load_export / load_rpn: trained detectors and RPNs on disk
+  export.py       export_model / load_export / load_rpn: trained detectors and RPNs on disk;
+                  export_detectron2_rpn: an official offline RPN .pth -> an RPN export
   data.py         config -> record sources and transforms, BaseLabelMap (base-only training)
   evaluate.py     COCO-style AP over a source (pycocotools), example grids
   zero_shot.py    zero-shot detection (the pretrained model as detector), ZeroShotDetector

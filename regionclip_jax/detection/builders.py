@@ -6,7 +6,6 @@ The only place in `detection/` that reads a config object (the modules never do)
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Optional, Sequence
 
 import jax
@@ -18,6 +17,7 @@ from regionclip_jax.detection.heads import OpenVocabFasterRCNN, RPNModel
 from regionclip_jax.detection.settings import InferenceSettings, RoIHeadSettings, RPNSettings
 from regionclip_jax.models import initializers
 from regionclip_jax.models.clip import CLIP, CLIPConfig, LoadedCLIP
+from regionclip_jax.models.checkpoints.embeddings import read_embeddings  # noqa: F401 (re-export)
 from regionclip_jax.models.clip import load as load_clip
 from regionclip_jax.models.prompts import concept_embeddings
 from regionclip_jax.ops.anchors import DefaultAnchorGenerator
@@ -237,15 +237,3 @@ def class_embeddings(
   return np.asarray(
       concept_embeddings(loaded.encode_text, list(names), loaded.tokenize, batch_size), np.float32
   )
-
-
-def read_embeddings(path: str, num_classes: Optional[int] = None) -> np.ndarray:
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{__name__}: text embeddings file not found: {path}")
-  emb = np.load(path).astype(np.float32)
-  if emb.ndim != 2 or (num_classes is not None and emb.shape[0] != num_classes):
-    raise ValueError(
-        f"{__name__}: {path} holds shape {emb.shape}, want "
-        f"[{num_classes if num_classes is not None else 'K'}, D]"
-    )
-  return emb

@@ -3,11 +3,13 @@
 An export directory (a detector or RPN workdir's `export/`) holds the final variables (flax
 msgpack), a json describing how to rebuild the module, and optionally the frozen init's variables
 for the score ensemble. Later stages (fine-tuning, zero-shot, pretraining proposals) read it back
-without the training config.
+without the training config. An official offline RPN converted by `export_detectron2_rpn` is an RPN
+export too (`backbone` "detectron2" in model.json: `offline_rpn.DetectronRPN`, no CLIP config).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Optional
@@ -17,7 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from regionclip_jax.detection import offline_rpn
 from regionclip_jax.detection.builders import build_detector, build_rpn
+from regionclip_jax.detection.settings import RPNSettings
+from regionclip_jax.models.checkpoints import CheckpointError, detectron2_rpn_params
+from regionclip_jax.models.checkpoints.torch_files import read_weights_file
 from regionclip_jax.models.clip import CLIPConfig
 
 PyTree = Any
@@ -52,6 +58,9 @@ def load_export(directory: str):
     raise FileNotFoundError(f"{__name__}: no {EXPORT_META} in {directory} (not an export)")
   with open(meta_path) as f:
     meta = json.load(f)
+  if meta["kind"] == "rpn" and meta.get("backbone") == offline_rpn.BACKBONE_KIND:
+    module = offline_rpn.build_from_meta(meta)  # a converted official RPN: no CLIP inside
+    return module, _read_variables(directory), meta
   clip_cfg = CLIPConfig.from_dict(meta["clip_config"])
   if meta["kind"] == "detector":
     module = build_detector(
@@ -74,10 +83,13 @@ def load_export(directory: str):
     )
   else:
     raise ValueError(f"{__name__}: {meta_path}: unknown kind {meta['kind']!r}")
+  return module, _read_variables(directory), meta
+
+
+def _read_variables(directory: str) -> PyTree:
   with open(os.path.join(directory, EXPORT_PARAMS), "rb") as f:
     variables = serialization.msgpack_restore(f.read())
-  variables = jax.tree.map(jnp.asarray, variables)
-  return module, variables, meta
+  return jax.tree.map(jnp.asarray, variables)
 
 
 def load_export_pretrained(directory: str) -> Optional[PyTree]:
@@ -87,6 +99,39 @@ def load_export_pretrained(directory: str) -> Optional[PyTree]:
     return None
   with open(path, "rb") as f:
     return jax.tree.map(jnp.asarray, serialization.msgpack_restore(f.read()))
+
+
+def export_detectron2_rpn(checkpoint: str, directory: str) -> dict:
+  """An official offline RPN `.pth` (detectron2 `{"model": ...}`) -> an RPN export `directory`
+  that `load_rpn` reads like a trained one (`offline_rpn.DetectronRPN` + its anchors). -> meta."""
+  raw = read_weights_file(checkpoint)
+  sd = {k[len("model.") :]: v for k, v in raw.items() if k.startswith("model.")} or raw
+  spec, params = detectron2_rpn_params(sd, checkpoint)
+  try:
+    meta = offline_rpn.meta_for(spec, checkpoint)
+    rpn, _ = offline_rpn.build_from_meta(meta)
+    variables = offline_rpn.check_params(rpn, params, checkpoint)
+  except ValueError as e:
+    raise CheckpointError(str(e)) from None
+  export_model(directory, variables, meta)
+  return meta
+
+
+def rpn_test_settings(path: str, settings: RPNSettings = RPNSettings()) -> RPNSettings:
+  """`settings` with the test-time top-k of the official config a converted offline RPN came
+  from (its model.json `test`: C4 6000 / 1000, FPN 1000 per level / 1000); unchanged for an RPN
+  trained here, and NMS / min size stay the caller's (the zero-shot and pretraining configs set
+  their own)."""
+  d = path if is_export(path) else os.path.join(path, "export")
+  with open(os.path.join(d, EXPORT_META)) as f:
+    test = json.load(f).get("test")
+  if not test:
+    return settings
+  return dataclasses.replace(
+      settings,
+      pre_nms_topk_test=int(test["pre_nms_topk_test"]),
+      post_nms_topk_test=int(test["post_nms_topk_test"]),
+  )
 
 
 def load_rpn(path: str):

@@ -1,5 +1,6 @@
 """CLIP towers (ModifiedResNet, ViT, text), region features, checkpoint readers and OpenAI
-state-dict conversion, tokenizer, prompts (docs/design.md, "CLIP towers").
+state-dict conversion, tokenizer, prompts (docs/design.md, "CLIP towers"); detectron2's ResNet
+(`msra_resnet.py`), the backbone of the official offline RPNs.
 
 Re-exports the `clip` facade and `tokenize`.
 """

@@ -179,6 +179,7 @@ class CLIP(nn.Module):
   `dtype`: compute dtype (e.g. bfloat16); params are `param_dtype` (float32).
   `freeze_at`: ResNet only, stop gradients after the stem (1) or layer1 (2).
   `remat`: rematerialise blocks in the backward pass.
+  `conv_kernel_grad`: ResNet only, how 3x3 kernel gradients are computed (`layers.conv2d`).
   """
 
   config: CLIPConfig
@@ -186,6 +187,7 @@ class CLIP(nn.Module):
   param_dtype: Dtype = jnp.float32
   freeze_at: int = 0
   remat: bool = False
+  conv_kernel_grad: str = "auto"
 
   def setup(self):
     cfg, v, t = self.config, self.config.vision, self.config.text
@@ -199,6 +201,7 @@ class CLIP(nn.Module):
           v.image_size,
           freeze_at=self.freeze_at,
           remat=self.remat,
+          conv_kernel_grad=self.conv_kernel_grad,
           **kw,
       )
     else:

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from regionclip_jax.models.layers import (
+    Conv,
     Conv1x1,
     FrozenBatchNorm,
     attention,
@@ -47,13 +48,14 @@ class Bottleneck(nn.Module):
 
   planes: int
   stride: int = 1
+  conv_kernel_grad: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     kw = {
-        "use_bias": False,
+        "kernel_grad": self.conv_kernel_grad,
         "dtype": self.dtype,
         "param_dtype": self.param_dtype,
         "kernel_init": conv_init,
@@ -61,7 +63,7 @@ class Bottleneck(nn.Module):
     bn = {"dtype": self.dtype, "param_dtype": self.param_dtype}
     out_ch = self.planes * 4
     out = nn.relu(FrozenBatchNorm(name="bn1", **bn)(Conv1x1(self.planes, name="conv1", **bn)(x)))
-    out = nn.Conv(self.planes, (3, 3), padding=((1, 1), (1, 1)), name="conv2", **kw)(out)
+    out = Conv(self.planes, (3, 3), padding=((1, 1), (1, 1)), name="conv2", **kw)(out)
     out = nn.relu(FrozenBatchNorm(name="bn2", **bn)(out))
     out = _avg_pool(out, self.stride)
     out = FrozenBatchNorm(name="bn3", **bn)(Conv1x1(out_ch, name="conv3", **bn)(out))
@@ -80,6 +82,7 @@ class ResLayer(nn.Module):
   blocks: int
   stride: int = 1
   remat: bool = False
+  conv_kernel_grad: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -90,6 +93,7 @@ class ResLayer(nn.Module):
       x = block_cls(
           self.planes,
           self.stride if i == 0 else 1,
+          self.conv_kernel_grad,
           dtype=self.dtype,
           param_dtype=self.param_dtype,
           name=str(i),
@@ -142,6 +146,8 @@ class ModifiedResNet(nn.Module):
   `__call__(x) -> [N, output_dim]` = head(res4(x)).
   `freeze_at`: 0 none, 1 stem, 2 stem + layer1 get `stop_gradient` on their output (saves the
   backward pass through them; the official transfer freezes at 2). `remat`: per-block remat.
+  `conv_kernel_grad`: how the 3x3 convolutions' kernel gradients are computed (`layers.conv2d`;
+  "auto" is per sample on CPU float32, XLA's own elsewhere).
   """
 
   layers: Sequence[int]
@@ -151,25 +157,31 @@ class ModifiedResNet(nn.Module):
   image_size: int
   freeze_at: int = 0
   remat: bool = False
+  conv_kernel_grad: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   def setup(self):
     kw = {
-        "use_bias": False,
+        "kernel_grad": self.conv_kernel_grad,
         "dtype": self.dtype,
         "param_dtype": self.param_dtype,
         "kernel_init": conv_init,
     }
     bn = {"dtype": self.dtype, "param_dtype": self.param_dtype}
     w = self.width
-    self.conv1 = nn.Conv(w // 2, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), **kw)
+    self.conv1 = Conv(w // 2, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), **kw)
     self.bn1 = FrozenBatchNorm(**bn)
-    self.conv2 = nn.Conv(w // 2, (3, 3), padding=((1, 1), (1, 1)), **kw)
+    self.conv2 = Conv(w // 2, (3, 3), padding=((1, 1), (1, 1)), **kw)
     self.bn2 = FrozenBatchNorm(**bn)
-    self.conv3 = nn.Conv(w, (3, 3), padding=((1, 1), (1, 1)), **kw)
+    self.conv3 = Conv(w, (3, 3), padding=((1, 1), (1, 1)), **kw)
     self.bn3 = FrozenBatchNorm(**bn)
-    lk = {"remat": self.remat, "dtype": self.dtype, "param_dtype": self.param_dtype}
+    lk = {
+        "remat": self.remat,
+        "conv_kernel_grad": self.conv_kernel_grad,
+        "dtype": self.dtype,
+        "param_dtype": self.param_dtype,
+    }
     self.layer1 = ResLayer(w, self.layers[0], 1, **lk)
     self.layer2 = ResLayer(w * 2, self.layers[1], 2, **lk)
     self.layer3 = ResLayer(w * 4, self.layers[2], 2, **lk)

@@ -1,5 +1,6 @@
-"""The concept pool: one text embedding per concept from the frozen teacher (or a given .npy), the
-classifier of both the pseudo labels in training and region recognition in evaluation."""
+"""The concept pool: one text embedding per concept from the frozen teacher (or a given .npy /
+official .pth file), the classifier of both the pseudo labels in training and region recognition
+in evaluation."""
 
 from __future__ import annotations
 
@@ -9,24 +10,20 @@ import numpy as np
 
 from regionclip_jax.models import clip as clip_lib
 from regionclip_jax.models import prompts
+from regionclip_jax.models.checkpoints.embeddings import read_embeddings
 from regionclip_jax.pretrain.common import WHERE
 
 
 def concept_pool(config, teacher_cfg, teacher_params, tokenize, names) -> np.ndarray:
   """-> [C, D] float32 unnormalised 81-template means from the (frozen) teacher text tower."""
   if config.model.concept_embeddings:
-    emb = np.load(config.model.concept_embeddings).astype(np.float32)
-    if emb.ndim != 2 or emb.shape[1] != teacher_cfg.embed_dim:
-      raise ValueError(
-          f"{config.model.concept_embeddings}: concept embeddings must be [C, "
-          f"{teacher_cfg.embed_dim}], got {emb.shape}"
-      )
-    return emb
+    # .npy or the official extract_concept_features .pth; width checked against the teacher
+    return read_embeddings(config.model.concept_embeddings, dim=teacher_cfg.embed_dim)
   if config.model.concepts_file:
     names = prompts.read_concepts_file(config.model.concepts_file)
   if not names:
     raise ValueError(
-        f"{WHERE}: no concept pool: set model.concept_embeddings (.npy) or model.concepts_file"
+        f"{WHERE}: no concept pool: set model.concept_embeddings (.npy / .pth) or model.concepts_file"
     )
   model = clip_lib.CLIP(teacher_cfg)
   enc = jax.jit(lambda p, t: model.apply({"params": p}, t, method=clip_lib.CLIP.encode_text))

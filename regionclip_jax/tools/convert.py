@@ -1,18 +1,25 @@
-"""Convert any supported CLIP checkpoint into our directory format (no PyTorch needed to read it).
+"""Convert any supported CLIP checkpoint, or an official offline RPN, into our formats (no PyTorch
+needed to read the result).
 
     python -m regionclip_jax.tools.convert --input=PATH --output=DIR \
-        [--source=openai|hf|open_clip|regionclip|converted] [--part=student|teacher] \
+        [--source=openai|hf|open_clip|regionclip|converted|detectron2_rpn] [--part=student|teacher] \
         [--text_from=PATH] [--arch=resnet|vit]
 
-Writes DIR/config.json (architecture + provenance) and DIR/params.safetensors (Flax params,
+CLIP: writes DIR/config.json (architecture + provenance) and DIR/params.safetensors (Flax params,
 flattened with '/'), which `regionclip_jax.models.clip.load(DIR)` reads.
+Offline RPN (`rpn_coco_48.pth`, `rpn_lvis_866.pth`, `rpn_lvis_866_lsj.pth`: detectron2 ResNet + RPN,
+detected from the keys): writes an RPN export (DIR/model.json + DIR/variables.msgpack), which
+`tools.zero_shot --rpn=DIR` and the configs' `rpn.checkpoint=DIR` read (`detection.export.load_rpn`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
+from regionclip_jax.detection import export
 from regionclip_jax.models import checkpoints
 
 
@@ -24,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--output", required=True, help="directory to write")
   p.add_argument(
       "--source",
-      choices=checkpoints.SOURCES,
+      choices=checkpoints.SOURCES + (checkpoints.DETECTRON2_RPN,),
       default=None,
       help="input format (detected when omitted)",
   )
@@ -58,7 +65,10 @@ def convert(
     arch: str | None = None,
 ) -> str:
   """Returns the output directory."""
-  found = source or checkpoints.detect_source(input_path)
+  found = source or checkpoints.detect_kind(input_path)
+  if found == checkpoints.DETECTRON2_RPN:
+    export.export_detectron2_rpn(input_path, output)
+    return output
   loaded = checkpoints.load(input_path, source=found, part=part, text_from=text_from, arch=arch)
   return checkpoints.save_converted(output, loaded.config, loaded.params, source=found)
 
@@ -70,6 +80,15 @@ def main(argv: list[str] | None = None) -> int:
   except checkpoints.CheckpointError as e:
     print(f"convert: error: {e}", file=sys.stderr)
     return 2
+  if export.is_export(out):
+    with open(os.path.join(out, export.EXPORT_META)) as f:
+      meta = json.load(f)
+    print(
+        f"convert: wrote {out} (detectron2 R-{2 + 3 * sum(meta['blocks_per_stage'])} "
+        f"{meta['arch'].upper()} RPN, {meta['rpn_convs']} head conv(s)); "
+        f"use it as --rpn={out} or rpn.checkpoint={out}"
+    )
+    return 0
   cfg = checkpoints.read_converted(out)[0]
   kind = "ResNet" if cfg.is_resnet else "ViT"
   print(

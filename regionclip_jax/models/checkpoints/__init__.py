@@ -13,6 +13,10 @@ Formats (`source`):
 - "converted": a directory written by `save_converted` / `tools/convert.py`
   (`config.json` + `params.safetensors`), read without PyTorch.
 
+Not CLIP, beside them: `detectron2` renames the official offline RPNs (`DETECTRON2_RPN`, told
+apart by `detect_kind`) to the Flax params of `detection/offline_rpn.py`; `embeddings` reads
+class-embedding files (`.npy`, or the official `.pth` tensors).
+
 Safety: pickles are only ever opened with `torch.load(weights_only=True)`, and TorchScript
 archives with an allow-list unpickler of our own (no PyTorch, none of the archive's code run): a
 checkpoint whose pickle would import or call arbitrary code is refused. PyTorch is needed only for
@@ -34,7 +38,14 @@ from regionclip_jax.models.checkpoints.converted import (
     read_converted,
     save_converted,
 )
-from regionclip_jax.models.checkpoints.detect import SOURCES, detect_source
+from regionclip_jax.models.checkpoints.detect import (
+    DETECTRON2_RPN,
+    SOURCES,
+    detect_kind,
+    detect_source,
+)
+from regionclip_jax.models.checkpoints.detectron2 import detectron2_rpn_params, is_detectron2_rpn
+from regionclip_jax.models.checkpoints.embeddings import read_embeddings
 from regionclip_jax.models.checkpoints.errors import CheckpointError
 from regionclip_jax.models.checkpoints.hf import HF_INDEXES, HF_WEIGHTS
 from regionclip_jax.models.checkpoints.loader import architecture_of, load, read_state_dict
@@ -46,6 +57,7 @@ __all__ = [
     "CONFIG_NAME",
     "CONVERTED_FORMAT",
     "CONVERTED_VERSION",
+    "DETECTRON2_RPN",
     "HF_INDEXES",
     "HF_WEIGHTS",
     "OPEN_CLIP_CONFIG",
@@ -54,9 +66,13 @@ __all__ = [
     "SOURCES",
     "CheckpointError",
     "architecture_of",
+    "detect_kind",
     "detect_source",
+    "detectron2_rpn_params",
+    "is_detectron2_rpn",
     "load",
     "read_converted",
+    "read_embeddings",
     "read_safetensors",
     "read_state_dict",
     "read_torch_file",

@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from regionclip_jax.models.checkpoints.converted import CONFIG_NAME, PARAMS_NAME
+from regionclip_jax.models.checkpoints.detectron2 import is_detectron2_rpn
 from regionclip_jax.models.checkpoints.errors import CheckpointError
 from regionclip_jax.models.checkpoints.hf import HF_INDEXES, HF_WEIGHTS, is_hf_clip
 from regionclip_jax.models.checkpoints.open_clip import OPEN_CLIP_WEIGHTS, looks_open_clip_custom
@@ -19,6 +20,9 @@ from regionclip_jax.models.checkpoints.safetensors_io import safetensors_header
 from regionclip_jax.models.checkpoints.torch_files import is_torchscript, peek_torch_keys
 
 SOURCES = ("openai", "hf", "open_clip", "regionclip", "converted")
+# not CLIP: a detectron2 ResNet + RPN (the official offline RPNs), converted by tools/convert into an
+# RPN export directory (detection/export.py)
+DETECTRON2_RPN = "detectron2_rpn"
 
 
 def strip_prefixes(sd: dict[str, Any]) -> dict[str, Any]:
@@ -72,8 +76,29 @@ def detect_source(path: str | os.PathLike) -> str:
   return source_from_keys(peek_torch_keys(path), path)
 
 
+def detect_kind(path: str | os.PathLike) -> str:
+  """DETECTRON2_RPN for an offline-RPN file, else the CLIP format (`detect_source`)."""
+  path = os.fspath(path)
+  if os.path.isfile(path) and not path.endswith(".safetensors") and not is_torchscript(path):
+    if is_detectron2_rpn(_model_keys(peek_torch_keys(path))):
+      return DETECTRON2_RPN
+  return detect_source(path)
+
+
+def _model_keys(sd: dict) -> list[str]:
+  """Keys under detectron2's "model" wrapper when there is one."""
+  sub = [k[len("model.") :] for k in sd if k.startswith("model.")]
+  return sub or list(sd)
+
+
 def source_from_keys(sd: dict, path: str) -> str:
   """The format of a single file from its flattened keys (values unused)."""
+  if is_detectron2_rpn(_model_keys(sd)):
+    raise CheckpointError(
+        f"{__name__}: {path}: a detectron2 RPN (backbone.res*, proposal_generator.rpn_head.*), not a CLIP "
+        "checkpoint: convert it with `python -m regionclip_jax.tools.convert --input=FILE "
+        "--output=DIR` and pass DIR as the RPN"
+    )
   keys = list(unwrap(sd))
   if is_hf_clip(keys):
     return "hf"

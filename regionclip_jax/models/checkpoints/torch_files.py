@@ -72,6 +72,15 @@ def read_torch_file(path: str) -> dict[str, Any]:
   if is_torchscript(path):
     return read_torchscript_archive(path)
   torch = import_torch(path, "a PyTorch checkpoint")
+  obj = load_weights_only(path, torch)
+  if not isinstance(obj, dict):
+    raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+  return _flatten_tensors(obj, torch)
+
+
+def load_weights_only(path: str, torch) -> Any:
+  """The object a torch pickle holds (a tensor, or containers of tensors), loaded with
+  `weights_only=True`; refusals and corruption become one-line CheckpointErrors naming `path`."""
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:
@@ -90,9 +99,7 @@ def read_torch_file(path: str) -> dict[str, Any]:
           f"(refused with weights_only=True): {detail}"
       ) from None
     raise CheckpointError(f"{path}: unreadable or truncated checkpoint: {first_line(e)}") from None
-  if not isinstance(obj, dict):
-    raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
-  return _flatten_tensors(obj, torch)
+  return obj
 
 
 # --- TorchScript archives, read with an allow-list unpickler -----------------------------------
