@@ -5,9 +5,10 @@
     python -m regionclip_jax.main --config=configs/finetune.py:rpn_shapes  # train the offline RPN
 
 Presets: shapes (default), rpn_shapes, coco_ovd_rn50, coco_ovd_rn50x4, lvis_rn50, rpn_coco,
-rpn_lvis. `task` "detection" (main.py -> detection.run), `stage`: "finetune" (detector on base
-classes, proposals from a frozen RPN) or "rpn" (class-agnostic RPN on base boxes). Official values
-are the defaults; deviations say so. The rpn / roi_heads / test defaults are those of the settings
+rpn_lvis, custom (your own COCO-format dataset: RPN, detector, AP and proposal recall in one job).
+`task` "detection" (main.py -> detection.run), `stage`: "finetune" (detector on base classes,
+proposals from a frozen RPN) or "rpn" (class-agnostic RPN on base boxes). Official values are the
+defaults; deviations say so. The rpn / roi_heads / test defaults are those of the settings
 dataclasses (regionclip_jax/detection/settings.py, their one definition); presets write only what
 they change.
 """
@@ -71,6 +72,9 @@ def _base() -> mlc.ConfigDict:
   c.test.eval_split = "coco_ovd"
   c.test.batch_size = 1
   c.test.num_examples = 0  # > 0: <workdir>/examples.png, GT vs. detections on test images
+  # class-agnostic AR@100/300/1000 of the RPN on the test split's base / novel boxes, before the
+  # detector trains (detection/run.py), into metrics.json
+  c.test.proposal_recall = False
 
   c.data = mlc.ConfigDict()
   c.data.name = "coco"  # "coco" (COCO/LVIS-format json + image dir) | "shapes_world"
@@ -78,14 +82,29 @@ def _base() -> mlc.ConfigDict:
   c.data.train_images = ""
   c.data.test_annotations = ""
   c.data.test_images = ""
-  c.data.base_classes = ""  # split name understood by data.categories ("coco_ovd", "lvis")
-  c.data.train_embeddings = ""  # .npy [K_base, D] text embeddings of the training classes
-  c.data.test_embeddings = ""  # .npy [K_all, D]; "" = compute from class names (prompts)
+  # training classes: a split name ("coco_ovd", "lvis"), "all" (every category of the train
+  # json), "a,b,c" or "@file.txt" (one per line; detection/data.py, data/coco.py)
+  c.data.base_classes = ""
+  # the test vocabulary, same syntax; "" = every category of the test json (a split name: the
+  # split's own base + novel classes); novel = the test classes not trained on
+  c.data.test_classes = ""
+  c.data.on_error = "strict"  # bad records: "strict" stops, "skip" drops + counts (data.validation)
+  c.data.train_embeddings = ""  # .npy / .pth [K_base, D] embeddings of the training classes
+  c.data.test_embeddings = ""  # .npy / .pth [K_all, D]; "" = compute from class names (prompts)
   c.data.short_edge_lengths = (640, 672, 704, 736, 768, 800)
   c.data.test_size = 800
   c.data.max_size = 1333
   c.data.max_boxes = 100
   c.data.flip = True
+  # Input at accelerator rates (docs/findings.md, "Input pipeline speed"): grain worker processes
+  # per host process (same batches and resumable state as 0 = in-process), read threads in each,
+  # uint8 batches normalised on the device, cv2 resizes and reduced-size JPEG decoding, each
+  # within the tolerances measured in data/geometry.py and data/images.py.
+  c.data.num_workers = 3
+  c.data.num_threads = 2
+  c.data.normalize_on_host = False
+  c.data.resize_backend = "cv2"  # "cv2" | "pil" (detectron2's own)
+  c.data.draft_decode = True
 
   c.optimizer = mlc.ConfigDict()
   c.optimizer.name = "sgd"
@@ -99,6 +118,7 @@ def _base() -> mlc.ConfigDict:
 
   c.train = mlc.ConfigDict()
   c.train.batch_size = 16
+  c.train.num_devices = 0  # 0 = every device of the job
   c.train.num_steps = 90000
   c.train.log_every = 20
   c.train.checkpoint_every = 5000
@@ -170,8 +190,8 @@ def shapes() -> mlc.ConfigDict:
   # docs/findings.md, "Claim b: why novel AP50 was near zero")
   c.test.rpn_fusion = "sigmoid"
   # deviation: base-only fine-tuning of the tiny model halves novel AP50 from every init
-  # (docs/findings.md, "The score ensemble"), so novel classes are scored with the frozen init as well, with
-  # F-VLM's published weights (not tuned here); metrics.json keeps the detector alone beside it
+  # (docs/findings.md, "The score ensemble"), so novel classes are scored with the frozen init as
+  # well, with F-VLM's published weights (not tuned here); metrics.json keeps the detector alone beside it
   c.test.pretrained_score_weights = (0.35, 0.65)
   c.data.name = "shapes_world"
   c.data.num_train = 2048
@@ -179,6 +199,9 @@ def shapes() -> mlc.ConfigDict:
   c.data.image_size = 64
   c.data.max_boxes = 8
   c.data.flip = False
+  c.data.num_workers = 0  # generated scenes: in-process is fastest on 2 cores
+  c.data.num_threads = 4
+  c.data.normalize_on_host = True
   # zero-shot detection protocol (Bansal et al. 2018): RPN and detector train on scenes without
   # novel objects; with them, both learn "crescent = background" (docs/findings.md,
   # "Claim b: why novel AP50 was near zero")
@@ -203,6 +226,26 @@ def rpn_shapes() -> mlc.ConfigDict:
   return c
 
 
+def custom() -> mlc.ConfigDict:
+  """Your own COCO-format train / test json + image folders (README, "Your own COCO-format
+  dataset"): set data.train_annotations / train_images / test_annotations / test_images,
+  data.base_classes and model.init_checkpoint. With rpn.checkpoint empty the job trains the
+  class-agnostic RPN on the base boxes into <workdir>/rpn first (`rpn_stage.train` /
+  `rpn_stage.optimizer`), reports its proposal recall, then fine-tunes the detector: AP50 and AP
+  novel / base / all and AR@100/300/1000 base / novel in <workdir>/metrics.json. Official
+  detector settings otherwise (RN50 C4, the coco_ovd schedule)."""
+  c = _base()
+  c.data.base_classes = "all"  # fully supervised unless told which classes are base
+  c.model.pooler_resolution = 0  # 2 x the init checkpoint's attention-pool grid (detection/run.py)
+  c.test.proposal_recall = True
+  c.rpn_stage = mlc.ConfigDict()
+  # the RPN trains on the job's own data and model; only its schedule is its own (official
+  # detectron2 RPN schedule = the detector's)
+  c.rpn_stage.train = c.train.copy_and_resolve_references()
+  c.rpn_stage.optimizer = c.optimizer.copy_and_resolve_references()
+  return c
+
+
 PRESETS = {
     "shapes": shapes,
     "rpn_shapes": rpn_shapes,
@@ -211,6 +254,7 @@ PRESETS = {
     "lvis_rn50": lvis_rn50,
     "rpn_coco": rpn_coco,
     "rpn_lvis": rpn_lvis,
+    "custom": custom,
 }
 
 

@@ -6,7 +6,8 @@
     python -m regionclip_jax.main --config=configs/zero_shot.py:coco_gt   # GT boxes, COCO OVD 65
 
 Presets: folder (default: your images, your words), coco_gt / coco_rpn (the paper's protocol on
-COCO OVD: GT boxes or RPN proposals, AP50 novel/base/all), lvis_gt / lvis_rpn.
+COCO OVD: GT boxes or RPN proposals, AP50 novel/base/all), lvis_gt / lvis_rpn, custom (your own
+COCO-format json: `zero_shot.base_classes` splits its classes into base / novel).
 The tool's flags are generated from the `zero_shot` fields below (one definition):
 `python -m regionclip_jax.tools.zero_shot --help`.
 """
@@ -35,6 +36,9 @@ def _base() -> mlc.ConfigDict:
   z.annotations = ""  # COCO / LVIS json: evaluate instead of drawing
   z.boxes = "gt"  # "gt" | "rpn"
   z.split = ""
+  # with annotations: the base classes (a split name, "all", "a,b,c" or "@file.txt", as the
+  # finetune job's data.base_classes); novel = the rest of the vocabulary ("" = every category)
+  z.base_classes = ""
   z.max_images = 0
   z.test_size = 800
   z.max_size = 1333
@@ -61,12 +65,26 @@ def _protocol(split: str, boxes: str) -> mlc.ConfigDict:
   return c
 
 
+def custom() -> mlc.ConfigDict:
+  """Your own COCO-format test json with no fine-tuning (README, "Your own COCO-format
+  dataset"): set annotations, images, checkpoint, base_classes and rpn (the finetune job's
+  <workdir>/rpn; "" = sliding windows); AP50 and AP novel / base / all."""
+  c = _base()
+  z = c.zero_shot
+  z.boxes = "rpn"
+  z.score_thresh = 0.001
+  z.topk = 100
+  z.base_classes = "all"
+  return c
+
+
 PRESETS = {
     "folder": folder,
     "coco_gt": lambda: _protocol("coco_ovd", "gt"),
     "coco_rpn": lambda: _protocol("coco_ovd", "rpn"),
     "lvis_gt": lambda: _protocol("lvis", "gt"),
     "lvis_rpn": lambda: _protocol("lvis", "rpn"),
+    "custom": custom,
 }
 
 

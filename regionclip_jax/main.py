@@ -12,6 +12,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from regionclip_jax.data.validation import DataError
 from regionclip_jax.train.loop import NonFiniteLossError
 from regionclip_jax.train.preflight import PreflightError, check_writable
 
@@ -60,7 +61,8 @@ def main(argv):
   except PreflightError as e:  # a setting or the machine rules the run out: one line, no trace
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
-  except NonFiniteLossError as e:
+  except (NonFiniteLossError, DataError) as e:
+    # bad input (the user's files, class lists) or a diverged run: one line, no traceback
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
 

@@ -7,7 +7,8 @@ Splits are chosen by name and matched by category *name*, so a 65-class OVD json
 annotations of categories outside the split are left out (that is what training on base classes
 means), and images with no box left are dropped when `drop_empty` (detectron2's training
 default). Crowd boxes are left out (detectron2 ignores them in training); both are counted in
-`filtered` for the log, not as data issues.
+`filtered` for the log, not as data issues. An own class list (`classes`, e.g. from a config's
+"a,b,c" / "@file.txt" / "all" via `resolve_class_list`) takes the place of a named split.
 """
 
 from __future__ import annotations
@@ -87,6 +88,69 @@ def split_class_names(split: str, json_categories: Sequence[Mapping]) -> list[st
   raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
 
 
+# `data.base_classes` / `data.test_classes` names of the built-in splits -> the prefix of their
+# SPLITS entries (base part for training, "all" for the test vocabulary)
+BUILTIN_CLASS_SPLITS = {"coco_ovd": "coco_ovd", "lvis": "lvis", "lvis_v1": "lvis"}
+
+
+def _read_names_file(path: str, key: str) -> list[str]:
+  """One class name per line ('#' comments and blank lines skipped)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{__name__}: {key}: class list file not found: {path}")
+  with open(path, encoding="utf-8") as f:
+    return [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def resolve_class_list(
+    spec: str, json_categories: Sequence[Mapping], path: str, key: str, part: str = "base"
+) -> list[str]:
+  """A class list as a config gives it -> class names, in the order labels will index them.
+
+  spec: a built-in split name (BUILTIN_CLASS_SPLITS: its `part`, "base" or "all", matched by name
+  as `split_class_names` does), "all" (every category of the json, json order), "a,b,c", or
+  "@file.txt" (one name per line). Listed names must be categories of the json at `path` (exact
+  names); `key` (e.g. "data.base_classes") names the setting in the one-line errors.
+  """
+  spec = (spec or "").strip()
+  json_names = [c["name"] for c in json_categories]
+  if not spec:
+    raise ValueError(
+        f"{__name__}: {key} is empty; give a split name ({', '.join(BUILTIN_CLASS_SPLITS)}), "
+        "'all', 'a,b,c' or '@file.txt'"
+    )
+  if spec in BUILTIN_CLASS_SPLITS:
+    names = split_class_names(f"{BUILTIN_CLASS_SPLITS[spec]}_{part}", json_categories)
+    if not set(names) & set(json_names):
+      raise ValueError(
+          f"{__name__}: {key}={spec!r}: none of the split's {len(names)} classes is a category of "
+          f"{path} (matched by name)"
+      )
+    return names
+  if spec == "all":
+    names = json_names
+  elif spec.startswith("@"):
+    names = _read_names_file(spec[1:], key)
+  else:
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+  if not names:
+    raise ValueError(f"{__name__}: {key}={spec!r} lists no class ({path})")
+  seen: set[str] = set()
+  for n in names:
+    if n in seen:
+      raise ValueError(f"{__name__}: {key}: class {n!r} is listed twice")
+    seen.add(n)
+  known = set(json_names)
+  for n in names:
+    if n not in known:
+      shown = ", ".join(repr(x) for x in json_names[:20]) + (
+          ", ..." if len(json_names) > 20 else ""
+      )
+      raise ValueError(
+          f"{__name__}: {key}: class {n!r} is not a category of {path} (it has {shown})"
+      )
+  return names
+
+
 def _image_file(image: Mapping) -> str:
   if "file_name" in image:
     return image["file_name"]
@@ -130,6 +194,12 @@ class CocoDetection:
   `draft_for` = (short_edge, max_size) of the largest shortest-edge resize that follows (e.g.
   (800, 1333)) lets large JPEGs decode at a reduced size (`data.images`); such records carry
   `orig_size` and boxes in the decoded frame, and the resize transforms end at the same size.
+
+  `classes`: explicit class names (each a category of the json; `resolve_class_list`) instead of
+  a named `split`. Per `policy` as well: annotations of a category id the json does not list
+  (`unknown_category`) and images whose id an earlier image already has (`duplicate_image_id`,
+  the first is kept). `check_files`: images missing on disk are found at construction
+  (`missing_image`, dropped in skip mode) instead of when first read.
   """
 
   def __init__(
@@ -143,9 +213,13 @@ class CocoDetection:
       drop_empty: bool = True,
       counter: IssueCounter | None = None,
       draft_for: tuple[int, int] | None = None,
+      classes: Sequence[str] | None = None,
+      check_files: bool = False,
   ):
     self.policy = check_policy(policy)
     self.draft_for = draft_for
+    if classes is not None and split != "all":
+      raise ValueError(f"{__name__}: give split or classes, not both (split={split!r})")
     if split not in SPLITS:
       raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     path = os.fspath(annotations)
@@ -159,21 +233,48 @@ class CocoDetection:
         raise ValueError(f"{path}: lacks required field {key!r}")
     for i, c in enumerate(data["categories"]):
       require(c, ("id", "name"), path, "category", i)
-    self.class_names = split_class_names(split, data["categories"])
+    # a class the json lacks (a built-in split's) is a label with no box, as with `split`
+    self.class_names = (
+        list(classes) if classes is not None else split_class_names(split, data["categories"])
+    )
     name_to_label = {n: i for i, n in enumerate(self.class_names)}
     cat_to_label = {int(c["id"]): name_to_label.get(c["name"], -1) for c in data["categories"]}
-    if split != "all" and not any(v >= 0 for v in cat_to_label.values()):
-      raise ValueError(f"{path}: no category of split {split!r} is in this json (matched by name)")
+    if (split != "all" or classes is not None) and not any(v >= 0 for v in cat_to_label.values()):
+      what = f"split {split!r}" if classes is None else f"classes {list(classes)[:10]}"
+      raise ValueError(f"{path}: no category of {what} is in this json (matched by name)")
 
     images: dict[int, dict] = {}
     for i, im in enumerate(data["images"]):
       require(im, ("id", "height", "width"), path, "image", i)
       if "file_name" not in im and "coco_url" not in im:
         raise ValueError(f"{path}: image {i} (id {im['id']}) lacks required field 'file_name'")
-      images[int(im["id"])] = {
-          "file": _image_file(im),
+      image_id, file = int(im["id"]), _image_file(im)
+      if image_id in images:
+        # annotations name images by id, so a second image with it makes them ambiguous
+        handle(
+            policy,
+            self.issues,
+            "duplicate_image_id",
+            f"{path} image {i} (id {image_id}, {file})",
+            f"image {images[image_id]['index']} ({images[image_id]['file']}) has the same id; "
+            "the first is kept",
+        )
+        continue
+      missing = check_files and not os.path.isfile(os.path.join(self.image_dir, file))
+      if missing:
+        handle(
+            policy,
+            self.issues,
+            "missing_image",
+            f"{path} image {i} (id {image_id}, {file})",
+            f"no file {os.path.join(self.image_dir, file)}",
+        )
+      images[image_id] = {
+          "file": file,
           "h": int(im["height"]),
           "w": int(im["width"]),
+          "index": i,
+          "missing": missing,
       }
     per_image: dict[int, list] = collections.defaultdict(list)
     self.filtered: collections.Counter = collections.Counter()
@@ -184,9 +285,15 @@ class CocoDetection:
             f"{path}: annotation {i} (id {a.get('id')}) refers to unknown image {a['image_id']}"
         )
       if int(a["category_id"]) not in cat_to_label:
-        raise ValueError(
-            f"{path}: annotation {i} (id {a.get('id')}) has unknown category {a['category_id']}"
+        handle(
+            policy,
+            self.issues,
+            "unknown_category",
+            f"{path} annotation {i} (id {a.get('id')}, image {a['image_id']})",
+            f"category_id {a['category_id']} is not among the json's categories "
+            f"{sorted(cat_to_label)[:20]}",
         )
+        continue
       bbox = a["bbox"]
       if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         raise ValueError(
@@ -204,6 +311,8 @@ class CocoDetection:
     caps = read_captions(captions, policy=policy, counter=self.issues) if captions else None
     self._records = []
     for image_id, info in images.items():
+      if info["missing"]:
+        continue
       anns = per_image.get(image_id, [])
       xywh = np.array([b for _, _, b, _ in anns], np.float64).reshape(-1, 4)
       boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)

@@ -2,7 +2,8 @@
 
 Structural (always an error, one line naming the file and record): unreadable json, a missing
 required field, an unknown split. Data-level (per `policy`): a corrupt or missing image, a box
-of zero or negative size, a box outside the image, an empty caption. In `strict` mode they raise
+of zero or negative size, a box outside the image, an empty caption, an annotation of a category
+the json does not list, a second image with an id already taken. In `strict` mode they raise
 `DataError` naming the file and record; in `skip` mode the record (or box, or caption) is dropped
 or repaired, the event is counted in an `IssueCounter` and `IssueCounter.report()` lists the
 counts at the end. A repair never changes meaning silently: it is always counted by kind.
@@ -77,8 +78,11 @@ def report_all() -> str:
   """The reports of every live IssueCounter (all sources of this process); '' when all clean.
 
   Training loops print it at the end of a run, so skipped or repaired records are never silent.
+  A file read by several sources of one job (e.g. checked before training, then read by each
+  stage) gives the same lines once.
   """
-  return "\n".join(r for r in sorted(c.report() for c in list(_LIVE_COUNTERS)) if r)
+  lines = [ln for r in sorted(c.report() for c in list(_LIVE_COUNTERS)) for ln in r.splitlines()]
+  return "\n".join(dict.fromkeys(ln for ln in lines if ln))
 
 
 def handle(
@@ -86,9 +90,8 @@ def handle(
 ) -> None:
   """Raise in strict mode; count in skip mode."""
   if policy == "strict":
-    raise DataError(
-        f"{where}: {kind}{': ' + detail if detail else ''} (use policy='skip' to drop/repair and count)"
-    )
+    hint = "use policy='skip', data.on_error='skip' in a config, to drop/repair and count"
+    raise DataError(f"{where}: {kind}{': ' + detail if detail else ''} ({hint})")
   if counter is not None:
     counter.add(kind, where)
 

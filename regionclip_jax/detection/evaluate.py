@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from regionclip_jax.data.transforms import DETECTION_KEYS, apply_transforms
+from regionclip_jax.data.transforms import DETECTION_KEYS, apply_transforms, normalize_batch
 from regionclip_jax.detection.predictor import DetectorPredictor
 from regionclip_jax.evaluation.coco_eval import evaluate_coco
 from regionclip_jax.evaluation.detections_io import detections_to_coco
+from regionclip_jax.evaluation.proposal_recall import MAX_DETS, proposal_recall
 from regionclip_jax.evaluation.visualize import draw_detections
 
 
@@ -58,6 +60,65 @@ def draw_examples(
   grid = np.concatenate([x for r in rows for x in (r, sep)][:-1], axis=0)
   Image.fromarray(grid).save(path)
   return grid
+
+
+def _padded_batches(source, transforms, n: int, batch_size: int):
+  """-> (batch of DETECTION_KEYS [batch_size, ...], number of padded copies at its end) over the
+  first `n` records; records a skip-mode source returned as None (unreadable image, counted in
+  its IssueCounter) are left out."""
+  for start in range(0, n, batch_size):
+    recs = [source[i] for i in range(start, min(n, start + batch_size))]
+    recs = [apply_transforms(r, transforms) for r in recs if r is not None]
+    if not recs:
+      continue
+    pad = batch_size - len(recs)
+    recs = recs + [recs[-1]] * pad  # static batch shape; padded copies are dropped by the caller
+    yield {k: np.stack([np.asarray(r[k]) for r in recs]) for k in DETECTION_KEYS}, pad
+
+
+def evaluate_proposals(
+    propose,
+    source,
+    transforms,
+    class_names: Sequence[str],
+    base_names: Sequence[str],
+    novel_names: Sequence[str],
+    *,
+    batch_size: int = 8,
+    max_dets: Sequence[int] = MAX_DETS,
+) -> dict:
+  """Class-agnostic recall of an RPN's proposals on every record of `source`.
+
+  propose: `fn(images [N,S,S,3] CLIP-normalised float, image_sizes [N,2]) -> (boxes [N,P,4],
+  scores [N,P], valid [N,P])`, e.g. `DetectorPredictor.proposals`.
+  -> {"AR@100_base", "AR@300_base", "AR@1000_base", the same for novel, "num_gt_base",
+  "num_gt_novel"}: `proposal_recall` on the ground truth of the base and of the novel classes.
+  """
+  batches, props = [], []
+  for b, pad in _padded_batches(source, transforms, len(source), batch_size):
+    sizes = np.asarray(b["image_size"], np.float32)
+    images = normalize_batch({"image": jnp.asarray(b["image"]), "image_size": sizes})["image"]
+    boxes, scores, valid = (np.asarray(x) for x in propose(images, sizes))
+    keep = batch_size - pad
+    b = {k: v[:keep] for k, v in b.items()}
+    batches.append(b)
+    for i in range(keep):
+      for box, s in zip(boxes[i][valid[i]], scores[i][valid[i]]):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        props.append(
+            {
+                "image_id": int(b["image_id"][i]),
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "score": float(s),
+            }
+        )
+  gt = records_to_coco_gt(batches, class_names)
+  out: dict = {}
+  for part, names in (("base", base_names), ("novel", novel_names)):
+    ids = [i + 1 for i, c in enumerate(class_names) if c in set(names)]
+    r = proposal_recall(gt, props, ids, max_dets)
+    out.update({f"{k}_{part}": v for k, v in r.items()})
+  return out
 
 
 def records_to_coco_gt(batches: Sequence[dict], class_names: Sequence[str]) -> dict:
@@ -106,13 +167,7 @@ def evaluate(
   batches, dets = [], []
   cats = [{"id": i + 1, "name": c} for i, c in enumerate(class_names)]
   seen = np.asarray([c in base_names for c in class_names])
-  for start in range(0, n, batch_size):
-    recs = [
-        apply_transforms(source[i], transforms) for i in range(start, min(n, start + batch_size))
-    ]
-    pad = batch_size - len(recs)
-    recs = recs + [recs[-1]] * pad  # static batch shape; padded copies are dropped below
-    b = {k: np.stack([np.asarray(r[k]) for r in recs]) for k in DETECTION_KEYS}
+  for b, pad in _padded_batches(source, transforms, n, batch_size):
     boxes = b["boxes"] if use_gt_boxes else None
     out = predictor(
         b["image"],

@@ -67,10 +67,10 @@ def _clip_config(cfg, preset: str = "", path: str = "") -> tuple[CLIPConfig, Any
 def class_text_embeddings(
     cfg, names: Sequence[str], path: str, clip_cfg, clip_params
 ) -> np.ndarray:
-  """[K, D]: from an .npy file, else the CLIP text tower (81-template mean), else (no text weights:
-  shapes world from scratch) fixed random vectors, flagged in the log."""
+  """[K, D]: from an .npy / official .pth file, else the CLIP text tower (81-template mean), else
+  (no text weights: shapes world from scratch) fixed random vectors, flagged in the log."""
   if path:
-    return builders.read_embeddings(path, len(names))
+    return builders.read_embeddings(path, len(names), clip_cfg.embed_dim)
   if clip_params is not None and "transformer" in clip_params:
     return builders.class_embeddings(names, clip_cfg, clip_params)
   print(
@@ -129,12 +129,18 @@ def _optimizer(cfg):
 
 def _pipeline(cfg, src, tf, extra=()):
   return make_pipeline(
-      src, list(tf) + list(extra), batch_size=cfg.train.batch_size, seed=cfg.seed, shuffle=True
+      src,
+      list(tf) + list(extra),
+      batch_size=cfg.train.batch_size,
+      seed=cfg.seed,
+      shuffle=True,
+      num_threads=cfg.data.num_threads,
+      num_workers=cfg.data.num_workers,
   )
 
 
 def _train(cfg, workdir, step, state, data, frozen, name):
-  mesh = make_mesh()
+  mesh = make_mesh(cfg.train.num_devices, "train.num_devices")
   fn, state, frozen = jit_step(step, mesh, state, frozen=frozen)
   return train_loop(
       state=state,
@@ -234,7 +240,7 @@ def train_detector(cfg, workdir: str) -> dict:
   rpn, gen, rpn_vars = export.load_rpn(cfg.rpn.checkpoint)
   all_emb = test_class_embeddings(cfg, names, clip_cfg, clip_params)
   base_emb = (
-      builders.read_embeddings(cfg.data.train_embeddings, len(base))
+      builders.read_embeddings(cfg.data.train_embeddings, len(base), clip_cfg.embed_dim)
       if cfg.data.train_embeddings
       else all_emb[[names.index(n) for n in base]]
   )

@@ -128,18 +128,21 @@ class ZeroShotDetector:
         max_candidates=2000,
         pretrained_score_weights=weights,
     )
+    # a converted official RPN runs with its config's test top-k (FPN: 1000 per level)
+    rpn_settings = export.rpn_test_settings(rpn) if rpn else RPNSettings()
     if exported:  # a fine-tuned detector: its box regressor applies, as in its own evaluation
       rpn_model, gen, rpn_vars = export.load_rpn(rpn) if rpn else (None, None, None)
       self.predictor = DetectorPredictor(
-          det, variables, settings, rpn_model, rpn_vars, gen, pretrained_variables=pretrained
+          det, variables, settings, rpn_model, rpn_vars, gen, rpn_settings, pretrained
       )
     else:
-      self.predictor = zero_shot_predictor(det, clip_params, settings, rpn)
+      self.predictor = zero_shot_predictor(det, clip_params, settings, rpn, rpn_settings)
 
   def text_embeddings(self, names: Sequence[str], embeddings: str = "") -> np.ndarray:
-    """[K, D] for `names`: from `embeddings` (.npy, vocabulary order) or the text tower."""
+    """[K, D] for `names`: from `embeddings` (.npy or the official .pth, vocabulary order) or the
+    text tower."""
     if embeddings:
-      return builders.read_embeddings(embeddings, len(names))
+      return builders.read_embeddings(embeddings, len(names), self.clip_config.embed_dim)
     if self._text is None or "transformer" not in self._text[1]:
       raise ValueError(
           "zero_shot: the checkpoint has no text tower; pass --text_checkpoint or --embeddings"

@@ -103,6 +103,23 @@ def split_ap50(
   return float(np.mean(s) * 100) if s.size else float("nan")
 
 
+def split_ap(
+    precision: np.ndarray,
+    cat_ids_evaluated: Sequence[int],
+    split_cat_ids: Sequence[int],
+    area_index: int = 0,
+    maxdet_index: int = -1,
+) -> float:
+  """COCO AP (IoU 0.50:0.95) over a split's categories, in percent: the mean of the valid (> -1)
+  precision entries, as pycocotools' own AP is over all categories. precision: [T, R, K, A, M].
+  NaN when no category of the split has ground truth."""
+  pos = {c: k for k, c in enumerate(cat_ids_evaluated)}
+  ks = [pos[c] for c in split_cat_ids if c in pos]
+  s = precision[:, :, ks, area_index, maxdet_index] if ks else np.zeros((0,))
+  s = s[s > -1]
+  return float(np.mean(s) * 100) if s.size else float("nan")
+
+
 def evaluate_coco(
     annotations: str | os.PathLike | Mapping,
     detections: Any,
@@ -123,7 +140,8 @@ def evaluate_coco(
       knows; `base_names` / `novel_names` override it.
   Returns:
     dict: the 12 standard stats (COCO_STAT_NAMES), `per_category` {name: {AP, AP50, num_gt}},
-    with a split also AP50_novel, AP50_base, AP50_all and num_categories_with_gt; `num_detections`,
+    with a split also AP50_novel, AP50_base, AP50_all, AP_novel, AP_base, AP_all (IoU
+    0.50:0.95) and num_categories_with_gt; `num_detections`,
     `dropped_detections`, and `note` when there were no detections (then every metric over
     categories with ground truth is 0).
   """
@@ -158,6 +176,7 @@ def evaluate_coco(
     if split_ids is not None:
       for part in ("novel", "base", "all"):
         metrics[f"AP50_{part}"] = 0.0 if has_gt & set(split_ids[part]) else float("nan")
+        metrics[f"AP_{part}"] = metrics[f"AP50_{part}"]
       metrics["num_categories_with_gt"] = {p: len(has_gt & set(v)) for p, v in split_ids.items()}
     return metrics
 
@@ -194,6 +213,7 @@ def evaluate_coco(
       metrics[f"AP50_{part}"] = split_ap50(
           precision, p.catIds, split_ids[part], t50, area_all, max100
       )
+      metrics[f"AP_{part}"] = split_ap(precision, p.catIds, split_ids[part], area_all, max100)
     metrics["num_categories_with_gt"] = {
         part: len(has_gt & set(v)) for part, v in split_ids.items()
     }

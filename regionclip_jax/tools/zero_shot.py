@@ -16,7 +16,8 @@ multi-scale sliding window (a weak fallback: scores then come from CLIP alone). 
 classified and scored with pycocotools (AP50 novel / base / all with `--split`); the metrics are
 printed and written to `<output>/zero_shot_metrics.json`.
 Vocabulary text embeddings come from the checkpoint's text tower, `--text_checkpoint`, or
-`--embeddings=FILE.npy` ([K, D], in vocabulary order).
+`--embeddings=FILE` (`.npy`, or the official `extract_concept_features` `.pth`; [K, D], in
+vocabulary order).
 
 The flags are the fields of `configs/zero_shot.py`'s `zero_shot` section (same names and
 defaults); `--preset` picks the config preset the given flags override. As a `main.py` task
@@ -36,6 +37,8 @@ from absl import app, flags
 from PIL import Image
 
 from configs import zero_shot as zero_shot_config
+from regionclip_jax.data.coco import resolve_class_list
+from regionclip_jax.data.validation import DataError
 from regionclip_jax.detection.zero_shot import ZeroShotDetector, sliding_window_boxes
 from regionclip_jax.evaluation.coco_eval import evaluate_coco
 from regionclip_jax.evaluation.detections_io import write_json
@@ -125,10 +128,37 @@ def evaluate_annotations(
     split: Optional[str] = None,
     embeddings: str = "",
     max_images: Optional[int] = None,
+    base_classes: str = "",
+    vocabulary: str = "",
 ) -> dict:
   """Paper zero-shot protocol on COCO / LVIS-format data: classify GT boxes (or proposals) of every
-  image against all the json's categories and score with pycocotools."""
+  image against all the json's categories and score with pycocotools. `base_classes` (a split
+  name, "all", "a,b,c" or "@file.txt", as the finetune job's data.base_classes) and `vocabulary`
+  (same syntax; "" = every category) split an own dataset's classes into base / novel (AP50 and
+  AP of each) in place of `split`; the ground truth is cut to the vocabulary."""
   gt = json.load(open(annotations))
+  names_split = {}
+  if base_classes or vocabulary:
+    try:
+      vocab = resolve_class_list(
+          vocabulary or "all", gt["categories"], annotations, "zero_shot.vocabulary", "all"
+      )
+      base = resolve_class_list(
+          base_classes or "all", gt["categories"], annotations, "zero_shot.base_classes", "base"
+      )
+    except (ValueError, FileNotFoundError) as e:
+      raise DataError(str(e)) from None  # the user's class lists: one line, no traceback
+    ids = {int(c["id"]) for c in gt["categories"] if c["name"] in set(vocab)}
+    gt = dict(
+        gt,
+        categories=[c for c in gt["categories"] if int(c["id"]) in ids],
+        annotations=[a for a in gt["annotations"] if int(a["category_id"]) in ids],
+    )
+    if base_classes:  # else `split` (if any) still names base and novel
+      names_split = {
+          "base_names": [n for n in vocab if n in set(base)],
+          "novel_names": [n for n in vocab if n not in set(base)],
+      }
   cats = sorted(gt["categories"], key=lambda c: c["id"])
   names = [c["name"] for c in cats]
   emb = detector.text_embeddings(names, embeddings)
@@ -149,9 +179,13 @@ def evaluate_annotations(
           ],
           np.float32,
       )
-    d = detector.detect(
-        _read_image(os.path.join(images_dir, img["file_name"])), emb, boxes, names=names
-    )
+    file = os.path.join(images_dir, img["file_name"])
+    if not os.path.isfile(file):  # one line naming the record, not a traceback from PIL
+      raise DataError(
+          f"{__name__}: {annotations} image {img['id']} ({img['file_name']}): missing_image: "
+          f"no file {file}"
+      )
+    d = detector.detect(_read_image(file), emb, boxes, names=names)
     for b, s, c in zip(d["boxes"], d["scores"], d["classes"]):
       dets.append(
           {
@@ -168,7 +202,7 @@ def evaluate_annotations(
         images=[im for im in gt["images"] if im["id"] in keep],
         annotations=[a for a in gt["annotations"] if a["image_id"] in keep],
     )
-  return evaluate_coco(gt, dets, split=split)
+  return evaluate_coco(gt, dets, split=split, **names_split)
 
 
 def run(config, workdir: str | None = None) -> dict:
@@ -203,11 +237,25 @@ def run(config, workdir: str | None = None) -> dict:
         split=z.split or None,
         embeddings=z.embeddings,
         max_images=z.max_images or None,
+        base_classes=z.get("base_classes", ""),
+        vocabulary=z.vocabulary,
     )
     os.makedirs(workdir, exist_ok=True)
     write_json(
         os.path.join(workdir, "zero_shot_metrics.json"),
         {k: v for k, v in metrics.items() if k != "per_category"},
+    )
+    parts = [p for p in ("novel", "base", "all") if f"AP50_{p}" in metrics]
+    print(
+        "[zero_shot] "
+        + (
+            "; ".join(
+                f"{p}: AP50 {metrics[f'AP50_{p}']:.2f} AP {metrics[f'AP_{p}']:.2f}" for p in parts
+            )
+            or f"AP50 {metrics['AP50']:.2f} AP {metrics['AP']:.2f}"
+        )
+        + f" ({os.path.join(workdir, 'zero_shot_metrics.json')})",
+        flush=True,
     )
     return metrics
   names = parse_vocabulary(z.vocabulary)
@@ -232,11 +280,13 @@ _HELP = {
     "output": "output folder (PNGs + detections.json)",
     "rpn": "frozen RPN (stage='rpn' workdir or export); '' = sliding windows",
     "text_checkpoint": "CLIP checkpoint for the text tower",
-    "embeddings": ".npy [K, D] vocabulary embeddings",
+    "embeddings": ".npy / official .pth [K, D] vocabulary embeddings",
     "source": "force the checkpoint format",
     "annotations": "COCO / LVIS-format json: evaluate instead of drawing",
     "boxes": "with --annotations: classify GT boxes or proposals",
     "split": "with --annotations: coco_ovd | lvis | '' (standard metrics)",
+    "base_classes": "with --annotations: base classes (split name, all, a,b,c or @file); "
+    "novel = the rest of --vocabulary",
     "max_images": "with --annotations: evaluate the first N images only (0 = all)",
     "test_size": "shorter side",
     "max_size": "longer side cap (also the padded size)",
