@@ -69,6 +69,13 @@ def main():
   ap.add_argument("--trunk_batch", type=int, default=4)
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--no_torch", action="store_true")
+  ap.add_argument(
+      "--conv_kernel_grad",
+      default="auto",
+      choices=("auto", "xla", "per_sample"),
+      help="3x3 kernel-gradient form of the Flax trunk (models.layers.conv2d; the model's "
+      "default is 'xla', bit-identical to autodiff)",
+  )
   args = ap.parse_args()
   cfg = clip.get_config(args.preset)
   params = clip.init_params(cfg)
@@ -131,15 +138,21 @@ def main():
     trunk_images = jnp.asarray(images[: args.trunk_batch])
     cot_shape = (args.trunk_batch, s // 16, s // 16, cfg.vision.res4_channels)
     cot = jnp.asarray(rng.normal(size=cot_shape).astype(np.float32))
+    # Gradients wrt the trunk's parameters only, as torch's autograd.grad above (layer4 and
+    # attnpool give None there): differentiating the whole tree would also zero-fill the
+    # gradients of the ~100M text / layer4 / attnpool parameters, a cost torch does not pay.
+    trunk_keys = [k for k in params["visual"] if k not in ("layer4", "attnpool")]
+
     for freeze_at in (0, 2):
 
       def fwd_bwd(p, x, freeze_at=freeze_at):
-        _, vjp = jax.vjp(
-            lambda q: clip.CLIP(cfg, freeze_at=freeze_at).apply(
-                {"params": q}, x, method=clip.CLIP.image_res4
-            ),
-            p,
-        )
+        def res4(trunk):
+          q = {**p, "visual": {**p["visual"], **trunk}}
+          return clip.CLIP(cfg, freeze_at=freeze_at, conv_kernel_grad=args.conv_kernel_grad).apply(
+              {"params": q}, x, method=clip.CLIP.image_res4
+          )
+
+        _, vjp = jax.vjp(res4, {k: p["visual"][k] for k in trunk_keys})
         return vjp(cot)[0]
 
       f = jax.jit(fwd_bwd)

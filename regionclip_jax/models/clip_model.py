@@ -187,7 +187,7 @@ class CLIP(nn.Module):
   param_dtype: Dtype = jnp.float32
   freeze_at: int = 0
   remat: bool = False
-  conv_kernel_grad: str = "auto"
+  conv_kernel_grad: str = "xla"
 
   def setup(self):
     cfg, v, t = self.config, self.config.vision, self.config.text

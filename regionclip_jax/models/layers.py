@@ -81,7 +81,7 @@ def _conv_bwd(strides, padding, res, g):
 _conv_per_sample_kernel_grad.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv2d(x, kernel, strides=(1, 1), padding="SAME", kernel_grad: str = "auto"):
+def conv2d(x, kernel, strides=(1, 1), padding="SAME", kernel_grad: str = "xla"):
   """NHWC / HWIO convolution, the same `lax.conv_general_dilated` call as `nn.Conv` (no bias).
 
   Outputs and the input gradient are those of autodiff bit for bit; `kernel_grad` picks how the
@@ -115,7 +115,7 @@ class Conv(nn.Module):
   kernel_size: tuple[int, int]
   strides: tuple[int, int] = (1, 1)
   padding: Any = "SAME"
-  kernel_grad: str = "auto"
+  kernel_grad: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: Any = conv_init

@@ -48,7 +48,7 @@ class Bottleneck(nn.Module):
 
   planes: int
   stride: int = 1
-  conv_kernel_grad: str = "auto"
+  conv_kernel_grad: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -82,7 +82,7 @@ class ResLayer(nn.Module):
   blocks: int
   stride: int = 1
   remat: bool = False
-  conv_kernel_grad: str = "auto"
+  conv_kernel_grad: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -157,7 +157,7 @@ class ModifiedResNet(nn.Module):
   image_size: int
   freeze_at: int = 0
   remat: bool = False
-  conv_kernel_grad: str = "auto"
+  conv_kernel_grad: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
