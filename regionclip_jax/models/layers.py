@@ -133,10 +133,10 @@ class Conv1x1(nn.Module):
 
   On CPU XLA's convolution backward (kernel gradient) is far slower than a dot: this makes the
   RN50 res4 trunk forward + backward ~30% faster (docs/findings.md, "CPU speed against PyTorch").
-  The matmul runs on x flattened to [P, Cin]: with the 4-D einsum the kernel gradient contracts
-  three axes and XLA CPU feeds its dot a transposed copy of the cotangent (a strided transpose
-  fused with the recomputed BN / ReLU chain, ~30% of the trunk's backward); flattened, the dot
-  takes both operands as they lie. Same dot, bit-identical outputs and gradients.
+  (Flattening x to [P, Cin] first would spare XLA CPU a transposed copy of the cotangent in the
+  kernel gradient, ~30% of the trunk's backward, but inside the whole model it changes XLA's
+  fusions and so the rounding of the trained numbers; docs/findings.md, "CPU speed against
+  PyTorch".)
   x: [..., Cin] -> [..., Cout].
   """
 
@@ -150,9 +150,7 @@ class Conv1x1(nn.Module):
     kernel = self.param(
         "kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype
     )
-    lead = x.shape[:-1]
-    x2 = x.astype(self.dtype).reshape(-1, x.shape[-1])
-    return (x2 @ kernel[0, 0].astype(self.dtype)).reshape(*lead, self.features)
+    return jnp.einsum("...c,cd->...d", x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
 
 
 class LayerNorm(nn.Module):
