@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from regionclip_jax.data.coco import resolve_class_list
+from regionclip_jax.data.class_lists import resolve_class_list
 from regionclip_jax.data.validation import DataError
 from regionclip_jax.tools.make_example_dataset import make_example_dataset
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from regionclip_jax.data.coco import SPLITS, split_class_names
+from regionclip_jax.data.class_lists import SPLITS, split_class_names
 from regionclip_jax.data.validation import IssueCounter, check_policy, sanitize_boxes
 
 

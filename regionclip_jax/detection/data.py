@@ -11,7 +11,8 @@ from typing import Sequence
 import numpy as np
 
 from regionclip_jax.data.categories import read_categories
-from regionclip_jax.data.coco import BUILTIN_CLASS_SPLITS, CocoDetection, resolve_class_list
+from regionclip_jax.data.class_lists import BUILTIN_CLASS_SPLITS, resolve_class_list
+from regionclip_jax.data.coco import CocoDetection
 from regionclip_jax.data.shapes_world import ScenesWithout, ShapesWorld
 from regionclip_jax.data.transforms import detection_transforms, shapes_world_transforms
 from regionclip_jax.data.validation import DataError

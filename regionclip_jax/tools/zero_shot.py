@@ -37,7 +37,7 @@ from absl import app, flags
 from PIL import Image
 
 from configs import zero_shot as zero_shot_config
-from regionclip_jax.data.coco import resolve_class_list
+from regionclip_jax.data.class_lists import resolve_class_list
 from regionclip_jax.data.validation import DataError
 from regionclip_jax.detection.zero_shot import ZeroShotDetector, sliding_window_boxes
 from regionclip_jax.evaluation.coco_eval import evaluate_coco
