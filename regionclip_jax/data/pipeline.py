@@ -16,13 +16,12 @@ import threading
 from typing import Any, Sequence
 
 import grain
+import jax
 
 from regionclip_jax.data.workers import WorkerPipelineIterator, batch_from_workers, in_workers
 
 
 def _process_info() -> tuple[int, int]:
-  import jax  # only when sharding by process: keeps data tests free of jax start-up
-
   return jax.process_index(), jax.process_count()
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import grain
+import jax.numpy as jnp
 import numpy as np
 
 # The geometric transforms live in geometry.py; they are re-exported here so that a recipe reads
@@ -34,6 +35,7 @@ from regionclip_jax.data.geometry import (  # noqa: F401 - re-exported
 from regionclip_jax.data.images import shortest_edge_size  # noqa: F401 - re-exported
 from regionclip_jax.data.validation import IssueCounter, check_policy, handle
 from regionclip_jax.models.clip_model import CLIP_MEAN, CLIP_STD
+from regionclip_jax.models.tokenizer import tokenize
 
 
 class NormalizeAndPad(grain.transforms.Map):
@@ -91,8 +93,6 @@ def normalize_on_device(
   """uint8 [N, H, W, 3] + mask [N, H, W] -> CLIP-normalised [N, H, W, 3] with padding at 0 (jit-able),
   equal to what `NormalizeAndPad(normalize=True)` produces on the host (to 1e-5; that and this
   multiply by 1 / (255 std), `models.clip.normalize_images` divides, and is numpy, not jit-able)."""
-  import jax.numpy as jnp
-
   dtype = dtype or jnp.float32
   mean = jnp.asarray(mean, jnp.float32) * 255
   inv_std = 1.0 / (jnp.asarray(std, jnp.float32) * 255)
@@ -106,8 +106,6 @@ def normalize_batch(batch: dict) -> dict:
   beyond `image_size` [N, 2] (valid h, w) at 0 as on the host; a float `image` (host-normalised)
   is returned untouched, so one step serves both kinds of pipeline. The branch is on the dtype,
   which is static under jit."""
-  import jax.numpy as jnp
-
   images = batch["image"]
   if images.dtype != jnp.uint8:
     return batch
@@ -179,8 +177,6 @@ class SelectCaption(grain.transforms.RandomMap):
 
 
 def _default_tokenize(texts, context_length=77):
-  from regionclip_jax.models.tokenizer import tokenize  # lazy: the models area owns it
-
   return tokenize(texts, context_length=context_length)
 
 

@@ -25,6 +25,10 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
+from regionclip_jax.detection.builders import numpy_init
+from regionclip_jax.models.checkpoints import save_converted
+from regionclip_jax.models.clip import CLIP, get_config
+
 CATEGORIES = ({"id": 1, "name": "person"}, {"id": 2, "name": "cat"}, {"id": 3, "name": "rocket"})
 CATEGORIES += ({"id": 4, "name": "cup"},)
 # Hand-placed boxes on the full-size scikit-image photos, x1 y1 x2 y2 px.
@@ -114,10 +118,6 @@ def _write_split(directory: str, name: str, scenes, photos, size: int, first_id:
 
 def write_tiny_clip(directory: str, seed: int = 0) -> str:
   """A randomly initialised "tiny_rn" CLIP (64-d joint space) in the converted format."""
-  from regionclip_jax.detection.builders import numpy_init
-  from regionclip_jax.models.checkpoints import save_converted
-  from regionclip_jax.models.clip import CLIP, get_config
-
   cfg = get_config("tiny_rn")
   shapes = jax.eval_shape(
       CLIP(cfg).init,
