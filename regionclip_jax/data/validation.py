@@ -143,12 +143,15 @@ def sanitize_boxes(
       ],
       1,
   )
-  gone = outside & ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))
+  gone = keep & ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))
   for i in np.nonzero(outside)[0]:
     kind = "box_wholly_outside_image" if gone[i] else "box_outside_image"
     handle(
         policy, counter, kind, f"{where} box {i}", f"{boxes[i].tolist()} vs image {width}x{height}"
     )
+  # within the border slop but empty once clipped (e.g. x1 = x2 - 1e-4 = W + 5e-4): still empty
+  for i in np.nonzero(gone & ~outside)[0]:
+    handle(policy, counter, "empty_box", f"{where} box {i}", str(boxes[i].tolist()))
   keep &= ~gone
   return clipped[keep].astype(np.float32), labels[keep]
 
