@@ -77,7 +77,7 @@ def _coco_classes(cfg, train: bool) -> tuple[list[str], list[str]]:
   base = [n for n in base if n in {c["name"] for c in train_cats}]
   test_ann = d.test_annotations
   names = resolve_class_list(
-      d.get("test_classes", "") or "all",
+      d.test_classes or "all",
       read_categories(test_ann),
       test_ann,
       "data.test_classes",
@@ -100,7 +100,7 @@ def _coco(cfg, train: bool):
   `data.on_error` ("strict" | "skip", `data.validation`); images missing on disk are found
   before anything trains."""
   d = cfg.data
-  builtin = d.base_classes in BUILTIN_CLASS_SPLITS and not d.get("test_classes", "")
+  builtin = d.base_classes in BUILTIN_CLASS_SPLITS and not d.test_classes
   ann = d.train_annotations if train else d.test_annotations
   img = d.train_images if train else d.test_images
   key = "data.train_annotations" if train else "data.test_annotations"
@@ -112,7 +112,7 @@ def _coco(cfg, train: bool):
   # reduced-size JPEG decoding down to (not below) the largest resize that follows
   draft = (max(max(d.short_edge_lengths), d.test_size), d.max_size) if d.draft_decode else None
   common = dict(
-      policy=d.get("on_error", "strict"),
+      policy=d.on_error,
       draft_for=draft,
       check_files=True,
   )

@@ -204,9 +204,11 @@ def train_rpn(cfg, workdir: str) -> dict:
   return {"export": os.path.join(workdir, "export")}
 
 
-def train_detector(cfg, workdir: str) -> dict:
+def train_detector(cfg, workdir: str, extra_metrics=None) -> dict:
   """Fine-tune on base classes with frozen base-class text embeddings, then evaluate on all
-  classes (novel embeddings swapped in) and write `<workdir>/metrics.json`."""
+  classes (novel embeddings swapped in) and write `<workdir>/metrics.json`. `extra_metrics`: a
+  callable -> dict of further entries (e.g. proposal recall, data issues), called after the
+  evaluation so that metrics.json is written once with everything."""
   if not cfg.rpn.checkpoint:
     raise ValueError(
         f"{__name__}: rpn.checkpoint is empty; train the offline RPN first "
@@ -317,6 +319,8 @@ def train_detector(cfg, workdir: str) -> dict:
         os.path.join(workdir, "examples.png"),
         batch_size=cfg.test.batch_size,
     )
+  if extra_metrics is not None:
+    metrics.update(extra_metrics())
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
       json.dump({k: v for k, v in metrics.items() if k != "per_category"}, f, indent=1)

@@ -15,7 +15,6 @@ Zero-shot inference (configs/zero_shot.py) is a task of its own, "zero_shot"
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -118,7 +117,7 @@ def _finetune(config, workdir: str) -> dict:
   """Stage "finetune": [RPN into <workdir>/rpn], [its proposal recall], the detector."""
   cfg = with_pooler_resolution(config)
   test_data = None
-  if "rpn_stage" in cfg or cfg.test.get("proposal_recall", False):
+  if "rpn_stage" in cfg or cfg.test.proposal_recall:
     # the user's files and class lists are checked before anything trains
     data_for(cfg, train=True)
     test_data = data_for(cfg, train=False)
@@ -136,20 +135,15 @@ def _finetune(config, workdir: str) -> dict:
       finetune.train_rpn(rc, rpn_dir)
     cfg = cfg.copy_and_resolve_references()
     cfg.rpn.checkpoint = rpn_dir
-  recall = proposal_recall(cfg, test_data) if cfg.test.get("proposal_recall", False) else None
-  metrics = finetune.train_detector(cfg, workdir)
+  recall = proposal_recall(cfg, test_data) if cfg.test.proposal_recall else None
   if recall is None:
-    return metrics
-  metrics.update(recall)
-  issues = report_all()
-  metrics["data_issues"] = issues.splitlines()
+    return finetune.train_detector(cfg, workdir)
+  metrics = finetune.train_detector(
+      cfg, workdir, lambda: {**recall, "data_issues": report_all().splitlines()}
+  )
+  issues = "\n".join(metrics["data_issues"])
+  path = os.path.join(workdir, "metrics.json")
   if jax.process_index() == 0:
-    path = os.path.join(workdir, "metrics.json")
-    with open(path) as f:
-      saved = json.load(f)
-    saved.update(recall, data_issues=metrics["data_issues"])
-    with open(path, "w") as f:
-      json.dump(saved, f, indent=1)
     show = lambda k: "nan" if math.isnan(metrics[k]) else f"{metrics[k]:.2f}"
     lines = [
         f"  {p:5s}  AP50 {show(f'AP50_{p}')}  AP {show(f'AP_{p}')}"

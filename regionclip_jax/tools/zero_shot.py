@@ -237,7 +237,7 @@ def run(config, workdir: str | None = None) -> dict:
         split=z.split or None,
         embeddings=z.embeddings,
         max_images=z.max_images or None,
-        base_classes=z.get("base_classes", ""),
+        base_classes=z.base_classes,
         vocabulary=z.vocabulary,
     )
     os.makedirs(workdir, exist_ok=True)
