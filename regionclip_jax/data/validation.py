@@ -52,6 +52,12 @@ class IssueCounter:
     with self._lock:
       return dict(self._counts)
 
+  @property
+  def examples(self) -> dict[str, list[str]]:
+    """kind -> the first (up to three) places it happened, a copy."""
+    with self._lock:
+      return {k: list(v) for k, v in self._examples.items()}
+
   def total(self) -> int:
     with self._lock:
       return sum(self._counts.values())

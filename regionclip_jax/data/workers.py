@@ -246,19 +246,13 @@ _COPIES: "weakref.WeakValueDictionary[str, IssueCounter]" = weakref.WeakValueDic
 _SENT: dict[str, tuple[dict, dict]] = {}  # token -> (counts, examples) already accounted for
 
 
-def _examples(counter: IssueCounter) -> dict[str, list[str]]:
-  # IssueCounter keeps its examples private; a copy of the dict under its lock is all we read.
-  with counter._lock:
-    return {k: list(v) for k, v in counter._examples.items()}
-
-
 def _reduce_counter(counter: IssueCounter):
   token = counter.__dict__.get("_forward_token")
   if token is None:
     token = counter._forward_token = f"{os.getpid()}-{uuid.uuid4().hex}"
     with _FORWARD_LOCK:
       _ORIGINALS[token] = counter
-  return _rebuild_counter, (counter.name, token, counter.counts, _examples(counter))
+  return _rebuild_counter, (counter.name, token, counter.counts, counter.examples)
 
 
 def _rebuild_counter(name: str, token: str, counts: dict, examples: dict) -> IssueCounter:
@@ -288,7 +282,7 @@ def _drain_worker_issues() -> tuple:
         new = n - sent_counts.get(kind, 0)
         if new <= 0:
           continue
-        examples = examples if examples is not None else _examples(counter)
+        examples = examples if examples is not None else counter.examples
         fresh = examples.get(kind, [])[sent_examples.get(kind, 0) :]
         out.append((token, counter.name, kind, new, tuple(fresh)))
         sent_counts[kind] = n
