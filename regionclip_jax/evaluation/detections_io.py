@@ -16,6 +16,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from regionclip_jax import files
+
 Json = Any
 
 
@@ -202,24 +204,8 @@ def detections_to_coco(
 
 
 def write_json(path: str | os.PathLike, obj: Json) -> None:
-  """json with NaN written as null (strict json)."""
-
-  def clean(x):
-    if isinstance(x, float) and not np.isfinite(x):
-      return None
-    if isinstance(x, (np.floating, np.integer)):
-      return clean(x.item())
-    if isinstance(x, Mapping):
-      return {k: clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-      return [clean(v) for v in x]
-    return x
-
-  d = os.path.dirname(os.fspath(path))
-  if d:
-    os.makedirs(d, exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(clean(obj), f, indent=1)
+  """json with NaN written as null (strict json), written atomically."""
+  files.write_json(path, obj)
 
 
 def ground_truth_to_coco(
