@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from jax.experimental.compilation_cache import compilation_cache as cc
 
-from regionclip_jax import stages
+from regionclip_jax import files, stages
 from regionclip_jax.detection import builders, finetune
 from regionclip_jax.evaluation import visualize
 
@@ -128,7 +128,7 @@ def run_seed(config, seed: int, workdir: str) -> dict:
         f"({time.time() - t_init:.0f}s)",
         flush=True,
     )
-    with open(path, "w") as f:
+    with files.atomic_open(path) as f:
       json.dump(zero_shot[name], f, indent=1)
   _stage_time(timings, "zero_shot_detection", t)
   ap = lambda res: {k: {m: v[m] for m in AP_KEYS} for k, v in res.items()}
@@ -325,10 +325,9 @@ def _run(config, workdir: str) -> dict:
       "wall_seconds": round(time.time() - t0, 1),
       "date": time.strftime("%Y-%m-%d", time.gmtime()),
   }
-  with open(os.path.join(workdir, "metrics.json"), "w") as f:
+  with files.atomic_open(os.path.join(workdir, "metrics.json")) as f:
     json.dump(result, f, indent=1)
-  with open(os.path.join(workdir, "table.md"), "w") as f:
-    f.write(table + "\n")
+  files.write_text(os.path.join(workdir, "table.md"), table + "\n")
   _figures(workdir, summary, dirs)
   print(table, flush=True)
   print(f"[pipeline] targets: {json.dumps(result['targets'])}", flush=True)

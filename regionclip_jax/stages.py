@@ -23,6 +23,7 @@ import time
 
 import jax
 
+from regionclip_jax import files
 from regionclip_jax.detection import finetune
 from regionclip_jax.pretrain import clip_stage, region_eval, regionclip_stage
 from regionclip_jax.pretrain.common import log, resolve_workdir, validate
@@ -37,7 +38,7 @@ def rpn(config, teacher_path: str, rpn_dir: str) -> str:
   """Stage 2: the frozen proposal RPN into `rpn_dir` (skipped when its export exists), trained
   with the `rpn_stage` config (configs/finetune.py:rpn_shapes), its backbone initialised from
   `teacher_path` (any clip.load path)."""
-  if os.path.isdir(os.path.join(rpn_dir, "export")):
+  if finetune.rpn_trained(rpn_dir):
     log(f"[pretrain] RPN found at {rpn_dir}")
     return rpn_dir
   rc = config.rpn_stage.copy_and_resolve_references()
@@ -71,7 +72,7 @@ def regionclip(config, workdir: str, t0: float | None = None) -> dict:
   results["wall_seconds"] = time.time() - t0
   if jax.process_index() == 0:
     path = os.path.join(workdir, "metrics.json")
-    with open(path, "w") as f:
+    with files.atomic_open(path) as f:
       json.dump(results, f, indent=2)
     log(f"[pretrain] done in {results['wall_seconds']:.0f}s; metrics: {path}")
   return results

@@ -23,6 +23,7 @@ import os
 import re
 from typing import Iterable, Sequence
 
+from regionclip_jax import files
 from regionclip_jax.data import categories as cats
 from regionclip_jax.data.coco import load_json
 from regionclip_jax.data.shape_masks import SHAPES
@@ -151,7 +152,7 @@ def write_concepts_file(
     with_counts: bool = True,
 ) -> None:
   """One concept per line, "name,count" when counts are given and wanted."""
-  with open(path, "w", encoding="utf-8") as f:
+  with files.atomic_open(path, "w", encoding="utf-8") as f:
     for c in concepts:
       if isinstance(c, str):
         f.write(f"{c}\n")

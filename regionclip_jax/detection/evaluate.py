@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from regionclip_jax import files
 from regionclip_jax.data.transforms import DETECTION_KEYS, apply_transforms, normalize_batch
 from regionclip_jax.detection.predictor import DetectorPredictor
 from regionclip_jax.evaluation.coco_eval import evaluate_coco
@@ -58,7 +59,8 @@ def draw_examples(
     rows.append(np.concatenate([gt, gap, det], axis=1))
   sep = np.full((8, rows[0].shape[1], 3), 255, np.uint8)
   grid = np.concatenate([x for r in rows for x in (r, sep)][:-1], axis=0)
-  Image.fromarray(grid).save(path)
+  with files.atomic_open(path, "wb") as f:
+    Image.fromarray(grid).save(f, format="PNG")
   return grid
 
 

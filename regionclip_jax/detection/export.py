@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from regionclip_jax import files
 from regionclip_jax.detection import offline_rpn
 from regionclip_jax.detection.builders import build_detector, build_rpn
 from regionclip_jax.detection.settings import RPNSettings
@@ -37,12 +38,15 @@ def export_model(directory: str, variables: PyTree, meta: dict, pretrained: PyTr
   """Write final variables (flax msgpack) + a json describing how to rebuild the module
   (`kind` "detector" | "rpn", `clip_config` dict, module settings). `pretrained`: the frozen init's
   variables (same module) for the score ensemble, written beside them."""
-  os.makedirs(directory, exist_ok=True)
+  # each file atomically and the marker that `is_export` checks last: a kill leaves no export
+  # that looks complete
   for name, tree in ((EXPORT_PARAMS, variables), (EXPORT_PRETRAINED, pretrained)):
     if tree is not None:
-      with open(os.path.join(directory, name), "wb") as f:
-        f.write(serialization.msgpack_serialize(jax.tree.map(np.asarray, tree)))
-  with open(os.path.join(directory, EXPORT_META), "w") as f:
+      files.write_bytes(
+          os.path.join(directory, name),
+          serialization.msgpack_serialize(jax.tree.map(np.asarray, tree)),
+      )
+  with files.atomic_open(os.path.join(directory, EXPORT_META)) as f:
     json.dump(meta, f, indent=1)
 
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from regionclip_jax import files
 from regionclip_jax.data.pipeline import make_pipeline
 from regionclip_jax.data.transforms import DETECTION_KEYS
 from regionclip_jax.detection import builders, export
@@ -159,6 +160,11 @@ def _train(cfg, workdir, step, state, data, frozen, name):
 # ----------------------------------------------------------------------------- tasks
 
 
+def rpn_trained(workdir: str) -> bool:
+  """Whether `train_rpn` finished into `workdir` (its export's marker file exists)."""
+  return export.is_export(os.path.join(workdir, "export"))
+
+
 def train_rpn(cfg, workdir: str) -> dict:
   """Class-agnostic RPN on base-class boxes; exports `<workdir>/export` for later stages."""
   src, tf, names, base, _ = data_for(cfg, train=True)
@@ -274,8 +280,9 @@ def train_detector(cfg, workdir: str, extra_metrics=None) -> dict:
   if inference.pretrained_score_weights is not None:
     meta["pretrained_score_weights"] = list(inference.pretrained_score_weights)
   if jax.process_index() == 0:
+    # the embeddings first: export_model writes the marker (model.json) last
+    files.save_npy(os.path.join(workdir, "export", "class_embeddings.npy"), all_emb)
     export.export_model(os.path.join(workdir, "export"), params, meta, pretrained)
-    np.save(os.path.join(workdir, "export", "class_embeddings.npy"), all_emb)
   predictor = DetectorPredictor(
       det,
       params,
@@ -322,7 +329,7 @@ def train_detector(cfg, workdir: str, extra_metrics=None) -> dict:
   if extra_metrics is not None:
     metrics.update(extra_metrics())
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+    with files.atomic_open(os.path.join(workdir, "metrics.json")) as f:
       json.dump({k: v for k, v in metrics.items() if k != "per_category"}, f, indent=1)
   print(
       f"[finetune] AP50 novel {metrics.get('AP50_novel')} base {metrics.get('AP50_base')} "

@@ -123,7 +123,7 @@ def _finetune(config, workdir: str) -> dict:
     test_data = data_for(cfg, train=False)
   if not cfg.rpn.checkpoint and "rpn_stage" in cfg:
     rpn_dir = os.path.join(workdir, "rpn")
-    if os.path.isdir(os.path.join(rpn_dir, "export")):
+    if finetune.rpn_trained(rpn_dir):
       print(f"[finetune] RPN found at {rpn_dir}", flush=True)
     else:
       rc = rpn_stage_config(cfg)

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from regionclip_jax import files
 from regionclip_jax.models.clip_model import CLIP_MEAN, CLIP_STD
 
 BASE_COLOR = (30, 120, 230)  # blue: classes seen in training
@@ -34,10 +35,8 @@ def to_uint8_image(image, clip_normalised: bool = False) -> np.ndarray:
 
 
 def _save(img: Image.Image, path) -> None:
-  d = os.path.dirname(os.fspath(path))
-  if d:
-    os.makedirs(d, exist_ok=True)
-  img.save(path, format="PNG")
+  with files.atomic_open(path, "wb") as f:
+    img.save(f, format="PNG")
 
 
 def draw_detections(
@@ -164,10 +163,8 @@ def bar_chart(
   ax.grid(axis="y", alpha=0.3)
   fig.tight_layout()
   if path is not None:
-    d = os.path.dirname(os.fspath(path))
-    if d:
-      os.makedirs(d, exist_ok=True)
-    fig.savefig(path, format="png")
+    with files.atomic_open(path, "wb") as f:
+      fig.savefig(f, format="png")
   return fig
 
 
@@ -248,8 +245,6 @@ def loss_curves(
   ax.grid(alpha=0.3)
   fig.tight_layout()
   if path is not None:
-    d = os.path.dirname(os.fspath(path))
-    if d:
-      os.makedirs(d, exist_ok=True)
-    fig.savefig(path, format="png")
+    with files.atomic_open(path, "wb") as f:
+      fig.savefig(f, format="png")
   return curves

@@ -25,6 +25,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
+from regionclip_jax import files
 from regionclip_jax.detection.builders import numpy_init
 from regionclip_jax.models.checkpoints import save_converted
 from regionclip_jax.models.clip import CLIP, get_config
@@ -111,7 +112,7 @@ def _write_split(directory: str, name: str, scenes, photos, size: int, first_id:
           }
       )
   path = os.path.join(directory, f"{name}.json")
-  with open(path, "w") as f:
+  with files.atomic_open(path) as f:
     json.dump({"images": images, "annotations": anns, "categories": list(CATEGORIES)}, f, indent=1)
   return path
 
