@@ -14,7 +14,7 @@ from ml_collections import config_flags
 
 from regionclip_jax.data.validation import DataError
 from regionclip_jax.train.loop import NonFiniteLossError
-from regionclip_jax.train.preflight import PreflightError, check_writable
+from regionclip_jax.train.preflight import PreflightError, check_local_paths, check_writable
 
 # Imported by name when dispatched: each task pulls in its own stack (detection, pretraining...).
 TASKS = {
@@ -50,12 +50,13 @@ def main(argv):
   if task not in TASKS:
     raise app.UsageError(f"config.task={task!r} is not one of {sorted(TASKS)}")
   module = importlib.import_module(TASKS[task])
-  if _WORKDIR.value:
-    try:
+  try:
+    check_local_paths(config, _WORKDIR.value)
+    if _WORKDIR.value:
       check_writable(_WORKDIR.value)
-    except PreflightError as e:
-      print(f"error: {e}", file=sys.stderr, flush=True)
-      sys.exit(2)
+  except PreflightError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
   try:
     module.run(config, _WORKDIR.value)
   except PreflightError as e:  # a setting or the machine rules the run out: one line, no trace

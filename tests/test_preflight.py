@@ -91,3 +91,19 @@ def test_full_disk_fails_before_the_first_step(tmp_path, monkeypatch):
 def test_check_writable_accepts_a_new_directory(tmp_path):
   preflight.check_writable(str(tmp_path / "new" / "dir"))
   assert os.listdir(tmp_path / "new" / "dir") == []  # the probe file is gone
+
+
+@pytest.mark.parametrize(
+    "flag",
+    ["--workdir=gs://bucket/run", "--config.model.teacher_checkpoint=s3://bucket/teacher"],
+)
+def test_url_paths_are_refused_in_one_line_naming_the_setting(tmp_path, flag):
+  args = ["--config=configs/pretrain.py", flag]
+  if "workdir" not in flag:
+    args.append(f"--workdir={tmp_path}/run")
+  proc = _main(*args)
+  assert proc.returncode == 2
+  line = _error_line(proc)
+  assert flag.split("=")[0].lstrip("-") in line and "not supported" in line, line
+  assert not os.path.exists(os.path.join(REPO, "gs:")), "a local ./gs: folder was created"
+  assert not (tmp_path / "run").exists()

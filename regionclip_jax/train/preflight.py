@@ -7,6 +7,7 @@ line instead of failing at its first checkpoint (minutes or hours in) or deep in
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from typing import Any
@@ -15,6 +16,8 @@ import jax
 import numpy as np
 
 PyTree = Any
+# "gs://bucket/x", "s3://...", "memory://...": a scheme before "://" (a Windows drive is not one)
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 # A checkpoint holds the state once; orbax writes the new step before deleting the oldest kept
 # one, so two states' worth of bytes must fit at once, plus a margin for metadata and events.
 _CHECKPOINT_COPIES = 2
@@ -23,6 +26,34 @@ _MARGIN_BYTES = 16 * 2**20
 
 class PreflightError(RuntimeError):
   """A setting or the machine makes the run impossible; the message says which, in one line."""
+
+
+def check_local_paths(config, workdir: str | None = None) -> None:
+  """Every path is a local (or mounted) file path: a URL such as gs://bucket/run in the workdir or
+  in any string setting -> PreflightError naming the key. Without this check `os.makedirs` turns
+  `gs://b/run` into a local folder `./gs:` and the run fails deep inside orbax."""
+  found = []
+  if workdir and _URL.match(workdir):
+    found.append(("--workdir", workdir))
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      name = f"{prefix}{key}"
+      if hasattr(value, "items"):
+        walk(value, name + ".")
+      elif isinstance(value, str) and _URL.match(value):
+        found.append((f"config.{name}", value))
+      elif isinstance(value, (list, tuple)):
+        found.extend((f"config.{name}", v) for v in value if isinstance(v, str) and _URL.match(v))
+
+  if config is not None:
+    walk(config, "")
+  if found:
+    key, value = found[0]
+    raise PreflightError(
+        f"{key}={value}: URLs are not supported, paths are local or mounted file paths (e.g. a "
+        f"bucket mounted with gcsfuse); {len(found)} such setting(s) in all"
+    )
 
 
 def check_writable(directory: str) -> None:
