@@ -34,13 +34,23 @@ def base() -> ml_collections.ConfigDict:
   c.async_checkpoints = True
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = (
-      "tsv"  # "shapes_world" | "tsv" (RegionCLIP image/text TSV pairs) | "coco_captions"
-  )
+  # "shapes_world" | "tsv" (RegionCLIP image/text TSV pairs) | "coco_captions" | "jsonl" |
+  # "tfds" | "array_record" (tools/make_pretrain_data); each real source reads its keys below
+  # (several TSV / array_record shards: comma-separated paths). README, "Pretraining on your own
+  # image-text data".
+  c.data.source = "tsv"
   c.data.image_tsv = ""
   c.data.text_tsv = ""
-  c.data.coco_captions = ""
+  c.data.coco_captions = ""  # COCO Captions json
   c.data.coco_image_dir = ""
+  c.data.jsonl_path = ""  # {"image": path, "captions": [...]} per line
+  c.data.image_root = ""  # the JSONL's relative image paths start here; empty: the JSONL's folder
+  c.data.tfds_name = ""  # an image-text TFDS dataset prepared as array_record, e.g. "coco_captions"
+  c.data.tfds_split = "train"
+  c.data.tfds_data_dir = ""  # empty: TFDS's default data_dir
+  c.data.tfds_image_key = "image"
+  c.data.tfds_caption_key = "captions/text"  # "/" walks into nested features (TFDS coco_captions)
+  c.data.array_record_path = ""
   c.data.short_edge_lengths = (640, 672, 704, 736, 768, 800)
   c.data.max_size = 1333
   c.data.flip = True

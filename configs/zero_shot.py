@@ -32,6 +32,10 @@ def _base() -> mlc.ConfigDict:
   z.rpn = ""  # frozen RPN workdir / export; "" = sliding windows
   z.images = ""
   z.vocabulary = ""  # "a,b,c" or "@file.txt"
+  z.exemplars = ""  # json of classes given by example boxes (detection/exemplars.py)
+  # bad images / records: "skip" (warn, count, go on) | "strict" (stop, one line naming it);
+  # "" = skip for an images folder, strict with annotations
+  z.on_error = ""
   z.output = ""  # "" = <workdir>/zero_shot
   z.annotations = ""  # COCO / LVIS json: evaluate instead of drawing
   z.boxes = "gt"  # "gt" | "rpn"

@@ -7,7 +7,8 @@ Splits are chosen by name and matched by category *name*, so a 65-class OVD json
 annotations of categories outside the split are left out (that is what training on base classes
 means), and images with no box left are dropped when `drop_empty` (detectron2's training
 default). Crowd boxes are left out (detectron2 ignores them in training); both are counted in
-`filtered` for the log, not as data issues. An own class list (`classes`, e.g. from a config's
+`filtered` for the log, not as data issues. Ids, sizes and boxes of the wrong json type (a
+string box, a null id) are structural errors naming the record (`data.validation`). An own class list (`classes`, e.g. from a config's
 "a,b,c" / "@file.txt" / "all" via `resolve_class_list`) takes the place of a named split.
 """
 
@@ -27,7 +28,10 @@ from regionclip_jax.data.class_lists import (
 )
 from regionclip_jax.data.validation import (
     IssueCounter,
+    as_int,
+    as_xywh,
     check_policy,
+    describe,
     handle,
     sanitize_boxes,
     sanitize_captions,
@@ -56,9 +60,32 @@ def require(entry: Any, keys: Sequence[str], path: str, what: str, index: int) -
     )
 
 
-def _image_file(image: Mapping) -> str:
-  if "file_name" in image:
-    return image["file_name"]
+def int_field(entry: Mapping, key: str, path: str, what: str, index: int) -> int:
+  """entry[key] as an int (`as_int`), or a one-line error naming the record."""
+  value = as_int(entry[key])
+  if value is None:
+    raise ValueError(
+        f"{path}: {what} {index} (id {describe(entry.get('id'), 30)}) field {key!r} must be an "
+        f"integer, got {describe(entry[key])}"
+    )
+  return value
+
+
+def _list(data: Mapping, key: str, path: str) -> list:
+  if not isinstance(data[key], list):
+    raise ValueError(f"{path}: field {key!r} must be a list, got {type(data[key]).__name__}")
+  return data[key]
+
+
+def _image_file(image: Mapping, path: str, index: int) -> str:
+  key = "file_name" if "file_name" in image else "coco_url"
+  if not isinstance(image[key], str) or not image[key]:
+    raise ValueError(
+        f"{path}: image {index} (id {image['id']}) field {key!r} must be a non-empty string, "
+        f"got {describe(image[key])}"
+    )
+  if key == "file_name":
+    return image[key]
   # LVIS v1 lists coco_url only; its last two parts are e.g. "train2017/000000391895.jpg".
   return "/".join(image["coco_url"].split("/")[-2:])
 
@@ -76,9 +103,9 @@ def read_captions(
   if not isinstance(data, Mapping) or "annotations" not in data:
     raise ValueError(f"{path}: captions json lacks required field 'annotations'")
   out: dict[int, list[str]] = collections.defaultdict(list)
-  for i, a in enumerate(data["annotations"]):
+  for i, a in enumerate(_list(data, "annotations", path)):
     require(a, ("image_id", "caption"), path, "annotation", i)
-    out[int(a["image_id"])] += sanitize_captions(
+    out[int_field(a, "image_id", path, "annotation", i)] += sanitize_captions(
         [a["caption"]],
         policy=policy,
         counter=counter,
@@ -103,7 +130,8 @@ class CocoDetection:
   `classes`: explicit class names (each a category of the json; `resolve_class_list`) instead of
   a named `split`. Per `policy` as well: annotations of a category id the json does not list
   (`unknown_category`) and images whose id an earlier image already has (`duplicate_image_id`,
-  the first is kept). `check_files`: images missing on disk are found at construction
+  the first is kept). Annotation ids are not read: a repeated one changes nothing here (the
+  detection job's evaluation numbers its ground truth afresh). `check_files`: images missing on disk are found at construction
   (`missing_image`, dropped in skip mode) instead of when first read.
   """
 
@@ -136,24 +164,31 @@ class CocoDetection:
     for key in ("images", "annotations", "categories"):
       if key not in data:
         raise ValueError(f"{path}: lacks required field {key!r}")
-    for i, c in enumerate(data["categories"]):
+    categories: dict[int, str] = {}
+    for i, c in enumerate(_list(data, "categories", path)):
       require(c, ("id", "name"), path, "category", i)
+      cid = int_field(c, "id", path, "category", i)
+      if not isinstance(c["name"], str) or cid in categories:
+        problem = "a name that is not a string" if cid not in categories else "a repeated id"
+        raise ValueError(f"{path}: category {i} (id {cid}) has {problem}: {describe(c['name'])}")
+      categories[cid] = c["name"]
     # a class the json lacks (a built-in split's) is a label with no box, as with `split`
     self.class_names = (
         list(classes) if classes is not None else split_class_names(split, data["categories"])
     )
     name_to_label = {n: i for i, n in enumerate(self.class_names)}
-    cat_to_label = {int(c["id"]): name_to_label.get(c["name"], -1) for c in data["categories"]}
+    cat_to_label = {cid: name_to_label.get(name, -1) for cid, name in categories.items()}
     if (split != "all" or classes is not None) and not any(v >= 0 for v in cat_to_label.values()):
       what = f"split {split!r}" if classes is None else f"classes {list(classes)[:10]}"
       raise ValueError(f"{path}: no category of {what} is in this json (matched by name)")
 
     images: dict[int, dict] = {}
-    for i, im in enumerate(data["images"]):
+    for i, im in enumerate(_list(data, "images", path)):
       require(im, ("id", "height", "width"), path, "image", i)
       if "file_name" not in im and "coco_url" not in im:
         raise ValueError(f"{path}: image {i} (id {im['id']}) lacks required field 'file_name'")
-      image_id, file = int(im["id"]), _image_file(im)
+      image_id, file = int_field(im, "id", path, "image", i), _image_file(im, path, i)
+      height, width = (int_field(im, k, path, "image", i) for k in ("height", "width"))
       if image_id in images:
         # annotations name images by id, so a second image with it makes them ambiguous
         handle(
@@ -174,22 +209,25 @@ class CocoDetection:
             f"{path} image {i} (id {image_id}, {file})",
             f"no file {os.path.join(self.image_dir, file)}",
         )
-      images[image_id] = {
-          "file": file,
-          "h": int(im["height"]),
-          "w": int(im["width"]),
-          "index": i,
-          "missing": missing,
-      }
+      images[image_id] = {"file": file, "h": height, "w": width, "index": i, "missing": missing}
     per_image: dict[int, list] = collections.defaultdict(list)
     self.filtered: collections.Counter = collections.Counter()
-    for i, a in enumerate(data["annotations"]):
+    for i, a in enumerate(_list(data, "annotations", path)):
       require(a, ("image_id", "bbox", "category_id"), path, "annotation", i)
-      if int(a["image_id"]) not in images:
+      image_id = int_field(a, "image_id", path, "annotation", i)
+      category = int_field(a, "category_id", path, "annotation", i)
+      ann_id = describe(a.get("id"), 30)
+      xywh = as_xywh(a["bbox"])
+      if xywh is None:
         raise ValueError(
-            f"{path}: annotation {i} (id {a.get('id')}) refers to unknown image {a['image_id']}"
+            f"{path}: annotation {i} (id {ann_id}) bbox must be [x, y, w, h] numbers, "
+            f"got {describe(a['bbox'])}"
         )
-      if int(a["category_id"]) not in cat_to_label:
+      if image_id not in images:
+        raise ValueError(
+            f"{path}: annotation {i} (id {ann_id}) refers to unknown image {a['image_id']}"
+        )
+      if category not in cat_to_label:
         handle(
             policy,
             self.issues,
@@ -199,19 +237,14 @@ class CocoDetection:
             f"{sorted(cat_to_label)[:20]}",
         )
         continue
-      bbox = a["bbox"]
-      if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-        raise ValueError(
-            f"{path}: annotation {i} (id {a.get('id')}) bbox must be [x, y, w, h], got {bbox!r}"
-        )
       if a.get("iscrowd", 0):
         self.filtered["crowd"] += 1
         continue
-      label = cat_to_label[int(a["category_id"])]
+      label = cat_to_label[category]
       if label < 0:
         self.filtered["outside_split"] += 1
         continue
-      per_image[int(a["image_id"])].append((i, a.get("id"), bbox, label))
+      per_image[image_id].append((i, ann_id, xywh, label))
 
     caps = read_captions(captions, policy=policy, counter=self.issues) if captions else None
     self._records = []
@@ -220,7 +253,8 @@ class CocoDetection:
         continue
       anns = per_image.get(image_id, [])
       xywh = np.array([b for _, _, b, _ in anns], np.float64).reshape(-1, 4)
-      boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+      with np.errstate(over="ignore", invalid="ignore"):  # huge boxes overflow: non-finite, counted
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
       labels = np.array([l for *_, l in anns], np.int32)
       where = f"{path} image {image_id}"
       boxes, labels = sanitize_boxes(
@@ -312,13 +346,14 @@ class CocoCaptions:
       raise ValueError(f"{path}: lacks required field 'images'")
     caps = read_captions(path, policy=policy, counter=self.issues, data=data)
     self._records = []
-    for i, im in enumerate(data["images"]):
+    for i, im in enumerate(_list(data, "images", path)):
       require(im, ("id", "file_name"), path, "image", i)
-      c = caps.get(int(im["id"]), [])
+      image_id, file = int_field(im, "id", path, "image", i), _image_file(im, path, i)
+      c = caps.get(image_id, [])
       if not c:
-        handle(policy, self.issues, "image_without_captions", f"{path} image {im['id']}")
+        handle(policy, self.issues, "image_without_captions", f"{path} image {image_id}")
         continue
-      self._records.append((int(im["id"]), im["file_name"], c))
+      self._records.append((image_id, file, c))
 
   def __len__(self) -> int:
     return len(self._records)

@@ -9,28 +9,41 @@ tools write) is used when present, otherwise the file is scanned once at start-u
 
 JSONL: one object per line, `{"image": path, "captions": [...]}` (a single "caption" string is
 accepted too); relative paths are taken from `image_root` (default: the JSONL's folder).
+
+array_record (written by `tools/make_pretrain_data`, read through grain's ArrayRecordDataSource):
+one record per pair, `json {"key": str, "captions": [str, ...]}` + `\n` + the encoded image bytes
+as they were on disk (the json has no raw newline, so the first one ends it).
 """
 
 from __future__ import annotations
 
+import array
 import base64
 import binascii
 import json
 import os
+import tempfile
 import threading
-from typing import Sequence
+from typing import Iterable, Sequence
 
+import grain
 import numpy as np
 
+from regionclip_jax import files
 from regionclip_jax.data.images import decode_image_and_size, with_original_size
 from regionclip_jax.data.validation import IssueCounter, check_policy, handle, sanitize_captions
 
 MAX_CAPTIONS = 5  # official: captions[:5]
 
 
+def lineidx_path(tsv: str) -> str:
+  """The `.lineidx` beside a TSV (official naming: the TSV's name without its extension)."""
+  return os.path.splitext(tsv)[0] + ".lineidx"
+
+
 def _line_offsets(path: str) -> np.ndarray:
   """Byte offset of every non-empty line of `path` (from `path.lineidx` when it is there)."""
-  idx = os.path.splitext(path)[0] + ".lineidx"
+  idx = lineidx_path(path)
   if os.path.isfile(idx):
     with open(idx) as f:
       try:
@@ -252,11 +265,154 @@ class JsonlImageText:
     return self.issues.report()
 
 
+class ArrayRecordImageText:
+  """array_record file(s) of `encode_pair` records -> records (image, captions, image_id = index,
+  key). `draft_for`: reduced-size JPEG decoding, as in `TsvImageText`."""
+
+  def __init__(
+      self,
+      paths,
+      *,
+      policy: str = "strict",
+      counter: IssueCounter | None = None,
+      max_captions: int = MAX_CAPTIONS,
+      draft_for: tuple[int, int] | None = None,
+  ):
+    self.policy = check_policy(policy)
+    self.draft_for = draft_for
+    self.max_captions = max_captions
+    self.paths = [os.fspath(p) for p in _as_list(paths)]
+    for p in self.paths:
+      if not os.path.isfile(p):
+        raise FileNotFoundError(f"array_record file not found: {p}")
+    try:
+      # picklable (reopened in each grain worker process)
+      self.source = grain.sources.ArrayRecordDataSource(self.paths)
+    except RuntimeError as e:
+      raise ValueError(f"{self.paths}: not a readable array_record file ({e})") from None
+    self.issues = counter or IssueCounter(os.path.basename(self.paths[0]))
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict | None:
+    where = f"{','.join(self.paths)} record {index}"
+    try:
+      key, raw, data = decode_pair(self.source[int(index)])
+    except ValueError as e:
+      handle(self.policy, self.issues, "corrupt_record", where, str(e))
+      return None
+    where += f" (key {key})"
+    if not isinstance(raw, (str, list)):
+      handle(self.policy, self.issues, "record_without_captions", where, repr(raw)[:40])
+      return None
+    captions = sanitize_captions(raw, policy=self.policy, counter=self.issues, where=where)
+    if not captions:
+      handle(self.policy, self.issues, "record_without_captions", where)
+      return None
+    decoded = decode_image_and_size(
+        data, policy=self.policy, counter=self.issues, where=where, draft_for=self.draft_for
+    )
+    if decoded is None:
+      return None
+    record = {
+        "image": decoded[0],
+        "captions": captions[: self.max_captions],
+        "image_id": int(index),
+        "key": key,
+    }
+    return with_original_size(record, decoded[1])
+
+  def report(self) -> str:
+    return self.issues.report()
+
+
 def write_tsv_pairs(
-    image_tsv: str, text_tsv: str, items: Sequence[tuple[str, bytes, list[str]]]
-) -> None:
-  """Writes (key, encoded image bytes, captions) items in the RegionCLIP TSV pair format."""
-  with open(image_tsv, "w") as fi, open(text_tsv, "w") as ft:
+    image_tsv: str,
+    text_tsv: str,
+    items: Iterable[tuple[str, bytes, list[str]]],
+    *,
+    lineidx: bool = True,
+) -> int:
+  """Writes (key, encoded image bytes, captions) items in the RegionCLIP TSV pair format, and a
+  `.lineidx` beside each TSV (saves the start-up scan) -> the number of pairs written.
+
+  `items` may be a generator: pairs are written as they come. Each TSV is written under a
+  temporary name and renamed only once all items are in (`files.atomic_open`): an exception
+  from `items` leaves the previous TSVs, if any, untouched (their `.lineidx`, which would not
+  fit the new ones, is removed first; the reader then scans them).
+  """
+  # a kill between the renames below then leaves TSVs without an index (scanned), never with
+  # a stale one
+  for tsv in (image_tsv, text_tsv):
+    if os.path.exists(lineidx_path(tsv)):
+      os.remove(lineidx_path(tsv))
+  offsets = (array.array("q"), array.array("q"))  # 8 bytes a row, not a Python int
+  with files.atomic_open(image_tsv, "wb") as fi, files.atomic_open(text_tsv, "wb") as ft:
+    pos = [0, 0]
     for key, data, captions in items:
-      fi.write(f"{key}\t{base64.b64encode(data).decode('ascii')}\n")
-      ft.write(f"{key}\t{json.dumps({'captions': list(captions)})}\n")
+      lines = (
+          f"{key}\t{base64.b64encode(data).decode('ascii')}\n".encode(),
+          f"{key}\t{json.dumps({'captions': list(captions)})}\n".encode(),
+      )
+      for j, (f, line) in enumerate(zip((fi, ft), lines)):
+        offsets[j].append(pos[j])
+        f.write(line)
+        pos[j] += len(line)
+  if lineidx:
+    for tsv, offs in zip((image_tsv, text_tsv), offsets):
+      files.write_text(lineidx_path(tsv), "".join(f"{o}\n" for o in offs))
+  return len(offsets[0])
+
+
+def encode_pair(key: str, data: bytes, captions: Sequence[str]) -> bytes:
+  """One array_record record (module docstring)."""
+  head = json.dumps({"key": key, "captions": list(captions)}).encode()
+  return head + b"\n" + bytes(data)
+
+
+def decode_pair(record: bytes) -> tuple[str, list[str], bytes]:
+  """-> (key, captions, encoded image); ValueError when the record is not one `encode_pair` made."""
+  head, sep, data = bytes(record).partition(b"\n")
+  try:
+    meta = json.loads(head) if sep else None
+  except ValueError as e:  # not UTF-8, not json
+    raise ValueError(f"header is not json ({e})") from None
+  if not isinstance(meta, dict) or "captions" not in meta:
+    raise ValueError("header lacks required field 'captions'")
+  return str(meta.get("key", "")), meta["captions"], data
+
+
+def write_array_record(path: str, items: Iterable[tuple[str, bytes, list[str]]]) -> int:
+  """(key, encoded image bytes, captions) items -> one array_record file -> pairs written.
+
+  Written under a temporary name beside `path` and renamed when complete, as `files.atomic_open`
+  does (ArrayRecordWriter takes a path, not a file object); an exception from `items` leaves
+  the previous file, if any, untouched.
+  """
+  from array_record.python.array_record_module import ArrayRecordWriter  # installed with grain
+
+  path = os.fspath(path)
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+  os.close(fd)
+  n = 0
+  try:
+    # group_size 1: each record is read alone (random access), as grain does
+    writer = ArrayRecordWriter(tmp, "group_size:1")
+    try:
+      for key, data, captions in items:
+        writer.write(encode_pair(key, data, captions))
+        n += 1
+    finally:
+      writer.close()
+    with open(tmp, "rb") as f:
+      os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return n

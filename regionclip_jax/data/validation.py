@@ -1,20 +1,25 @@
 """Bad-input policy: structural problems stop, data-level problems follow `strict | skip`.
 
 Structural (always an error, one line naming the file and record): unreadable json, a missing
-required field, an unknown split. Data-level (per `policy`): a corrupt or missing image, a box
+required field or one of the wrong json type (`as_int`, `as_xywh`), an unknown split. Data-level (per `policy`): a corrupt or missing image, a box
 of zero or negative size, a box outside the image, an empty caption, an annotation of a category
 the json does not list, a second image with an id already taken. In `strict` mode they raise
 `DataError` naming the file and record; in `skip` mode the record (or box, or caption) is dropped
 or repaired, the event is counted in an `IssueCounter` and `IssueCounter.report()` lists the
 counts at the end. A repair never changes meaning silently: it is always counted by kind.
+Detections to score (`evaluation.detections_io`) are the exception: there every problem of one
+record, a missing or mistyped field included, follows the policy. Command-line tools give the counter a `warn` callable: the first `warn_first` events are printed
+as they happen, then one line saying the rest are only counted.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import weakref
+from typing import Any, Callable
 
 import numpy as np
 
@@ -34,18 +39,29 @@ def check_policy(policy: str) -> str:
 class IssueCounter:
   """Thread-safe counts of skipped / repaired things by kind, with a few examples each."""
 
-  def __init__(self, name: str = "data"):
+  def __init__(
+      self, name: str = "data", *, warn: Callable[[str], Any] | None = None, warn_first: int = 10
+  ):
     self.name = name
     self._lock = threading.Lock()
     self._counts: collections.Counter = collections.Counter()
     self._examples: dict[str, list[str]] = collections.defaultdict(list)
+    self._warn, self._warn_first, self._events = warn, warn_first, 0
     _LIVE_COUNTERS.add(self)
 
-  def add(self, kind: str, where: str, n: int = 1) -> None:
+  def add(self, kind: str, where: str, n: int = 1, detail: str = "") -> None:
     with self._lock:
       self._counts[kind] += n
       if len(self._examples[kind]) < 3:
         self._examples[kind].append(where)
+      self._events += 1
+      event = self._events
+    if self._warn is None or event > self._warn_first + 1:
+      return
+    if event <= self._warn_first:
+      self._warn(f"{where}: {kind}{': ' + detail if detail else ''}")
+    else:
+      self._warn(f"{self.name}: further issues are counted, not listed; see the summary")
 
   @property
   def counts(self) -> dict[str, int]:
@@ -91,15 +107,58 @@ def report_all() -> str:
   return "\n".join(dict.fromkeys(ln for ln in lines if ln))
 
 
+SKIP_HINT = "use policy='skip', data.on_error='skip' in a config, to drop/repair and count"
+
+
 def handle(
-    policy: str, counter: IssueCounter | None, kind: str, where: str, detail: str = ""
+    policy: str,
+    counter: IssueCounter | None,
+    kind: str,
+    where: str,
+    detail: str = "",
+    hint: str = SKIP_HINT,
 ) -> None:
-  """Raise in strict mode; count in skip mode."""
+  """Raise in strict mode; count in skip mode. `hint` tells how to skip (a config key, a flag)."""
   if policy == "strict":
-    hint = "use policy='skip', data.on_error='skip' in a config, to drop/repair and count"
     raise DataError(f"{where}: {kind}{': ' + detail if detail else ''} ({hint})")
   if counter is not None:
-    counter.add(kind, where)
+    counter.add(kind, where, detail=detail)
+
+
+def is_number(value: Any) -> bool:
+  """An int or float, json's numbers; bool is not one (True would read as 1)."""
+  return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+      value, (bool, np.bool_)
+  )
+
+
+def as_int(value: Any) -> int | None:
+  """An id or a size: an int, an integral float or a digit string; None for anything else (1.5
+  would truncate onto id 1, NaN and bool are not ids)."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, str, np.number)):
+    return None
+  if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+    return None
+  try:
+    return int(value)
+  except (TypeError, ValueError, OverflowError):
+    return None
+
+
+def as_xywh(value: Any) -> np.ndarray | None:
+  """A json box [x, y, w, h] of four numbers as float64 (maybe non-finite); None if not one."""
+  if not isinstance(value, (list, tuple)) or len(value) != 4 or not all(map(is_number, value)):
+    return None
+  try:
+    return np.asarray([float(v) for v in value], np.float64)
+  except OverflowError:  # an integer literal beyond float range: as unusable as inf
+    return np.full(4, np.inf)
+
+
+def describe(value: Any, limit: int = 60) -> str:
+  """A short repr for messages (a huge line or value stays one short line)."""
+  text = repr(value)
+  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def sanitize_boxes(
@@ -118,7 +177,8 @@ def sanitize_boxes(
   image are clipped to it (`box_outside_image`); boxes wholly outside are dropped. Each event is
   counted (skip) or raises (strict). Returns (boxes [K', 4] float32, labels [K']).
   """
-  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  with np.errstate(over="ignore"):  # beyond float32 range becomes inf: a non-finite box, counted
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
   labels = np.asarray(labels)
   if len(boxes) != len(labels):
     raise ValueError(f"{where}: {len(boxes)} boxes but {len(labels)} labels")
@@ -179,3 +239,55 @@ def sanitize_captions(
       continue
     out.append(c.strip())
   return out
+
+
+def read_names_file(
+    path: str | os.PathLike,
+    *,
+    policy: str,
+    counter: IssueCounter | None,
+    key: Callable[[str], str] = str.strip,
+    hint: str = SKIP_HINT,
+    max_chars: int = 1000,
+) -> tuple[list[tuple[int, str]], int]:
+  """Names one a line; a "name,count" row gives the name before its first comma.
+
+  Per `policy`: a line that is not UTF-8 (`not_utf8`), a row with an empty name (`empty_name`),
+  a line over `max_chars` characters (`line_too_long`), a name whose `key` an earlier line has
+  (`duplicate_name`, the first kept). Blank lines are layout and skipped in both modes.
+  Returns ([(line number, name)], number of blank lines); raises if no name is left.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"names file not found: {path}")
+  with open(path, "rb") as f:
+    raw_lines = f.read().splitlines()
+  names: list[tuple[int, str]] = []
+  seen: dict[str, int] = {}
+  blank = 0
+  for number, raw in enumerate(raw_lines, 1):
+    where = f"{path} line {number}"
+    try:
+      line = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+      handle(policy, counter, "not_utf8", where, f"byte {e.start}: {describe(raw[:40])}", hint)
+      continue
+    if not line:
+      blank += 1
+      continue
+    if len(line) > max_chars:
+      handle(policy, counter, "line_too_long", where, f"{len(line)} > {max_chars} chars", hint)
+      continue
+    name = line.split(",", 1)[0].strip()
+    if not name:
+      handle(policy, counter, "empty_name", where, describe(line), hint)
+      continue
+    k = key(name)
+    if k in seen:
+      handle(policy, counter, "duplicate_name", where, f"{name!r} as on line {seen[k]}", hint)
+      continue
+    seen[k] = number
+    names.append((number, name))
+  if not names:
+    raise ValueError(f"{path}: holds no names ({len(raw_lines)} lines, {blank} blank)")
+  return names, blank

@@ -4,7 +4,9 @@ An export directory (a detector or RPN workdir's `export/`) holds the final vari
 msgpack), a json describing how to rebuild the module, and optionally the frozen init's variables
 for the score ensemble. Later stages (fine-tuning, zero-shot, pretraining proposals) read it back
 without the training config. An official offline RPN converted by `export_detectron2_rpn` is an RPN
-export too (`backbone` "detectron2" in model.json: `offline_rpn.DetectronRPN`, no CLIP config).
+export too (`backbone` "detectron2" in model.json: `offline_rpn.DetectronRPN`, no CLIP config),
+and an official fine-tuned RegionCLIP detector converted by `export_regionclip_detector` a
+detector export (with its text classifier's embeddings beside it).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from flax import serialization
 
 from regionclip_jax import files
 from regionclip_jax.detection import offline_rpn
-from regionclip_jax.detection.builders import build_detector, build_rpn
+from regionclip_jax.detection.builders import build_detector, build_rpn, with_backbone
 from regionclip_jax.detection.settings import RPNSettings
 from regionclip_jax.models.checkpoints import CheckpointError, detectron2_rpn_params
+from regionclip_jax.models.checkpoints.regionclip import DEFAULT_LOGIT_SCALE
+from regionclip_jax.models.checkpoints.regionclip_detector import regionclip_detector_parts
 from regionclip_jax.models.checkpoints.torch_files import read_weights_file
 from regionclip_jax.models.clip import CLIPConfig
 
@@ -108,9 +112,7 @@ def load_export_pretrained(directory: str) -> Optional[PyTree]:
 def export_detectron2_rpn(checkpoint: str, directory: str) -> dict:
   """An official offline RPN `.pth` (detectron2 `{"model": ...}`) -> an RPN export `directory`
   that `load_rpn` reads like a trained one (`offline_rpn.DetectronRPN` + its anchors). -> meta."""
-  raw = read_weights_file(checkpoint)
-  sd = {k[len("model.") :]: v for k, v in raw.items() if k.startswith("model.")} or raw
-  spec, params = detectron2_rpn_params(sd, checkpoint)
+  spec, params = detectron2_rpn_params(_model_entries(checkpoint), checkpoint)
   try:
     meta = offline_rpn.meta_for(spec, checkpoint)
     rpn, _ = offline_rpn.build_from_meta(meta)
@@ -118,6 +120,63 @@ def export_detectron2_rpn(checkpoint: str, directory: str) -> dict:
   except ValueError as e:
     raise CheckpointError(str(e)) from None
   export_model(directory, variables, meta)
+  return meta
+
+
+def _model_entries(checkpoint: str) -> dict:
+  """A detectron2 `.pth` -> its state dict (the entries under "model", when wrapped)."""
+  raw = read_weights_file(checkpoint)
+  return {k[len("model.") :]: v for k, v in raw.items() if k.startswith("model.")} or raw
+
+
+def export_regionclip_detector(checkpoint: str, directory: str) -> dict:
+  """An official RegionCLIP fine-tuned detector `.pth` (`regionclip_finetuned-coco_rn50.pth`;
+  layout: models/checkpoints/regionclip_detector.py) -> a detector export `directory` that
+  `load_export` and `tools.zero_shot --checkpoint=DIR` read like one fine-tuned here. Beside it:
+  `class_embeddings.npy` [K', D] (its test vocabulary's text embeddings, e.g. COCO's 65; else the
+  training classes') and `train_class_embeddings.npy` [K, D]. -> meta."""
+  parts = regionclip_detector_parts(_model_entries(checkpoint), checkpoint)
+  cfg = parts.config
+  res = 2 * cfg.vision.pool_grid  # the official POOLER_RESOLUTION: 14 RN50, 18 RN50x4
+  det = build_detector(cfg, freeze_at=0, pooler_resolution=res)
+  s = cfg.image_size
+  shapes = jax.eval_shape(
+      det.init,
+      jax.random.PRNGKey(0),
+      jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32),
+      jax.ShapeDtypeStruct((1, 1, 4), jnp.float32),
+  )
+  try:
+    variables = with_backbone(shapes, {"visual": parts.visual})
+  except ValueError as e:
+    raise CheckpointError(f"{checkpoint}: {e}") from None
+  params = dict(variables["params"])
+  for name, leaf in shapes["params"]["bbox_pred"].items():
+    if parts.bbox_pred[name].shape != leaf.shape:
+      raise CheckpointError(f"{checkpoint}: bbox_pred {name} {parts.bbox_pred[name].shape}")
+  params["bbox_pred"] = parts.bbox_pred
+  # the trunk's text-side leaves: no text tower here (unused: classes come as embeddings)
+  backbone = {
+      k: (v if k == "visual" else np.zeros(v.shape, np.float32))
+      for k, v in params["backbone"].items()
+  }
+  backbone["logit_scale"] = np.asarray(DEFAULT_LOGIT_SCALE, np.float32)
+  params["backbone"] = backbone
+  meta = {
+      "kind": "detector",
+      "clip_config": cfg.to_dict(),
+      "pooler_resolution": res,
+      "sampling_ratio": 0,
+      "head": "c4",
+      "temperature": 0.01,  # the official CLSS_TEMP (not in the checkpoint)
+      "converted_from": os.path.basename(checkpoint),
+      "class_embeddings": "class_embeddings.npy",
+      "num_classes": int(parts.embeddings["class_embeddings"].shape[0]),
+      "train_num_classes": int(parts.embeddings["train_class_embeddings"].shape[0]),
+  }
+  for name, emb in parts.embeddings.items():  # before the marker, which export_model writes last
+    files.save_npy(os.path.join(directory, name + ".npy"), emb)
+  export_model(directory, {**variables, "params": params}, meta)
   return meta
 
 

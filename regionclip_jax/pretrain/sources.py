@@ -1,16 +1,38 @@
 """Data of the pretraining stages: the shapes world or image-text pairs, as training streams and
-as single-pass evaluation batches."""
+as single-pass evaluation batches.
+
+Image-text pairs come from `data.source` (configs/pretrain.py): "tsv" (RegionCLIP image / text
+TSV pairs), "coco_captions" (COCO Captions json + image folder), "jsonl", "tfds" (an image-text
+TFDS dataset prepared as array_record) or "array_record" (tools/make_pretrain_data). Bad records
+are dropped and counted (the report comes at the end of the run).
+"""
 
 from __future__ import annotations
+
+import threading
 
 import jax
 import numpy as np
 
 from regionclip_jax.data import pipeline, transforms as T
 from regionclip_jax.data.coco import CocoCaptions
-from regionclip_jax.data.image_text import TsvImageText
+from regionclip_jax.data.image_text import ArrayRecordImageText, JsonlImageText, TsvImageText
 from regionclip_jax.data.shapes_world import ShapesWorld
+from regionclip_jax.data.tfds_source import TfdsImageText
 from regionclip_jax.pretrain.common import WHERE
+
+# The data.* keys each real source needs set, with what they hold.
+REQUIRED_KEYS = {
+    "tsv": (("image_tsv", "image TSV path(s)"), ("text_tsv", "text TSV path(s)")),
+    "coco_captions": (
+        ("coco_captions", "a COCO Captions json"),
+        ("coco_image_dir", "its image folder"),
+    ),
+    "jsonl": (("jsonl_path", 'a JSONL of {"image": path, "captions": [...]} lines'),),
+    "tfds": (("tfds_name", "a TFDS image-text dataset name, e.g. 'coco_captions'"),),
+    "array_record": (("array_record_path", "array_record path(s) from tools/make_pretrain_data"),),
+}
+SOURCES = ("shapes_world", *REQUIRED_KEYS)
 
 
 def shapes_train_source(config) -> pipeline.CachedSource:
@@ -26,20 +48,47 @@ def shapes_eval_source(config) -> ShapesWorld:
   return ShapesWorld(d.num_eval_scenes, d.image_size, seed=d.eval_seed)
 
 
+def check_source(config) -> None:
+  """One-line ValueError for an unknown data.source or an empty key the source needs."""
+  d = config.data
+  if d.source not in SOURCES:
+    raise ValueError(f"{WHERE}: data.source={d.source!r} is not one of {list(SOURCES)}")
+  for key, what in REQUIRED_KEYS.get(d.source, ()):
+    if not d.get(key):
+      raise ValueError(f"{WHERE}: data.source={d.source!r} needs data.{key} ({what}); it is empty")
+
+
+def _paths(value: str) -> list[str]:
+  """Comma-separated shards -> their paths."""
+  return [p.strip() for p in value.split(",") if p.strip()]
+
+
 def real_source(config):
-  """The image-text pairs of data.source 'tsv' or 'coco_captions'."""
+  """The image-text pairs of a real data.source (module docstring); bad records are skipped."""
+  check_source(config)
   d = config.data
   # reduced-size JPEG decoding down to (not below) the largest resize that follows
   draft = (max(d.short_edge_lengths), d.max_size) if d.draft_decode else None
+  kw = dict(policy="skip", draft_for=draft)
   if d.source == "tsv":
-    if not d.image_tsv or not d.text_tsv:
-      raise ValueError(f"{WHERE}: data.source='tsv' needs data.image_tsv and data.text_tsv")
-    return TsvImageText(d.image_tsv, d.text_tsv, policy="skip", draft_for=draft)
-  if not d.coco_captions or not d.coco_image_dir:
-    raise ValueError(
-        f"{WHERE}: data.source='coco_captions' needs data.coco_captions and data.coco_image_dir"
+    return TsvImageText(_paths(d.image_tsv), _paths(d.text_tsv), **kw)
+  if d.source == "coco_captions":
+    return CocoCaptions(d.coco_captions, d.coco_image_dir, **kw)
+  if d.source == "jsonl":
+    return JsonlImageText(d.jsonl_path, d.image_root or None, **kw)
+  if d.source == "array_record":
+    return ArrayRecordImageText(_paths(d.array_record_path), **kw)
+  if d.source == "tfds":
+    # images come decoded from TFDS: no reduced-size decoding
+    return TfdsImageText(
+        d.tfds_name,
+        d.tfds_split,
+        d.tfds_data_dir or None,
+        image_key=d.tfds_image_key,
+        caption_key=d.tfds_caption_key,
+        policy="skip",
     )
-  return CocoCaptions(d.coco_captions, d.coco_image_dir, policy="skip", draft_for=draft)
+  raise ValueError(f"{WHERE}: data.source={d.source!r} is not a real image-text source")
 
 
 def train_source(config):
@@ -47,6 +96,30 @@ def train_source(config):
   if config.data.source == "shapes_world":
     return shapes_train_source(config), list(shapes_eval_source(config).concepts)
   return real_source(config), []
+
+
+class _FirstCallLocked:
+  """`fn` whose first call in each process holds a lock. The BPE tokenizer is built on its first
+  call (transformers' lazy imports), which is not thread-safe: the read threads of a fresh
+  grain worker process racing to it fail with an ImportError."""
+
+  def __init__(self, fn):
+    self.fn = fn
+    self._lock, self._ready = threading.Lock(), False
+
+  def __getstate__(self) -> dict:
+    return {"fn": self.fn}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__init__(state["fn"])
+
+  def __call__(self, *args, **kwargs):
+    if self._ready:
+      return self.fn(*args, **kwargs)
+    with self._lock:
+      out = self.fn(*args, **kwargs)
+      self._ready = True
+    return out
 
 
 def train_iterator(config, source, batch_size: int, tokenize, seed_offset: int = 0):
@@ -61,7 +134,7 @@ def train_iterator(config, source, batch_size: int, tokenize, seed_offset: int =
         short_edge_lengths=tuple(d.short_edge_lengths),
         max_size=d.max_size,
         flip=d.flip,
-        tokenize_fn=tokenize,
+        tokenize_fn=_FirstCallLocked(tokenize),
         normalize=d.normalize_on_host,
         backend=d.resize_backend,
     )

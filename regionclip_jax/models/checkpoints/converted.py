@@ -2,7 +2,8 @@
 `CLIPConfig` as a dict) and `params.safetensors` (the Flax params, paths '/'-joined).
 
 Written by `save_converted` (`tools/convert.py`, the pretraining job) and read back by
-`read_converted` with numpy alone: no PyTorch, no pickle.
+`read_converted` with numpy alone: no PyTorch, no pickle. Both files are written atomically
+(`regionclip_jax.files`), `config.json`, the marker readers look for, last.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import os
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
+from regionclip_jax import files
 from regionclip_jax.models.checkpoints.errors import CheckpointError
 from regionclip_jax.models.checkpoints.safetensors_io import read_safetensors
 from regionclip_jax.models.clip_model import CLIPConfig, param_shapes
@@ -52,17 +54,22 @@ def save_converted(out_dir: str | os.PathLike, config, params, source: str = "un
   """Write `config.json` + `params.safetensors` (flattened Flax paths, '/'-joined)."""
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
+  marker = os.path.join(out_dir, CONFIG_NAME)
+  # an earlier conversion's config beside half-replaced params would read as a finished one
+  if os.path.exists(marker):
+    os.remove(marker)
   # np.array, not ascontiguousarray: the latter turns 0-d arrays (logit_scale) into shape (1,)
   flat = {k: np.array(v, order="C") for k, v in _flatten_params(params).items()}
-  save_file(flat, os.path.join(out_dir, PARAMS_NAME), metadata={"format": CONVERTED_FORMAT})
+  files.write_bytes(
+      os.path.join(out_dir, PARAMS_NAME), save(flat, metadata={"format": CONVERTED_FORMAT})
+  )
   meta = {
       "format": CONVERTED_FORMAT,
       "version": CONVERTED_VERSION,
       "source": source,
       "config": config.to_dict(),
   }
-  with open(os.path.join(out_dir, CONFIG_NAME), "w", encoding="utf-8") as f:
-    json.dump(meta, f, indent=2)
+  files.write_json(marker, meta, indent=2)
   return out_dir
 
 
@@ -74,20 +81,20 @@ def read_converted(path: str | os.PathLike):
   try:
     with open(cfg_file, encoding="utf-8") as f:
       meta = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
+  except (OSError, ValueError) as e:  # json and utf-8 decoding errors are ValueErrors
     raise CheckpointError(f"{cfg_file}: unreadable converted config ({e})") from None
-  if meta.get("format") != CONVERTED_FORMAT or "config" not in meta:
+  fmt = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+  if fmt != CONVERTED_FORMAT or not isinstance(meta.get("config"), dict):
+    raise CheckpointError(f"{cfg_file}: not a regionclip_jax converted checkpoint (format={fmt!r})")
+  version = meta.get("version", 0)
+  if not isinstance(version, int) or version > CONVERTED_VERSION:
     raise CheckpointError(
-        f"{cfg_file}: not a regionclip_jax converted checkpoint " f"(format={meta.get('format')!r})"
-    )
-  if meta.get("version", 0) > CONVERTED_VERSION:
-    raise CheckpointError(
-        f"{cfg_file}: written by a newer regionclip_jax (version "
-        f"{meta['version']} > {CONVERTED_VERSION})"
+        f"{cfg_file}: version {version!r} is not one this regionclip_jax reads "
+        f"(<= {CONVERTED_VERSION}; a newer release wrote it?)"
     )
   try:
     config = CLIPConfig.from_dict(meta["config"])
-  except ValueError as e:
+  except (ValueError, TypeError) as e:
     raise CheckpointError(f"{cfg_file}: {e}") from None
   flat = read_safetensors(os.path.join(folder, PARAMS_NAME))
   params = _unflatten_params(flat)

@@ -16,6 +16,7 @@ from regionclip_jax.models.checkpoints.hf import HF_INDEXES, HF_WEIGHTS, is_hf_c
 from regionclip_jax.models.checkpoints.open_clip import OPEN_CLIP_WEIGHTS, looks_open_clip_custom
 from regionclip_jax.models.checkpoints.openai import looks_openai
 from regionclip_jax.models.checkpoints.regionclip import is_regionclip
+from regionclip_jax.models.checkpoints.regionclip_detector import is_regionclip_detector
 from regionclip_jax.models.checkpoints.safetensors_io import safetensors_header
 from regionclip_jax.models.checkpoints.torch_files import is_torchscript, peek_torch_keys
 
@@ -23,6 +24,10 @@ SOURCES = ("openai", "hf", "open_clip", "regionclip", "converted")
 # not CLIP: a detectron2 ResNet + RPN (the official offline RPNs), converted by tools/convert into an
 # RPN export directory (detection/export.py)
 DETECTRON2_RPN = "detectron2_rpn"
+# an official RegionCLIP fine-tuned detector (CLIP ResNet trunk + text-classifier box predictor),
+# converted by tools/convert into a detector export directory; as a CLIP source it is
+# "regionclip" (its image tower, e.g. to initialise fine-tuning)
+REGIONCLIP_DETECTOR = "regionclip_detector"
 
 
 def strip_prefixes(sd: dict[str, Any]) -> dict[str, Any]:
@@ -77,10 +82,14 @@ def detect_source(path: str | os.PathLike) -> str:
 
 
 def detect_kind(path: str | os.PathLike) -> str:
-  """DETECTRON2_RPN for an offline-RPN file, else the CLIP format (`detect_source`)."""
+  """DETECTRON2_RPN for an offline-RPN file, REGIONCLIP_DETECTOR for a fine-tuned RegionCLIP
+  detector, else the CLIP format (`detect_source`)."""
   path = os.fspath(path)
   if os.path.isfile(path) and not path.endswith(".safetensors") and not is_torchscript(path):
-    if is_detectron2_rpn(_model_keys(peek_torch_keys(path))):
+    keys = _model_keys(peek_torch_keys(path))
+    if is_regionclip_detector(keys):
+      return REGIONCLIP_DETECTOR
+    if is_detectron2_rpn(keys):
       return DETECTRON2_RPN
   return detect_source(path)
 

@@ -1,0 +1,560 @@
+r"""Region embeddings of images: the official tools/extract_region_features.py.
+
+  python -m regionclip_jax.tools.extract_region_features --checkpoint=CKPT --images=DIR \
+      --rpn=RPN --output=DIR [--embeddings=EMB.pth | --vocabulary=a,b,c]
+  ... --regions=gt --annotations=COCO.json     # the json's ground-truth boxes
+  ... --regions=file --boxes=BOXES.json        # boxes of your own
+
+Regions: the proposals of a frozen RPN (`--rpn`: an official RPN converted by `tools.convert`, or
+a stage="rpn" workdir / export), the boxes of a COCO json, or a json of boxes per image, either
+`{"a.jpg": [[x0, y0, x1, y1], ...], ...}` or `[{"file_name": "a.jpg", "boxes": [...]}, ...]`
+(x0 y0 x1 y1 in original pixels; names relative to `--images`). A region's embedding is the
+pretrained model's region path on the image resized as the official test transform (shorter side
+800, longer <= 1333): RoIAlign on res4 -> res5 -> attnpool, the function zero-shot detection
+classifies (`DetectorPredictor.region_outputs`).
+
+Output, one `<output>/<stem>.npz` per image (stem: the file name without its last suffix; the
+official script writes `<name up to its first dot>.pth` with torch.save), written atomically:
+  boxes [R, 4] float32       x0 y0 x1 y1, original pixels (RPN boxes clipped to the image)
+  feats [R, D] float32       region embeddings, attnpool output, not normalised (official)
+  image_size [2] int32       original (height, width)
+  scores [R] float32         RPN: objectness logits (the official script saves none)
+  ann_ids, category_ids [R] int64   regions="gt" only
+With `--embeddings` (official MODEL.CLIP.TEXT_EMB_PATH, [K, D]) or `--vocabulary`, only the
+detections are kept (score threshold, per-class NMS, top-k; official), and also written:
+  classes [R] int64          index into the embeddings
+  probs [R, K+1] float32     softmax over the classes and background (last; official `probs`)
+  scores [R] float32         detection score
+A fine-tuned detector export as `--checkpoint` gives its own region features (its box regressor
+moves the detections), scored alone, without a score ensemble.
+
+Bad records (missing or unreadable image; boxes non-finite, of negative size, outside the image or
+not four numbers; a second record of an image or of an output name): `--on_error=skip` warns
+naming each and goes on, `strict` stops at the first with one line and exit status 1. Default:
+skip for an image folder, strict with a json. The final line counts written and skipped images.
+The flags are the fields of `configs/extract_region_features.py`'s `extract` section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from typing import Optional, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+
+from configs import extract_region_features as extract_config
+from regionclip_jax.data.images import decode_image
+from regionclip_jax.data.validation import DataError, IssueCounter
+from regionclip_jax.detection.builders import read_embeddings
+from regionclip_jax.detection.classifier import text_logits
+from regionclip_jax.detection.inference import make_classify_fn
+from regionclip_jax.files import atomic_open
+from regionclip_jax.models.checkpoints import CheckpointError
+from regionclip_jax.tools.zero_shot import IMAGE_EXTS, ZeroShotDetector, parse_vocabulary
+
+NAME = "extract_region_features"
+_BLOCK = 1024  # boxes per region call: bounds memory and the number of compiled shapes
+_SLOP = 1.0  # px a given box may stick out of its image (rounding in other tools' outputs)
+
+
+def _bucket(n: int) -> int:
+  """Padded region count: powers of two from 16 up to _BLOCK, then multiples of _BLOCK."""
+  if n > _BLOCK:
+    return -(-n // _BLOCK) * _BLOCK
+  return max(16, 1 << max(n - 1, 0).bit_length())
+
+
+class RegionFeatureExtractor:
+  """The zero-shot detector's region path for one image at a time.
+
+  `__call__(image uint8 [H,W,3], boxes [R,4] original px or None = RPN) -> dict` of the output
+  arrays (module docstring) plus `index` [R'] int: rows of `boxes` the outputs are of.
+  `text_emb` [K, D]: keep the classified detections only.
+  """
+
+  def __init__(
+      self,
+      detector: ZeroShotDetector,
+      text_emb: Optional[np.ndarray] = None,
+      *,
+      num_regions: int = 0,
+      rpn_nms_thresh: Optional[float] = None,
+  ):
+    p = detector.predictor
+    if p.pretrained_variables is not None:
+      p = p.without_ensemble()  # the official extraction scores the detector alone
+    if p.rpn is not None:
+      s = p.rpn_settings
+      s = dataclasses.replace(
+          s,
+          nms_thresh=s.nms_thresh if rpn_nms_thresh is None else rpn_nms_thresh,
+          post_nms_topk_test=num_regions or s.post_nms_topk_test,
+      )
+      p = dataclasses.replace(p, rpn_settings=s)
+    self.detector, self.predictor = detector, p
+    self.dim = detector.clip_config.embed_dim
+    self.text_emb = None if text_emb is None else np.asarray(text_emb, np.float32)
+    self._classify = None if text_emb is None else make_classify_fn(p.inference)
+
+  def regions(self, images: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """images [1,P,P,3] preprocessed, boxes [R,4] resized px -> (feats [R,D], deltas [R,4])."""
+    feats, deltas = [np.zeros((0, self.dim), np.float32)], [np.zeros((0, 4), np.float32)]
+    for i in range(0, len(boxes), _BLOCK):
+      blk = boxes[i : i + _BLOCK]
+      padded = np.tile(np.asarray([0, 0, 1, 1], np.float32), (_bucket(len(blk)), 1))
+      padded[: len(blk)] = blk
+      f, d = self.predictor.region_outputs(images, padded[None])
+      feats.append(np.asarray(f[0, : len(blk)], np.float32))
+      deltas.append(np.asarray(d[0, : len(blk)], np.float32))
+    return np.concatenate(feats), np.concatenate(deltas)
+
+  def __call__(self, image: np.ndarray, boxes: Optional[np.ndarray] = None) -> dict:
+    h, w = image.shape[:2]
+    x, size, (sy, sx) = self.detector.preprocess(image)
+    scale = np.asarray([sx, sy, sx, sy], np.float32)
+    objectness = None
+    if boxes is None:
+      pb, logits, valid = (np.asarray(a[0]) for a in self.predictor.proposals(x, size))
+      b, objectness = pb[valid].astype(np.float32), logits[valid].astype(np.float32)
+    else:
+      b = np.asarray(boxes, np.float32).reshape(-1, 4) * scale
+    feats, deltas = self.regions(x, b)
+    out = {"image_size": np.asarray([h, w], np.int32)}
+    if self._classify is None:
+      index = np.arange(len(b))
+      if boxes is None:  # official: proposals back to original pixels, clipped, empty ones gone
+        ob, index = _clip_nonempty(b / scale, h, w)
+        out["scores"] = objectness[index]
+      else:
+        ob = np.asarray(boxes, np.float32).reshape(-1, 4)
+      return dict(out, boxes=ob, feats=feats[index], index=index)
+    n = _bucket(len(b))
+
+    def pad(a, fill=0.0):  # [R, ...] -> [n, ...]
+      return np.concatenate([a, np.full((n - len(a),) + a.shape[1:], fill, a.dtype)])
+
+    fuse = objectness is not None and self.predictor.inference.rpn_fusion is not None
+    det = self._classify(
+        pad(feats)[None],
+        pad(deltas)[None],
+        pad(b)[None],
+        pad(np.ones(len(b), bool), False)[None],
+        size,
+        self.text_emb,
+        pad(objectness)[None] if fuse else None,
+    )
+    det = jax.tree.map(lambda a: np.asarray(a[0]), det)
+    keep = det["valid"]
+    ob, kept = _clip_nonempty(det["boxes"][keep] / scale, h, w)
+    roi = det["roi_index"][keep][kept]
+    logits = text_logits(feats[roi], self.text_emb, self.predictor.inference.temperature)
+    return dict(
+        out,
+        boxes=ob,
+        feats=feats[roi],
+        classes=det["classes"][keep][kept].astype(np.int64),
+        scores=det["scores"][keep][kept].astype(np.float32),
+        probs=np.asarray(jax.nn.softmax(logits, -1), np.float32),
+        index=roi,
+    )
+
+
+def _clip_nonempty(boxes: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+  """[R,4] -> (clipped to h x w, keeping width and height > 0 [R'] ; their rows [R'])."""
+  b = np.stack(
+      [
+          boxes[:, 0].clip(0, w),
+          boxes[:, 1].clip(0, h),
+          boxes[:, 2].clip(0, w),
+          boxes[:, 3].clip(0, h),
+      ],
+      1,
+  ).astype(np.float32)
+  rows = np.nonzero((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]))[0]
+  return b[rows], rows
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclasses.dataclass
+class Record:
+  where: str  # names the record in messages
+  path: str
+  stem: str
+  boxes: Optional[np.ndarray] = None  # [R,4] float64 x0 y0 x1 y1 original px; None = RPN
+  extra: dict = dataclasses.field(default_factory=dict)  # per-box arrays [R] saved as given
+
+
+class Refused(Exception):
+  """A bad record: `kind` (the counted category) and a detail."""
+
+  def __init__(self, kind: str, detail: str = ""):
+    super().__init__(f"{kind}: {detail}" if detail else kind)
+    self.kind, self.detail = kind, detail
+
+
+class Issues:
+  """Bad-record policy: "strict" raises a one-line DataError; "skip" warns and counts."""
+
+  def __init__(self, policy: str):
+    if policy not in ("skip", "strict"):
+      raise ValueError(f"{NAME}: on_error must be 'skip' or 'strict', got {policy!r}")
+    self.policy = policy
+    self.counter = IssueCounter(NAME)
+
+  def __call__(self, kind: str, where: str, detail: str = "") -> None:
+    msg = f"{where}: {kind}" + (f": {detail}" if detail else "")
+    if self.policy == "strict":
+      raise DataError(f"{msg} (--on_error=skip skips bad records and counts them)")
+    self.counter.add(kind, where)
+    print(f"{NAME}: skipped {msg}", file=sys.stderr, flush=True)
+
+
+def _box_array(raw, xywh: bool = False, labels: Optional[Sequence[str]] = None) -> np.ndarray:
+  """A json list of [4] numbers -> [R,4] float64 x0 y0 x1 y1 (from x y w h with `xywh`);
+  Refused for anything else, naming the box by `labels[i]` (default "box i")."""
+  if not isinstance(raw, list):
+    raise Refused("bad_boxes", f"expected a list of [x0, y0, x1, y1], got {type(raw).__name__}")
+  name = (lambda i: labels[i]) if labels else (lambda i: f"box {i}")
+  for i, b in enumerate(raw):
+    ok = isinstance(b, list) and len(b) == 4
+    if not ok or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b):
+      raise Refused("bad_boxes", f"{name(i)} is {json.dumps(b)[:60]}, not four numbers")
+  a = np.asarray(raw, np.float64).reshape(-1, 4)
+  for i in np.nonzero(~np.isfinite(a).all(1))[0]:
+    raise Refused("non_finite_box", f"{name(i)} {raw[i]}")
+  if xywh:
+    a = np.concatenate([a[:, :2], a[:, :2] + a[:, 2:]], 1)
+  for i in np.nonzero((a[:, 2] < a[:, 0]) | (a[:, 3] < a[:, 1]))[0]:
+    raise Refused("negative_size_box", f"{name(i)} {raw[i]}")
+  return a
+
+
+def _check_inside(boxes: np.ndarray, h: int, w: int) -> None:
+  lo, hi = -_SLOP, np.asarray([w, h, w, h]) + _SLOP
+  for i in np.nonzero(((boxes < lo) | (boxes > hi)).any(1))[0]:
+    raise Refused("box_outside_image", f"box {i} {boxes[i].tolist()} vs image {w}x{h}")
+
+
+def _load_json(path: str):
+  """-> the json; lists of key/value pairs for objects (duplicate keys stay visible)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f, object_pairs_hook=_Pairs)
+  except (OSError, ValueError) as e:
+    raise DataError(f"{path}: unreadable json: {e}") from None
+
+
+class _Pairs(list):
+  """A json object as its (key, value) pairs."""
+
+  def get(self, key, default=None):
+    return next((v for k, v in self if k == key), default)
+
+
+class _Names:
+  """Refuses a second record of an image or of an output file name."""
+
+  def __init__(self):
+    self.ids, self.stems = set(), set()
+
+  def take(self, file_name: str, ident=None) -> str:
+    """-> the output stem; Refused for a repeated id, file name or stem."""
+    stem = os.path.splitext(os.path.basename(file_name))[0]
+    for key in (("id", ident), ("file", file_name)):
+      if key[1] is not None and key in self.ids:
+        raise Refused("duplicate_image", f"{key[0]} {key[1]!r} listed before")
+    if stem in self.stems:
+      raise Refused("duplicate_output_name", f"{stem}.npz is another image's output")
+    self.ids.update((("id", ident), ("file", file_name)))
+    self.stems.add(stem)
+    return stem
+
+
+def folder_records(images: str, issues: Issues) -> tuple[list[Record], int]:
+  """Every image file of `images` (sorted) -> (records, number of other files ignored)."""
+  if not os.path.isdir(images):
+    raise DataError(f"{NAME}: --images={images!r} is not a folder")
+  files = sorted(os.listdir(images))
+  names, out = _Names(), []
+  for f in (f for f in files if f.lower().endswith(IMAGE_EXTS)):
+    try:
+      out.append(Record(f, os.path.join(images, f), names.take(f)))
+    except Refused as r:
+      issues(r.kind, f, r.detail)
+  return out, sum(not f.lower().endswith(IMAGE_EXTS) for f in files)
+
+
+def boxes_records(path: str, images: str, issues: Issues) -> list[Record]:
+  """A json of boxes per image (module docstring) -> records, bad ones refused."""
+  data = _load_json(path)
+  if isinstance(data, _Pairs):
+    items = [(f"{path}: {k!r}", k, v, None) for k, v in data]
+  elif isinstance(data, list):
+    items = []
+    for i, r in enumerate(data):
+      fn = r.get("file_name") if isinstance(r, _Pairs) else None
+      ident = r.get("id") if isinstance(r, _Pairs) else None
+      boxes = r.get("boxes") if isinstance(r, _Pairs) else None
+      items.append((f"{path} record {i} ({fn})", fn, boxes, _hashable(ident)))
+  else:
+    raise DataError(f"{path}: expected an object {{file_name: boxes}} or a list of records")
+  names, out = _Names(), []
+  for where, fn, boxes, ident in items:
+    try:
+      if not isinstance(fn, str) or not fn:
+        raise Refused("bad_record", "no file_name string")
+      stem = names.take(fn, ident)  # a repeated id or name is refused whatever its boxes
+      out.append(Record(where, os.path.join(images, fn), stem, _box_array(boxes)))
+    except Refused as r:
+      issues(r.kind, where, r.detail)
+  return out
+
+
+def _hashable(v):
+  return json.dumps(v) if isinstance(v, list) else v
+
+
+def coco_records(path: str, images: str, with_boxes: bool, issues: Issues) -> list[Record]:
+  """A COCO json's images (with `with_boxes`, their annotations' boxes, ids and categories)."""
+  data = _load_json(path)
+  imgs = data.get("images") if isinstance(data, _Pairs) else None
+  anns = (data.get("annotations") or []) if isinstance(data, _Pairs) else None
+  if not isinstance(imgs, list) or not isinstance(anns, list):
+    raise DataError(f"{path}: not a COCO json (needs 'images' and 'annotations' lists)")
+  by_image: dict = {}
+  for a in anns:
+    if isinstance(a, _Pairs):
+      by_image.setdefault(_hashable(a.get("image_id")), []).append(a)
+  names, out = _Names(), []
+  for i, im in enumerate(imgs):
+    fn = im.get("file_name") if isinstance(im, _Pairs) else None
+    ident = _hashable(im.get("id")) if isinstance(im, _Pairs) else None
+    where = f"{path} image {ident} ({fn})"
+    try:
+      if not isinstance(fn, str) or not fn or ident is None:
+        raise Refused("bad_record", f"images[{i}] needs an id and a file_name")
+      rec = Record(where, os.path.join(images, fn), names.take(fn, ident))
+      if with_boxes:
+        mine = by_image.get(ident, [])
+        labels = [f"annotation {a.get('id')} bbox" for a in mine]
+        rec.boxes = _box_array([a.get("bbox") for a in mine], xywh=True, labels=labels)
+        rec.extra = {
+            "ann_ids": _int_column(mine, "id"),
+            "category_ids": _int_column(mine, "category_id"),
+        }
+      out.append(rec)
+    except Refused as r:
+      issues(r.kind, where, r.detail)
+  return out
+
+
+def _int_column(anns, key: str) -> np.ndarray:
+  vals = [a.get(key) for a in anns]
+  if not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+    raise Refused("bad_record", f"annotation {key} values must be integers")
+  return np.asarray(vals, np.int64).reshape(-1)
+
+
+# ----------------------------------------------------------------------------- job
+
+
+def extract_records(
+    extractor: RegionFeatureExtractor, records: Sequence[Record], output: str, issues: Issues
+) -> dict:
+  """Writes `<output>/<stem>.npz` per record -> {"written": n, "regions": total boxes}."""
+  os.makedirs(output, exist_ok=True)
+  written = regions = 0
+  for rec in records:
+    if not os.path.isfile(rec.path):
+      issues("missing_image", rec.where, f"no file {rec.path}")
+      continue
+    img = decode_image(rec.path, policy="skip", counter=None, where=rec.where)
+    if img is None:
+      issues("corrupt_image", rec.where, f"{rec.path} is not a readable image")
+      continue
+    try:
+      if rec.boxes is not None:
+        _check_inside(rec.boxes, *img.shape[:2])
+    except Refused as r:
+      issues(r.kind, rec.where, r.detail)
+      continue
+    arrays = extractor(img, rec.boxes)
+    index = arrays.pop("index")
+    arrays.update({k: v[index] for k, v in rec.extra.items()})
+    with atomic_open(os.path.join(output, rec.stem + ".npz"), "wb") as f:
+      np.savez(f, **arrays)
+    written += 1
+    regions += len(arrays["boxes"])
+  return {"written": written, "regions": regions}
+
+
+def check_settings(e) -> str:
+  """One-line ValueError for a setting that cannot work; -> the bad-record policy."""
+  need = {
+      "rpn": ("rpn", "--rpn"),
+      "gt": ("annotations", "--annotations"),
+      "file": ("boxes", "--boxes"),
+  }
+  if e.regions not in need:
+    raise ValueError(f"{NAME}: --regions must be one of {sorted(need)}, got {e.regions!r}")
+  for key, flag in (("checkpoint", "--checkpoint"), ("images", "--images"), need[e.regions]):
+    if not e[key]:
+      raise ValueError(f"{NAME}: {flag} is required (--regions={e.regions})")
+  if e.rpn_fusion not in ("", "raw_logit", "sigmoid"):
+    raise ValueError(f"{NAME}: --rpn_fusion must be '', raw_logit or sigmoid, got {e.rpn_fusion!r}")
+  policy = e.on_error or ("strict" if (e.annotations or e.regions == "file") else "skip")
+  if policy not in ("skip", "strict"):
+    raise ValueError(f"{NAME}: --on_error must be skip or strict, got {e.on_error!r}")
+  return policy
+
+
+def read_records(e, issues: Issues) -> tuple[list[Record], int]:
+  """The records the settings name -> (records, files ignored in a folder)."""
+  if e.regions == "file":
+    recs, ignored = boxes_records(e.boxes, e.images, issues), 0
+  elif e.annotations:
+    recs, ignored = coco_records(e.annotations, e.images, e.regions == "gt", issues), 0
+  else:
+    recs, ignored = folder_records(e.images, issues)
+  return recs[: e.max_images or None], ignored
+
+
+def text_embeddings(detector: ZeroShotDetector, e) -> Optional[np.ndarray]:
+  """[K, D] from --vocabulary (text tower, or --embeddings in its order) or --embeddings; None."""
+  if e.vocabulary:
+    return detector.text_embeddings(parse_vocabulary(e.vocabulary), e.embeddings)
+  if e.embeddings:
+    return read_embeddings(e.embeddings, None, detector.clip_config.embed_dim)
+  return None
+
+
+def run(config, workdir: str | None = None) -> dict:
+  """The job (task "extract_region_features"): -> summary {"written", "skipped", "regions",
+  "issues" (kind -> count), "ignored_files", "output"}."""
+  e = config.extract
+  issues = Issues(check_settings(e))
+  records, ignored = read_records(e, issues)  # json problems stop before the model loads
+  detector = ZeroShotDetector(
+      e.checkpoint,
+      rpn=e.rpn if e.regions == "rpn" else "",
+      text_checkpoint=e.text_checkpoint,
+      source=e.source or None,
+      test_size=e.test_size,
+      max_size=e.max_size,
+      score_thresh=e.score_thresh,
+      nms_thresh=e.nms_thresh,
+      topk=e.detections_per_image,
+      rpn_fusion=e.rpn_fusion or None,
+  )
+  extractor = RegionFeatureExtractor(
+      detector,
+      text_embeddings(detector, e),
+      num_regions=e.num_regions,
+      rpn_nms_thresh=e.rpn_nms_thresh,
+  )
+  if not e.output and not workdir:
+    workdir = tempfile.mkdtemp(prefix=f"regionclip_{NAME}_")
+  output = e.output or os.path.join(workdir, "region_features")
+  done = extract_records(extractor, records, output, issues)
+  summary = dict(
+      done,
+      skipped=issues.counter.total(),
+      issues=issues.counter.counts,
+      ignored_files=ignored,
+      output=output,
+  )
+  print(summary_line(summary), flush=True)
+  return summary
+
+
+def summary_line(s: dict) -> str:
+  kinds = ", ".join(f"{k} {n}" for k, n in sorted(s["issues"].items()))
+  line = f"{NAME}: wrote {s['written']} images ({s['regions']} regions) to {s['output']}"
+  line += f"; skipped {s['skipped']}" + (f" ({kinds})" if kinds else "")
+  if s["ignored_files"]:
+    line += f"; ignored {s['ignored_files']} files without an image extension"
+  return line
+
+
+# ----------------------------------------------------------------------------- command line
+
+_HELP = {
+    "checkpoint": "CLIP checkpoint (any format) or detector export dir",
+    "images": "folder of images (json file names are relative to it)",
+    "output": "output folder (<stem>.npz per image)",
+    "regions": "rpn (--rpn) | gt (--annotations) | file (--boxes)",
+    "rpn": "frozen RPN: converted official RPN, stage='rpn' workdir or export",
+    "annotations": "COCO json: its images, and with --regions=gt its boxes",
+    "boxes": "json of boxes per image, x0 y0 x1 y1 original px",
+    "embeddings": ".npy / official .pth [K, D]: keep the classified detections",
+    "vocabulary": "a,b,c or @file.txt: the same with the text tower",
+    "text_checkpoint": "CLIP checkpoint for the text tower",
+    "source": "force the checkpoint format",
+    "test_size": "shorter side",
+    "max_size": "longer side cap",
+    "num_regions": "RPN proposals per image (0 = the RPN's own test top-k)",
+    "rpn_nms_thresh": "RPN NMS IoU",
+    "score_thresh": "with embeddings: drop detections below",
+    "nms_thresh": "with embeddings: per-class NMS IoU",
+    "detections_per_image": "with embeddings: top-k",
+    "rpn_fusion": "with embeddings: '' | raw_logit | sigmoid",
+    "on_error": "skip | strict ('' = skip for a folder, strict for a json)",
+    "max_images": "first N images only (0 = all)",
+}
+_CHOICES = {"regions": ("rpn", "gt", "file")}
+_TOOL_DEFAULTS = {"output": "region_features"}  # no workdir on the command line
+
+
+def _define_flags() -> None:
+  """One absl flag per field of the `extract` section, plus `--preset`."""
+  flags.DEFINE_enum("preset", "official", list(extract_config.PRESETS), "config preset")
+  for name, default in extract_config.get_config().extract.items():
+    default, help_ = _TOOL_DEFAULTS.get(name, default), _HELP.get(name, name)
+    if name in _CHOICES:
+      flags.DEFINE_enum(name, default, _CHOICES[name], help_)
+    elif isinstance(default, bool):
+      flags.DEFINE_bool(name, default, help_)
+    elif isinstance(default, int):
+      flags.DEFINE_integer(name, default, help_)
+    elif isinstance(default, float):
+      flags.DEFINE_float(name, default, help_)
+    else:
+      flags.DEFINE_string(name, default, help_)
+
+
+def config_from_flags(values) -> ml_collections.ConfigDict:
+  cfg = extract_config.get_config(values.preset)
+  for name in cfg.extract.keys():
+    if values[name].present or name in _TOOL_DEFAULTS:
+      cfg.extract[name] = values[name].value
+  return cfg
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  cfg = config_from_flags(flags.FLAGS)
+  try:
+    check_settings(cfg.extract)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  try:
+    summary = run(cfg)
+  except (DataError, CheckpointError, FileNotFoundError) as e:
+    raise SystemExit(f"{NAME}: error: {e}") from None  # one line, exit status 1
+  if summary["written"] == 0 and summary["skipped"]:
+    raise SystemExit(1)
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
