@@ -17,6 +17,8 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from PIL import Image
 
 from configs import pretrain as pretrain_config
+from regionclip_jax.data.image_text import ArrayRecordImageText, encode_pair
+from regionclip_jax.data.validation import DataError
 from regionclip_jax.pretrain import sources
 from regionclip_jax.tools import make_pretrain_data as mpd
 
@@ -161,6 +163,32 @@ def test_unusable_inputs_are_one_line(tmp_path):
   with pytest.raises(mpd.BadRow, match=r"none of its 1 rows is usable \(missing_image 1\)"):
     mpd.convert(str(tmp_path), str(tmp_path / "c.jsonl"), str(tmp_path / "o"), err=io.StringIO())
   assert not [p for p in os.listdir(tmp_path) if p.startswith("o") or p.startswith(".o")]
+
+
+def test_array_record_reader_counts_bad_records(tmp_path):
+  from array_record.python.array_record_module import ArrayRecordWriter
+
+  path = str(tmp_path / "x.array_record")
+  w = ArrayRecordWriter(path, "group_size:1")
+  for record in (
+      encode_pair("a", JPEGS["coffee"], ["a cup"]),
+      b"no header line",
+      encode_pair("c", b"not an image", ["x"]),
+      encode_pair("d", JPEGS["rocket"], ["  "]),
+  ):
+    w.write(record)
+  w.close()
+  ds = ArrayRecordImageText(path, policy="skip")
+  assert len(ds) == 4 and ds[0]["captions"] == ["a cup"] and ds[0]["key"] == "a"
+  assert [ds[i] for i in (1, 2, 3)] == [None, None, None]
+  assert ds.issues.counts == {
+      "corrupt_record": 1,
+      "corrupt_image": 1,
+      "empty_caption": 1,
+      "record_without_captions": 1,
+  }
+  with pytest.raises(DataError, match=r"x.array_record record 1: corrupt_record"):
+    ArrayRecordImageText(path)[1]
 
 
 # -- property test: corrupted inputs --------------------------------------------------------------

@@ -201,3 +201,12 @@ def test_unknown_source_lists_the_accepted_ones(data):
       match=r"data.source='webdataset' is not one of \['shapes_world', 'tsv', 'coco_captions', 'jsonl', 'tfds', 'array_record'\]",
   ):
     sources.real_source(c)
+
+
+def test_tfds_feature_keys_are_checked(data):
+  c = _config("tfds", data)
+  c.data.tfds_caption_key = "caption"
+  with pytest.raises(
+      ValueError, match="tfds dataset 'tiny_captions' lacks required feature 'caption'"
+  ):
+    sources.real_source(c)

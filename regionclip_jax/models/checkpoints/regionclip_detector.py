@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
 
 from regionclip_jax.models.checkpoints.errors import CheckpointError
@@ -106,9 +107,9 @@ def regionclip_detector_parts(sd: dict, where: str = "checkpoint") -> DetectorPa
   config = _config(vis, dim, where)
   # the text stand-in's zero weights only complete the state dict that params_from_state_dict
   # checks; they are dropped again
+  text_shapes = {k: v for k, v in param_shapes(config).items() if k != "visual"}
   text = state_dict_from_params(
-      {k: np.zeros(v.shape, np.float32) for k, v in param_shapes(config).items() if k != "visual"},
-      num_batches_tracked=False,
+      jax.tree.map(lambda v: np.zeros(v.shape, np.float32), text_shapes), num_batches_tracked=False
   )
   try:
     params = params_from_state_dict({**text, **vis}, config)
