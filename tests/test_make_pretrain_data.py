@@ -153,6 +153,31 @@ def test_strict_stop_keeps_the_previous_output(tmp_path):
   assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
+@pytest.mark.parametrize("fmt", ["tsv", "array_record"])
+def test_interrupted_run_leaves_no_output(tmp_path, monkeypatch, fmt):
+  for i in range(4):
+    (tmp_path / f"{i}.jpg").write_bytes(JPEGS[PHOTOS[i]])
+  rows = [{"image": f"{i}.jpg", "caption": f"photo {i}"} for i in range(4)]
+  _write_captions(tmp_path / "c.jsonl", rows, "jsonl")
+  load = mpd._load
+
+  def interrupted(root, row):
+    if row.image == "2.jpg":
+      raise KeyboardInterrupt  # Ctrl-C (a SIGKILL leaves only the hidden .tmp files)
+    return load(root, row)
+
+  monkeypatch.setattr(mpd, "_load", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    mpd.convert(
+        str(tmp_path),
+        str(tmp_path / "c.jsonl"),
+        str(tmp_path / "out" / "p"),
+        fmt=fmt,
+        err=io.StringIO(),
+    )
+  assert os.listdir(tmp_path / "out") == []
+
+
 def test_unusable_inputs_are_one_line(tmp_path):
   (tmp_path / "c.csv").write_text("file,text\na.jpg,x\n")
   with pytest.raises(mpd.InputError, match=r"c.csv: the header row \['file', 'text'\] lacks"):

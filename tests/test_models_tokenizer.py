@@ -105,3 +105,29 @@ def test_vocab_table_matches_file_size():
   vocab, merges = tokenizer._vocab_and_merges(tokenizer.BPE_PATH)
   assert len(vocab) == 49408 and len(merges) == 48894
   assert vocab["<|startoftext|>"] == 49406 and vocab["a</w>"] == 320
+
+
+_RACE = """
+import threading
+from regionclip_jax.models import tokenizer
+errors = []
+def first_call():
+  try:
+    tokenizer.tokenize(["a photo of a cat"], 16)
+  except Exception as e:  # the race shows as an ImportError from transformers' lazy module
+    errors.append(repr(e))
+threads = [threading.Thread(target=first_call) for _ in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print("ERRORS", errors)
+"""
+
+
+def test_first_tokenizer_calls_from_many_threads_do_not_race():
+  """grain workers start several read threads that all build the tokenizer on their first batch."""
+  import subprocess
+  import sys
+
+  res = subprocess.run([sys.executable, "-c", _RACE], capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert "ERRORS []" in res.stdout, res.stdout[-2000:]

@@ -13,8 +13,8 @@ from PIL import Image
 
 from configs import pretrain as pretrain_config
 from regionclip_jax import stages
-from regionclip_jax.pipeline import compilation_cache
 from regionclip_jax.data.image_text import write_array_record, write_tsv_pairs
+from regionclip_jax.pipeline import compilation_cache
 from regionclip_jax.pretrain import sources
 from regionclip_jax.tools.make_example_dataset import write_tiny_clip
 
@@ -41,43 +41,34 @@ def _photos(size: int = 96) -> dict[str, bytes]:
   return out
 
 
-class _TfdsBuilderFactory:
-  """The TFDS image-text builder, defined on first use (tensorflow_datasets is a heavy import)."""
+def _prepare_tfds(data_dir: str, jpegs: dict[str, bytes]) -> None:
+  """The photos as a TFDS image-text dataset "tiny_captions" (array_record) in `data_dir`."""
+  import tensorflow_datasets as tfds  # heavy: only here
 
-  cls = None
+  class TinyCaptions(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
 
-  @classmethod
-  def get(cls):
-    if cls.cls is None:
-      import tensorflow_datasets as tfds
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self,
+          features=tfds.features.FeaturesDict(
+              {
+                  "image": tfds.features.Image(shape=(None, None, 3)),
+                  # the layout of TFDS coco_captions: a sequence of {"text"}
+                  "captions": tfds.features.Sequence({"text": np.str_}),
+              }
+          ),
+      )
 
-      jpegs = _photos()
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples()}
 
-      class TinyCaptions(tfds.core.GeneratorBasedBuilder):
-        VERSION = tfds.core.Version("1.0.0")
+    def _generate_examples(self):
+      for i, (name, caps) in enumerate(PHOTOS.items()):
+        # a file object is stored as is: no TensorFlow needed to encode
+        yield i, {"image": io.BytesIO(jpegs[name]), "captions": {"text": caps}}
 
-        def _info(self):
-          return tfds.core.DatasetInfo(
-              builder=self,
-              features=tfds.features.FeaturesDict(
-                  {
-                      "image": tfds.features.Image(shape=(None, None, 3)),
-                      # the layout of TFDS coco_captions: a sequence of {"text"}
-                      "captions": tfds.features.Sequence({"text": np.str_}),
-                  }
-              ),
-          )
-
-        def _split_generators(self, dl_manager):
-          return {"train": self._generate_examples()}
-
-        def _generate_examples(self):
-          for i, (name, caps) in enumerate(PHOTOS.items()):
-            # a file object is stored as is: no TensorFlow needed to encode
-            yield i, {"image": io.BytesIO(jpegs[name]), "captions": {"text": caps}}
-
-      cls.cls = TinyCaptions
-    return cls.cls
+  TinyCaptions(data_dir=data_dir, file_format="array_record").download_and_prepare()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -115,9 +106,7 @@ def data(tmp_path_factory):
   }
   (root / "captions.json").write_text(json.dumps(coco))
   tfds_dir = root / "tfds"
-  _TfdsBuilderFactory.get()(
-      data_dir=str(tfds_dir), file_format="array_record"
-  ).download_and_prepare()
+  _prepare_tfds(str(tfds_dir), jpegs)
   (root / "concepts.txt").write_text("\n".join(CONCEPTS) + "\n")
   return {
       "clip": write_tiny_clip(str(root / "clip")),

@@ -1,8 +1,9 @@
 """Input pipelines (grain): sources that return plain numpy records, transforms to static shapes.
 
 Sources: `ShapesWorld` (procedural default world), `CocoDetection` / `CocoCaptions` (COCO-format
-json + images, OVD and LVIS splits), `TsvImageText` / `JsonlImageText` (image-text pairs),
-`TfdsDetection` (`tfds.data_source`, imported from `regionclip_jax.data.tfds_source`).
+json + images, OVD and LVIS splits), `TsvImageText` / `JsonlImageText` / `ArrayRecordImageText` (image-text
+pairs), `TfdsDetection` / `TfdsImageText` (`tfds.data_source`, imported from
+`regionclip_jax.data.tfds_source`).
 Records: image uint8 [H, W, 3], boxes float32 [K, 4] x1y1x2y2 px, labels int32 [K],
 captions list[str], image_id int. After the transforms: image float32 [S, S, 3] (CLIP-normalised)
 or uint8, image_mask bool [S, S], image_size int32 [2], boxes [B, 4], box_mask [B], labels [B],

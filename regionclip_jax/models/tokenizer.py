@@ -21,6 +21,7 @@ import html
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -116,9 +117,19 @@ def _build_dir(bpe_path: Path) -> Path:
   return target if (target / "tokenizer.json").exists() else tmp
 
 
-@functools.cache
+# transformers' lazy imports are not thread-safe: the read threads of a fresh grain worker racing
+# to the first tokenizer fail with "cannot import name 'CLIPTokenizerFast'"
+_BUILD_LOCK = threading.Lock()
+
+
 def get_tokenizer(bpe_path: str | None = None):
-  """The cached `CLIPTokenizerFast` for the shipped (or given) BPE file."""
+  """The cached `CLIPTokenizerFast` for the shipped (or given) BPE file (thread-safe)."""
+  with _BUILD_LOCK:
+    return _get_tokenizer(bpe_path)
+
+
+@functools.cache
+def _get_tokenizer(bpe_path: str | None):
   CLIPTokenizerFast = _tokenizer_class()
   path = Path(bpe_path) if bpe_path else BPE_PATH
   if not path.exists():

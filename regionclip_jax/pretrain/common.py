@@ -34,7 +34,11 @@ def _check_choice(value, options, key: str) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raise on settings no stage can run with, before any of them spends time training."""
-  _check_choice(config.data.source, ("shapes_world", "tsv", "coco_captions"), "data.source")
+  _check_choice(
+      config.data.source,
+      ("shapes_world", "tsv", "coco_captions", "jsonl", "tfds", "array_record"),
+      "data.source",
+  )
   _check_choice(config.proposals.kind, ("boxes_jitter", "random", "rpn"), "proposals.kind")
   _check_choice(config.model.dtype, ("float32", "bfloat16"), "model.dtype")
   _check_choice(config.sharding.mode, ("replicate", "fsdp"), "sharding.mode")

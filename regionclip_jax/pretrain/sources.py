@@ -9,7 +9,6 @@ are dropped and counted (the report comes at the end of the run).
 
 from __future__ import annotations
 
-import threading
 
 import jax
 import numpy as np
@@ -98,30 +97,6 @@ def train_source(config):
   return real_source(config), []
 
 
-class _FirstCallLocked:
-  """`fn` whose first call in each process holds a lock. The BPE tokenizer is built on its first
-  call (transformers' lazy imports), which is not thread-safe: the read threads of a fresh
-  grain worker process racing to it fail with an ImportError."""
-
-  def __init__(self, fn):
-    self.fn = fn
-    self._lock, self._ready = threading.Lock(), False
-
-  def __getstate__(self) -> dict:
-    return {"fn": self.fn}
-
-  def __setstate__(self, state: dict) -> None:
-    self.__init__(state["fn"])
-
-  def __call__(self, *args, **kwargs):
-    if self._ready:
-      return self.fn(*args, **kwargs)
-    with self._lock:
-      out = self.fn(*args, **kwargs)
-      self._ready = True
-    return out
-
-
 def train_iterator(config, source, batch_size: int, tokenize, seed_offset: int = 0):
   """Endless shuffled batches of this process's share of `batch_size` (global)."""
   d = config.data
@@ -134,7 +109,7 @@ def train_iterator(config, source, batch_size: int, tokenize, seed_offset: int =
         short_edge_lengths=tuple(d.short_edge_lengths),
         max_size=d.max_size,
         flip=d.flip,
-        tokenize_fn=_FirstCallLocked(tokenize),
+        tokenize_fn=tokenize,
         normalize=d.normalize_on_host,
         backend=d.resize_backend,
     )
