@@ -43,6 +43,28 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
     raise
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+  """A temporary path beside `path` for writers that take a path, not a file object (e.g.
+  ArrayRecordWriter); renamed to `path` (after an fsync) when the block exits without error,
+  removed on an exception. The writer must have closed the file by the end of the block."""
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+  os.close(fd)
+  try:
+    yield tmp
+    with open(tmp, "rb") as f:
+      os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
+
+
 def _strict(x: Any) -> Any:
   """numpy scalars -> Python; non-finite floats -> None (json has no NaN / Infinity)."""
   if isinstance(x, (np.floating, np.integer, np.bool_)):

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from PIL import Image
 
 from configs import pretrain as pretrain_config
-from regionclip_jax.data.image_text import ArrayRecordImageText, encode_pair
+from regionclip_jax.data.array_record import ArrayRecordImageText, encode_pair
 from regionclip_jax.data.validation import DataError
 from regionclip_jax.pretrain import sources
 from regionclip_jax.tools import make_pretrain_data as mpd

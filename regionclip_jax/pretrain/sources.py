@@ -15,7 +15,8 @@ import numpy as np
 
 from regionclip_jax.data import pipeline, transforms as T
 from regionclip_jax.data.coco import CocoCaptions
-from regionclip_jax.data.image_text import ArrayRecordImageText, JsonlImageText, TsvImageText
+from regionclip_jax.data.array_record import ArrayRecordImageText
+from regionclip_jax.data.image_text import JsonlImageText, TsvImageText
 from regionclip_jax.data.shapes_world import ShapesWorld
 from regionclip_jax.data.tfds_source import TfdsImageText
 from regionclip_jax.pretrain.common import WHERE

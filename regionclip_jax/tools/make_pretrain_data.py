@@ -42,7 +42,8 @@ from absl import app, flags
 from PIL import Image
 
 from regionclip_jax import files
-from regionclip_jax.data.image_text import write_array_record, write_tsv_pairs
+from regionclip_jax.data.array_record import write_array_record
+from regionclip_jax.data.image_text import write_tsv_pairs
 
 FORMATS = ("tsv", "array_record")
 NAME = "[make_pretrain_data]"
