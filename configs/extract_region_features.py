@@ -47,7 +47,7 @@ def _base() -> mlc.ConfigDict:
   e.detections_per_image = 100
   e.rpn_fusion = "raw_logit"  # "" | "raw_logit" (official) | "sigmoid"
   e.on_error = ""  # "skip" | "strict"; "" = skip for an image folder, strict for a json
-  e.max_images = 0  # 0 = all
+  e.max_images = 0  # the first N entries of the folder (sorted) or json; 0 = all
   return c
 
 

@@ -21,6 +21,7 @@ TASKS = {
     "pretrain": "regionclip_jax.stages",
     "detection": "regionclip_jax.detection.run",
     "zero_shot": "regionclip_jax.tools.zero_shot",
+    "extract_region_features": "regionclip_jax.tools.extract_region_features",
     "pipeline": "regionclip_jax.pipeline",
 }
 

@@ -185,6 +185,8 @@ def test_json_records_refused_by_name(tmp_path, capsys):
   recs = erf.boxes_records(str(tmp_path / "b.json"), str(tmp_path), issues)
   assert [r.stem for r in recs] == ["a", "b"] and issues.counter.counts == {"duplicate_image": 1}
   assert "b.json: 'a.jpg': duplicate_image" in capsys.readouterr().err
+  strict = erf.Issues("strict")  # --max_images: later entries are neither read nor refused
+  assert len(erf.boxes_records(str(tmp_path / "b.json"), str(tmp_path), strict, limit=2)) == 2
   coco = {
       "images": [
           {"id": 1, "file_name": "x/a.jpg"},
@@ -231,6 +233,7 @@ _BAD_FILE = {
     "empty": (b"", "corrupt_image"),
     "truncated": (None, "corrupt_image"),
     "text": (b"hello, not an image", "corrupt_image"),
+    "thin": ("thin", "degenerate_image"),  # 1 x 200 px: resizes to 0 x 96
 }
 # refused while reading the json, before any image (the rest when the image is opened)
 _READ_KINDS = {"non_finite_box", "negative_size_box", "bad_boxes", "duplicate_image"}
@@ -253,7 +256,10 @@ def _write_case(d, kinds, good_boxes):
     name, boxes, want = f"im{i}.jpg", good_boxes[i % len(good_boxes)], None
     if kind in _BAD_FILE:
       data, want = _BAD_FILE[kind]
-      (d / name).write_bytes(jpeg.getvalue()[:300] if data is None else data)
+      if data == "thin":
+        Image.fromarray(photo[:1].repeat(4, 1)[:, :200]).save(d / name)
+      else:
+        (d / name).write_bytes(jpeg.getvalue()[:300] if data is None else data)
     elif kind != "missing":
       Image.fromarray(photo).save(d / name)
     if kind in _BAD_BOX:

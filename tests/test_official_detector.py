@@ -209,23 +209,29 @@ def _coco_config(off):
   return cfg
 
 
-def _official_model(off, cfg, tmp_path, seed=0):
-  """A tiny official CLIP ResNet (random norm statistics) and the config's box predictor with
-  random train / test text embeddings; -> (backbone, predictor, test embeddings)."""
+def _official_model(off, cfg, tmp_path, size="tiny", seed=0):
+  """The config's CLIP ResNet (RN50 by `build_clip_resnet_backbone`, or a tiny one: one block
+  per stage, width 16) with random norm statistics, and the config's box predictor with random
+  train / test text embeddings; -> (backbone, predictor, test embeddings)."""
   g = torch.Generator().manual_seed(seed)
+  dim = 64 if size == "tiny" else 1024
   with torch.random.fork_rng():
     torch.manual_seed(seed)
-    backbone = off.clip.ModifiedResNet(
-        layers=[1, 1, 1, 1],
-        output_dim=64,
-        heads=8,
-        input_resolution=64,
-        width=16,
-        out_features=cfg.MODEL.RESNETS.OUT_FEATURES,
-        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-        pool_vec=False,
-        create_att_pool=True,
-    ).eval()
+    if size == "tiny":
+      backbone = off.clip.ModifiedResNet(
+          layers=[1, 1, 1, 1],
+          output_dim=dim,
+          heads=8,
+          input_resolution=64,
+          width=16,
+          out_features=cfg.MODEL.RESNETS.OUT_FEATURES,
+          freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+          pool_vec=False,
+          create_att_pool=True,
+      )
+    else:
+      backbone = off.clip.build_clip_resnet_backbone(cfg, off.d2.resnet.ShapeSpec(channels=3))
+    backbone.eval()
     for name, m in backbone.named_modules():
       if hasattr(m, "running_var"):
         c = m.running_var.shape[0]
@@ -236,10 +242,10 @@ def _official_model(off, cfg, tmp_path, seed=0):
     paths = {}
     for name, k in (("TEXT_EMB_PATH", 48), ("OPENSET_TEST_TEXT_EMB_PATH", 65)):
       paths[name] = str(tmp_path / f"{name}.pth")
-      torch.save(torch.randn(k, 64, generator=g), paths[name])
+      torch.save(torch.randn(k, dim, generator=g), paths[name])
     cfg.MODEL.CLIP.TEXT_EMB_PATH = paths["TEXT_EMB_PATH"]
     cfg.MODEL.CLIP.OPENSET_TEST_TEXT_EMB_PATH = paths["OPENSET_TEST_TEXT_EMB_PATH"]
-    cfg.MODEL.CLIP.TEXT_EMB_DIM = 64
+    cfg.MODEL.CLIP.TEXT_EMB_DIM = dim
     predictor = off.fast_rcnn.FastRCNNOutputLayers(cfg, off.d2.resnet.ShapeSpec(channels=512))
   return backbone, predictor.eval(), torch.load(paths["OPENSET_TEST_TEXT_EMB_PATH"]).numpy()
 
@@ -291,16 +297,24 @@ def _rel(a, b) -> float:
   )
 
 
-@pytest.mark.parametrize("soft_nms", [False, True], ids=["nms", "soft_nms"])
-def test_imported_detector_matches_the_official_modules(official, tmp_path, soft_nms):
+@pytest.mark.parametrize(
+    "size, soft_nms",
+    [
+        ("tiny", False),
+        ("tiny", True),
+        pytest.param("rn50", True, marks=pytest.mark.slow),
+    ],
+)
+def test_imported_detector_matches_the_official_modules(official, tmp_path, size, soft_nms):
   skd = pytest.importorskip("skimage.data")
   cfg = _coco_config(official)
-  cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 4  # 2 x the tiny attnpool grid (RN50: 14)
+  if size == "tiny":
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 4  # 2 x the tiny attnpool grid (RN50: 14)
   cfg.MODEL.ROI_HEADS.SOFT_NMS_ENABLED = soft_nms
   assert tuple(cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS) == (10.0, 10.0, 5.0, 5.0)
   assert (cfg.MODEL.CLIP.CLSS_TEMP, cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE) == (0.01, "ROIAlignV2")
   assert not cfg.MODEL.CLIP.NO_BOX_DELTA and not cfg.MODEL.CLIP.MULTIPLY_RPN_SCORE
-  backbone, predictor, test_emb = _official_model(official, cfg, tmp_path)
+  backbone, predictor, test_emb = _official_model(official, cfg, tmp_path, size)
   img = np.asarray(Image.fromarray(skd.astronaut()).resize((96, 96), Image.BILINEAR))
   props = _proposals(np.random.default_rng(1), 30, 96)
   with torch.no_grad():  # box deltas of a useful size: about 0.5 (a few pixels here)
@@ -333,7 +347,7 @@ def test_imported_detector_matches_the_official_modules(official, tmp_path, soft
   p = det.predictor
   res4 = p.det.apply(p.variables, x, method=OpenVocabFasterRCNN.features)
   feats, deltas = p.region_outputs(x, props[None])
-  logits = text_logits(feats[0], emb, 0.01)
+  logits = text_logits(feats[0], emb, cfg.MODEL.CLIP.CLSS_TEMP)
   ours = det.detect(img, emb, boxes=props)
   figures = {
       "input": _rel(x[0], ref["images"]),
@@ -352,9 +366,9 @@ def test_imported_detector_matches_the_official_modules(official, tmp_path, soft
   d_score = np.where(same, np.abs(ours["scores"][:, None] - ref["scores"][None]), np.inf).min(0)
   figures["det_box_px"] = float(np.where(same, d_box, np.inf).min(0).max())
   figures["det_score"] = float(d_score.max())
-  print(
-      f"\n[{'soft-NMS' if soft_nms else 'NMS'}] {n} detections; max relative diff " + str(figures)
-  )
+  # det_box_px, det_score: absolute (pixels, probability); the rest relative to the reference max
+  name = f"{size}, {'soft-NMS' if soft_nms else 'NMS'}"
+  print(f"\n[{name}] {n} detections; max differences {figures}")
   for k in ("input", "res4", "region_feats", "deltas"):
     assert figures[k] < 1e-4, (k, figures)
   assert figures["logits"] < 1e-3 and figures["det_score"] < 1e-4, figures

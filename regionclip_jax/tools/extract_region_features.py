@@ -28,8 +28,9 @@ detections are kept (score threshold, per-class NMS, top-k; official), and also 
 A fine-tuned detector export as `--checkpoint` gives its own region features (its box regressor
 moves the detections), scored alone, without a score ensemble.
 
-Bad records (missing or unreadable image; boxes non-finite, of negative size, outside the image or
-not four numbers; a second record of an image or of an output name): `--on_error=skip` warns
+Bad records (a missing, unreadable or degenerate image; boxes non-finite, of negative size,
+outside the image by more than a pixel or not four numbers; a second record of an image or of an
+output name): `--on_error=skip` warns
 naming each and goes on, `strict` stops at the first with one line and exit status 1. Default:
 skip for an image folder, strict with a json. The final line counts written and skipped images.
 The flags are the fields of `configs/extract_region_features.py`'s `extract` section.
@@ -50,7 +51,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from configs import extract_region_features as extract_config
-from regionclip_jax.data.images import decode_image
+from regionclip_jax.data.images import decode_image, shortest_edge_size
 from regionclip_jax.data.validation import DataError, IssueCounter
 from regionclip_jax.detection.builders import read_embeddings
 from regionclip_jax.detection.classifier import text_logits
@@ -167,16 +168,8 @@ class RegionFeatureExtractor:
 
 
 def _clip_nonempty(boxes: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-  """[R,4] -> (clipped to h x w, keeping width and height > 0 [R'] ; their rows [R'])."""
-  b = np.stack(
-      [
-          boxes[:, 0].clip(0, w),
-          boxes[:, 1].clip(0, h),
-          boxes[:, 2].clip(0, w),
-          boxes[:, 3].clip(0, h),
-      ],
-      1,
-  ).astype(np.float32)
+  """[R,4] -> (the boxes clipped to h x w whose width and height stay > 0 [R',4], their rows)."""
+  b = np.minimum(np.maximum(boxes, 0), np.asarray([w, h, w, h], np.float32)).astype(np.float32)
   rows = np.nonzero((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]))[0]
   return b[rows], rows
 
@@ -279,13 +272,14 @@ class _Names:
     return stem
 
 
-def folder_records(images: str, issues: Issues) -> tuple[list[Record], int]:
-  """Every image file of `images` (sorted) -> (records, number of other files ignored)."""
+def folder_records(images: str, issues: Issues, limit: int = 0) -> tuple[list[Record], int]:
+  """The image files of `images` (sorted; the first `limit`, 0 = all) -> (records, number of
+  other files ignored)."""
   if not os.path.isdir(images):
     raise DataError(f"{NAME}: --images={images!r} is not a folder")
   files = sorted(os.listdir(images))
   names, out = _Names(), []
-  for f in (f for f in files if f.lower().endswith(IMAGE_EXTS)):
+  for f in [f for f in files if f.lower().endswith(IMAGE_EXTS)][: limit or None]:
     try:
       out.append(Record(f, os.path.join(images, f), names.take(f)))
     except Refused as r:
@@ -293,8 +287,9 @@ def folder_records(images: str, issues: Issues) -> tuple[list[Record], int]:
   return out, sum(not f.lower().endswith(IMAGE_EXTS) for f in files)
 
 
-def boxes_records(path: str, images: str, issues: Issues) -> list[Record]:
-  """A json of boxes per image (module docstring) -> records, bad ones refused."""
+def boxes_records(path: str, images: str, issues: Issues, limit: int = 0) -> list[Record]:
+  """A json of boxes per image (module docstring; its first `limit` entries, 0 = all) ->
+  records, bad ones refused."""
   data = _load_json(path)
   if isinstance(data, _Pairs):
     items = [(f"{path}: {k!r}", k, v, None) for k, v in data]
@@ -308,7 +303,7 @@ def boxes_records(path: str, images: str, issues: Issues) -> list[Record]:
   else:
     raise DataError(f"{path}: expected an object {{file_name: boxes}} or a list of records")
   names, out = _Names(), []
-  for where, fn, boxes, ident in items:
+  for where, fn, boxes, ident in items[: limit or None]:
     try:
       if not isinstance(fn, str) or not fn:
         raise Refused("bad_record", "no file_name string")
@@ -323,8 +318,11 @@ def _hashable(v):
   return json.dumps(v) if isinstance(v, list) else v
 
 
-def coco_records(path: str, images: str, with_boxes: bool, issues: Issues) -> list[Record]:
-  """A COCO json's images (with `with_boxes`, their annotations' boxes, ids and categories)."""
+def coco_records(
+    path: str, images: str, with_boxes: bool, issues: Issues, limit: int = 0
+) -> list[Record]:
+  """A COCO json's images (the first `limit`, 0 = all; with `with_boxes`, their annotations'
+  boxes, ids and categories)."""
   data = _load_json(path)
   imgs = data.get("images") if isinstance(data, _Pairs) else None
   anns = (data.get("annotations") or []) if isinstance(data, _Pairs) else None
@@ -335,7 +333,7 @@ def coco_records(path: str, images: str, with_boxes: bool, issues: Issues) -> li
     if isinstance(a, _Pairs):
       by_image.setdefault(_hashable(a.get("image_id")), []).append(a)
   names, out = _Names(), []
-  for i, im in enumerate(imgs):
+  for i, im in enumerate(imgs[: limit or None]):
     fn = im.get("file_name") if isinstance(im, _Pairs) else None
     ident = _hashable(im.get("id")) if isinstance(im, _Pairs) else None
     where = f"{path} image {ident} ({fn})"
@@ -381,9 +379,15 @@ def extract_records(
     if img is None:
       issues("corrupt_image", rec.where, f"{rec.path} is not a readable image")
       continue
+    h, w = img.shape[:2]
     try:
+      if (
+          min(shortest_edge_size(h, w, extractor.detector.test_size, extractor.detector.max_size))
+          < 1
+      ):
+        raise Refused("degenerate_image", f"{w}x{h} px resizes to an empty image")
       if rec.boxes is not None:
-        _check_inside(rec.boxes, *img.shape[:2])
+        _check_inside(rec.boxes, h, w)
     except Refused as r:
       issues(r.kind, rec.where, r.detail)
       continue
@@ -420,12 +424,10 @@ def check_settings(e) -> str:
 def read_records(e, issues: Issues) -> tuple[list[Record], int]:
   """The records the settings name -> (records, files ignored in a folder)."""
   if e.regions == "file":
-    recs, ignored = boxes_records(e.boxes, e.images, issues), 0
-  elif e.annotations:
-    recs, ignored = coco_records(e.annotations, e.images, e.regions == "gt", issues), 0
-  else:
-    recs, ignored = folder_records(e.images, issues)
-  return recs[: e.max_images or None], ignored
+    return boxes_records(e.boxes, e.images, issues, e.max_images), 0
+  if e.annotations:
+    return coco_records(e.annotations, e.images, e.regions == "gt", issues, e.max_images), 0
+  return folder_records(e.images, issues, e.max_images)
 
 
 def text_embeddings(detector: ZeroShotDetector, e) -> Optional[np.ndarray]:

@@ -10,7 +10,8 @@ detectron2's checkpointer as `{"model": state_dict, ...}`:
 - `lang_encoder.*`: `CLIPLangEncoder` = OpenAI's text tower names (transformer.resblocks.*,
   token_embedding, positional_embedding, ln_final, text_projection), no logit_scale.
 - anything else (`offline_backbone.*`, `offline_proposal_generator.*`, `roi_heads.*`,
-  `image_projection`) belongs to the detector, not to CLIP, and is ignored.
+  `image_projection`) belongs to the detector, not to CLIP, and is ignored here; a fine-tuned
+  detector as a whole (its box predictor too) is read by `regionclip_detector.py`.
 """
 
 from __future__ import annotations
