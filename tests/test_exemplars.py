@@ -13,6 +13,7 @@ feature of the four photos' sliding windows: cosines then spread over [-1, 1], a
 model's do, and a box in the wrong place would show.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -104,7 +105,7 @@ def world(tmp_path_factory):
   return d, np.asarray(crop)
 
 
-def test_cat_box_finds_the_cat_in_a_shifted_rescaled_crop(world, capsys):
+def test_cat_box_finds_the_cat_in_a_shifted_rescaled_crop(world):
   d, crop = world
   det = ZeroShotDetector(str(d / "clip"), score_thresh=0.0, topk=1000, **SIZES)
   names, emb = vocabulary_with_exemplars(det, TEXT, read_exemplars(str(d / "exemplars.json")))
@@ -118,11 +119,10 @@ def test_cat_box_finds_the_cat_in_a_shifted_rescaled_crop(world, capsys):
   scores = np.zeros((len(boxes), len(names)))
   for b, s, c in zip(out["boxes"], out["scores"], out["classes"]):
     scores[int(np.argmax(_iou(boxes, b))), int(c)] = s
-  with capsys.disabled():
-    for i, q in enumerate(queries):
-      print(f"\n{q} box in the crop, cosine / score per class:")
-      for k, n in enumerate(names):
-        print(f"  {n:20s} {cos[i, k]:+.4f}  {scores[i, k]:.4f}")
+  for i, q in enumerate(queries):  # shown with pytest -s
+    print(f"\n{q} box in the crop, cosine / score per class:")
+    for k, n in enumerate(names):
+      print(f"  {n:20s} {cos[i, k]:+.4f}  {scores[i, k]:.4f}")
   for i, q in enumerate(queries):
     want = names.index(q)
     assert np.argmax(cos[i]) == want and np.argmax(scores[i]) == want, (q, cos[i], scores[i])
@@ -158,8 +158,6 @@ def test_text_weight_and_a_class_named_like_a_word(world):
   np.testing.assert_allclose(emb[1], mix / np.linalg.norm(mix), atol=1e-5)
   # without text the embedding is the normalised mean of the boxes' unit embeddings
   two = classes[1].images[0].boxes
-  import dataclasses
-
   pair = dataclasses.replace(
       classes[1],
       images=(dataclasses.replace(classes[1].images[0], boxes=np.concatenate([two, two * 0.5])),),
@@ -189,9 +187,13 @@ BAD = [
     ({"classes": [_cls(boxes=())]}, r"image 0 \(chelsea.png\): 'boxes' must be a non-empty"),
     ({"classes": [_cls(boxes=[(0, 0, 500, 10)])]}, r"box 0: box .* outside the image \(451x300\)"),
     ({"classes": [_cls(boxes=[(5, 5, 5, 9)])]}, r"box 0: zero-area box"),
-    ('{"classes": [{"name": "thing", "images": [{"file": "chelsea.png", '
-     '"boxes": [[0, 0, NaN, 9]]}]}]}', r"box 0: non-finite box"),
+    (
+        '{"classes": [{"name": "thing", "images": [{"file": "chelsea.png", '
+        '"boxes": [[0, 0, NaN, 9]]}]}]}',
+        r"box 0: non-finite box",
+    ),
     ({"classes": [_cls(boxes=[(1, 2, 3)])]}, r"box 0: expected 4 numbers"),
+    ({"classes": [_cls(boxes=[(0, 0, 10**400, 9)])]}, r"box 0: non-finite box"),
     ({"classes": [_cls(text_weight=2)]}, r"'text_weight' must be a number in \[0, 1\]"),
     ({"classes": [_cls(), _cls(name="b"), _cls(name="b")]}, r"class 2 \('b'\): a class of this"),
     ("{not json", r"bad.json: not readable json"),
@@ -241,6 +243,10 @@ def test_tool_finds_the_cat_and_refuses_a_bad_file_in_one_line(world, tmp_path):
   best = max(dets, key=lambda e: e["score"])
   print(f"\ntool: {len(dets)} detections; top {best}; {len(over)} at the cat, top there {top}")
   assert top["category_name"] == "my cat"
+  # the best-scored detection of all is the cat class too, on a window centred on the cat
+  x, y, w, h = best["bbox"]
+  assert best["category_name"] == "my cat"
+  assert cat[0] <= x + w / 2 <= cat[2] and cat[1] <= y + h / 2 <= cat[3]
   assert "detections on 1 of 1 images" in out.stdout
 
   bad = _write(d, {"classes": [_cls(boxes=[(0, 0, 500, 10)])]})

@@ -31,8 +31,12 @@ SIZES = {"test_size": 64, "max_size": 96}
 
 
 def _png_header(width: int, height: int) -> bytes:
-  """A PNG that declares width x height and holds no pixels (cheap "huge image")."""
-  chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+  """A PNG that declares width x height and holds no pixels (a cheap "huge image")."""
+
+  def chunk(kind: bytes, data: bytes) -> bytes:
+    crc = struct.pack(">I", zlib.crc32(kind + data))
+    return struct.pack(">I", len(data)) + kind + data + crc
+
   ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
   return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
@@ -97,7 +101,21 @@ def _run(det, c):
     return zero_shot.run(c, c.zero_shot.output)
 
 
-NAMES = st.tuples(st.sampled_from(["a", "A", "b", "photo 1"]), st.sampled_from([".jpg", ".png", ".JPEG"]))
+# the `world` fixture's file kinds: the first three are good images
+FILE_KINDS = (
+    "photo",
+    "photo_png",
+    "one_pixel",
+    "empty",
+    "truncated",
+    "text",
+    "huge",
+    "thin",
+    "folder",
+)
+NAMES = st.tuples(
+    st.sampled_from(["a", "A", "b", "photo 1"]), st.sampled_from([".jpg", ".png", ".JPEG"])
+)
 
 
 @settings(
@@ -105,14 +123,15 @@ NAMES = st.tuples(st.sampled_from(["a", "A", "b", "photo 1"]), st.sampled_from([
 )
 @given(
     st.lists(
-        st.tuples(NAMES, st.sampled_from(["photo", "photo_png", "one_pixel", "empty", "truncated",
-                                           "text", "huge", "thin", "folder"])),
+        st.tuples(NAMES, st.sampled_from(FILE_KINDS)),
         min_size=1,
         max_size=5,
         unique_by=lambda e: "".join(e[0]),
     )
 )
-def test_skip_detects_the_good_images_and_names_every_bad_one(world, tmp_path_factory, capsys, entries):
+def test_skip_detects_the_good_images_and_names_every_bad_one(
+    world, tmp_path_factory, capsys, entries
+):
   d, det, kinds = world
   root = tmp_path_factory.mktemp("case")
   files = sorted(("".join(n), k) for n, k in entries)
@@ -159,47 +178,74 @@ def _gt(images, annotations):
 
 
 GOOD_ANN = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [5, 5, 40, 30]}
-# edit of the json -> the record named and its kind
+
+
+def _ann(**edit):
+  return lambda g: g["annotations"].append(dict(GOOD_ANN, id=9, **edit))
+
+
+def _image(file, image_id=2, box=True):
+  def add(g):
+    g["images"].append({"id": image_id, "file_name": file})
+    if box:
+      _ann(image_id=image_id)(g)
+
+  return add
+
+
+# edit of the json -> how the record is named, and its kind
 BAD_GT = {
-    "unknown_image": (lambda g: g["annotations"].append(dict(GOOD_ANN, id=9, image_id=7)),
-                      "annotation 1 (id 9, image 7): unknown_image"),
-    "unknown_category": (lambda g: g["annotations"].append(dict(GOOD_ANN, id=9, category_id=5)),
-                         "annotation 1 (id 9, image 1): unknown_category"),
-    "nan_box": (lambda g: g["annotations"].append(dict(GOOD_ANN, id=9, bbox=[1, 1, float("nan"), 3])),
-                "annotation 1 (id 9, image 1): non_finite_box"),
-    "empty_box": (lambda g: g["annotations"].append(dict(GOOD_ANN, id=9, bbox=[1, 1, 0, 3])),
-                  "annotation 1 (id 9, image 1): empty_box"),
-    "short_box": (lambda g: g["annotations"].append(dict(GOOD_ANN, id=9, bbox=[1, 1, 3])),
-                  "annotation 1 (id 9, image 1): bad_box"),
-    "outside": (lambda g: g["annotations"].append(dict(GOOD_ANN, id=9, bbox=[100, 5, 50, 10])),
-                "annotation 1 (id 9, image 1): box_outside_image"),
-    "missing_file": (lambda g: g["images"].append({"id": 2, "file_name": "gone.jpg"})
-                     or g["annotations"].append(dict(GOOD_ANN, id=9, image_id=2)),
-                     "image 2 (gone.jpg): missing_image"),
-    "unreadable": (lambda g: g["images"].append({"id": 2, "file_name": "text.jpg"})
-                   or g["annotations"].append(dict(GOOD_ANN, id=9, image_id=2)),
-                   "image 2 (text.jpg): unreadable_image"),
-    "duplicate_id": (lambda g: g["images"].append({"id": 1, "file_name": "a.jpg"}),
-                     "image 1 (a.jpg): duplicate_image_id"),
+    "unknown_image": (_ann(image_id=7), "annotation 1 (id 9, image 7): unknown_image"),
+    "unknown_category": (_ann(category_id=5), "annotation 1 (id 9, image 1): unknown_category"),
+    "nan_box": (_ann(bbox=[1, 1, float("nan"), 3]), "annotation 1 (id 9, image 1): non_finite_box"),
+    "empty_box": (_ann(bbox=[1, 1, 0, 3]), "annotation 1 (id 9, image 1): empty_box"),
+    "huge_int_box": (_ann(bbox=[1, 1, 10**400, 3]), "annotation 1 (id 9, image 1): non_finite_box"),
+    "short_box": (_ann(bbox=[1, 1, 3]), "annotation 1 (id 9, image 1): bad_box"),
+    "outside": (_ann(bbox=[100, 5, 50, 10]), "annotation 1 (id 9, image 1): box_outside_image"),
+    "missing_file": (_image("gone.jpg"), "image 2 (gone.jpg): missing_image"),
+    "unreadable": (_image("text.jpg"), "image 2 (text.jpg): unreadable_image"),
+    "duplicate_id": (_image("a.jpg", 1, False), "image 1 (a.jpg): duplicate_image_id"),
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_GT))
-def test_annotations_refuse_a_bad_record_naming_it_and_skip_drops_it(world, tmp_path, case):
+GOOD_IMAGE = {"id": 1, "file_name": "a.jpg", "height": 75, "width": 113}
+
+
+def _gt_folder(root, kinds):
+  _make_folder(root / "images", [("a.jpg", "photo"), ("text.jpg", "text")], kinds)
+  return root / "images"
+
+
+@pytest.fixture(scope="module")
+def clean_metrics(world, tmp_path_factory):
+  """The metrics of the json without a bad record."""
   d, det, kinds = world
-  _make_folder(tmp_path / "images", [("a.jpg", "photo"), ("text.jpg", "text")], kinds)
-  gt = _gt([{"id": 1, "file_name": "a.jpg", "height": 75, "width": 113}], [dict(GOOD_ANN)])
+  root = tmp_path_factory.mktemp("clean")
+  images = _gt_folder(root, kinds)
+  (root / "gt.json").write_text(json.dumps(_gt([GOOD_IMAGE], [GOOD_ANN])))
+  return _run(det, _config(images, root / "wd", annotations=str(root / "gt.json"), vocabulary=""))
+
+
+@pytest.mark.parametrize("case", sorted(BAD_GT))
+def test_annotations_refuse_a_bad_record_naming_it_and_skip_drops_it(
+    world, clean_metrics, tmp_path, case
+):
+  d, det, kinds = world
+  images = _gt_folder(tmp_path, kinds)
+  gt = _gt([dict(GOOD_IMAGE)], [dict(GOOD_ANN)])
   BAD_GT[case][0](gt)
   path = tmp_path / "gt.json"
   path.write_text(json.dumps(gt))
-  c = _config(tmp_path / "images", tmp_path / "wd", annotations=str(path), vocabulary="")
+  c = _config(images, tmp_path / "wd", annotations=str(path), vocabulary="")
   with pytest.raises(DataError) as e:
     _run(det, c)
   assert f"{path} {BAD_GT[case][1]}" in str(e.value) and "\n" not in str(e.value)
   c.zero_shot.on_error = "skip"
   m = _run(det, c)
-  assert m["AP50"] == pytest.approx(m["AP50"]) and len(m["data_issues"]) == 1
-  assert BAD_GT[case][1].split(": ")[-1] in m["data_issues"][0]
+  assert len(m["data_issues"]) == 1 and BAD_GT[case][1].split(": ")[-1] in m["data_issues"][0]
+  assert clean_metrics["num_detections"] > 0
+  for k in ("AP", "AP50", "num_detections"):  # as if the bad record were not in the json
+    assert m[k] == pytest.approx(clean_metrics[k], nan_ok=True), k
 
 
 def test_annotation_structure_errors_are_one_line(world, tmp_path):
@@ -207,8 +253,15 @@ def test_annotation_structure_errors_are_one_line(world, tmp_path):
   for text, match in [
       ("{oops", "not readable json"),
       ('{"images": []}', "needs lists"),
-      ('{"images": [{"file_name": "a.jpg"}], "annotations": [], "categories": []}',
-       r"image 0 needs fields \['id'\]"),
+      (
+          '{"images": [{"file_name": "a.jpg"}], "annotations": [], "categories": []}',
+          r"image 0 needs fields \['id'\]",
+      ),
+      (
+          '{"images": [], "annotations": [], "categories": [{"id": [1], "name": "cat"}]}',
+          r"category 0: \['id'\] must be integers",
+      ),
+      ('{"images": [{"id": 1}], "annotations": [], "categories": []}', "has no file_name"),
   ]:
     path = tmp_path / "gt.json"
     path.write_text(text)
@@ -219,11 +272,20 @@ def test_annotation_structure_errors_are_one_line(world, tmp_path):
 
 def test_command_line_skip_summary_and_strict_one_line(world, tmp_path):
   d, _, kinds = world
-  _make_folder(tmp_path / "images", [("a.jpg", "photo"), ("b.jpg", "empty"), ("c.png", "huge")],
-               kinds)
-  args = [sys.executable, "-m", "regionclip_jax.tools.zero_shot", f"--checkpoint={d / 'clip'}",
-          f"--images={tmp_path / 'images'}", "--vocabulary=cat,rocket", "--test_size=64",
-          "--max_size=96", "--score_thresh=0"]
+  _make_folder(
+      tmp_path / "images", [("a.jpg", "photo"), ("b.jpg", "empty"), ("c.png", "huge")], kinds
+  )
+  args = [
+      sys.executable,
+      "-m",
+      "regionclip_jax.tools.zero_shot",
+      f"--checkpoint={d / 'clip'}",
+      f"--images={tmp_path / 'images'}",
+      "--vocabulary=cat,rocket",
+      "--test_size=64",
+      "--max_size=96",
+      "--score_thresh=0",
+  ]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   run = lambda *a: subprocess.run(  # noqa: E731
       args + list(a), cwd=REPO, capture_output=True, text=True, timeout=300, env=env

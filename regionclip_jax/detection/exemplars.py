@@ -82,6 +82,13 @@ def _image_size(path: str, where: str) -> tuple[int, int]:
     raise ExemplarError(f"{where}: unreadable image ({type(e).__name__}: {e})"[:300]) from None
 
 
+def _finite(v) -> bool:
+  try:
+    return math.isfinite(v)
+  except OverflowError:  # an int beyond any float
+    return False
+
+
 def _boxes(raw, height: int, width: int, where: str) -> np.ndarray:
   if not isinstance(raw, list) or not raw:
     raise ExemplarError(f"{where}: 'boxes' must be a non-empty list of [x0, y0, x1, y1]")
@@ -90,9 +97,9 @@ def _boxes(raw, height: int, width: int, where: str) -> np.ndarray:
     ok = isinstance(b, list) and len(b) == 4
     if not ok or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b):
       raise ExemplarError(f"{at}: expected 4 numbers [x0, y0, x1, y1], got {b!r}"[:300])
+    if not all(_finite(v) for v in b):
+      raise ExemplarError(f"{at}: non-finite box {str(b)[:80]}")
     x0, y0, x1, y1 = (float(v) for v in b)
-    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
-      raise ExemplarError(f"{at}: non-finite box {b}")
     if x1 <= x0 or y1 <= y0:
       raise ExemplarError(f"{at}: zero-area box {b} (need x1 > x0, y1 > y0)")
     t = _BORDER_TOL

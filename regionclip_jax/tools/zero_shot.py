@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import os
 import sys
 import tempfile
@@ -131,6 +132,7 @@ def read_image(path: str, test_size: int = 800, max_size: int = 1333) -> np.ndar
 
 def _bad_record(policy: str, issues: Optional[IssueCounter], kind: str, where: str, detail: str):
   """strict: raise one line naming the record; skip: count it and warn with one line."""
+  detail = " ".join(str(detail).split())  # a decoder's message may span lines
   if policy == "strict":
     raise DataError(f"zero_shot: {where}: {kind}: {detail} ({_SKIP_HINT})")
   if issues is not None:
@@ -247,11 +249,17 @@ def read_ground_truth(annotations: str) -> dict:
   if not isinstance(gt, dict) or any(not isinstance(gt.get(k), list) for k in sections):
     raise DataError(f"zero_shot: {annotations}: needs lists {sorted(sections)} at the top level")
   for section, fields in sections.items():
+    record = {"images": "image", "annotations": "annotation", "categories": "category"}[section]
     for i, r in enumerate(gt[section]):
       if not isinstance(r, dict) or any(k not in r for k in fields):
         raise DataError(
-            f"zero_shot: {annotations}: {section[:-1]} {i} needs fields {list(fields)}, "
+            f"zero_shot: {annotations}: {record} {i} needs fields {list(fields)}, "
             f"got {str(r)[:80]}"
+        )
+      ids = [k for k in fields if k in ("id", "image_id", "category_id")]
+      if any(not isinstance(r[k], int) or isinstance(r[k], bool) for k in ids):
+        raise DataError(
+            f"zero_shot: {annotations}: {record} {i}: {ids} must be integers, " f"got {str(r)[:80]}"
         )
       if section == "images" and not (r.get("file_name") or r.get("coco_url")):
         raise DataError(f"zero_shot: {annotations}: image {i} (id {r['id']}) has no file_name")
@@ -262,13 +270,20 @@ def _annotation_where(annotations: str, k: int, a: dict) -> str:
   return f"{annotations} annotation {k} (id {a.get('id')}, image {a['image_id']})"
 
 
+def _finite(v) -> bool:
+  try:
+    return math.isfinite(v)
+  except OverflowError:  # an int beyond any float
+    return False
+
+
 def _box_problem(bbox) -> Optional[tuple[str, str]]:
   """(kind, detail) when a COCO bbox is not 4 finite numbers of positive width and height."""
   ok = isinstance(bbox, (list, tuple)) and len(bbox) == 4
   if not ok or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
     return "bad_box", f"bbox must be 4 numbers [x, y, w, h], got {str(bbox)[:60]}"
-  if not all(np.isfinite(bbox)):
-    return "non_finite_box", f"bbox {bbox}"
+  if not all(_finite(v) for v in bbox):
+    return "non_finite_box", f"bbox {str(bbox)[:60]}"
   if bbox[2] <= 0 or bbox[3] <= 0:
     return "empty_box", f"bbox {bbox} has no area"
   return None
