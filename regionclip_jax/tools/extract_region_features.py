@@ -58,6 +58,7 @@ from regionclip_jax.detection.classifier import text_logits
 from regionclip_jax.detection.inference import make_classify_fn
 from regionclip_jax.files import atomic_open
 from regionclip_jax.models.checkpoints import CheckpointError
+from regionclip_jax.tools import config_flags
 from regionclip_jax.tools.zero_shot import IMAGE_EXTS, ZeroShotDetector, parse_vocabulary
 
 NAME = "extract_region_features"
@@ -517,28 +518,21 @@ _TOOL_DEFAULTS = {"output": "region_features"}  # no workdir on the command line
 
 
 def _define_flags() -> None:
-  """One absl flag per field of the `extract` section, plus `--preset`."""
-  flags.DEFINE_enum("preset", "official", list(extract_config.PRESETS), "config preset")
-  for name, default in extract_config.get_config().extract.items():
-    default, help_ = _TOOL_DEFAULTS.get(name, default), _HELP.get(name, name)
-    if name in _CHOICES:
-      flags.DEFINE_enum(name, default, _CHOICES[name], help_)
-    elif isinstance(default, bool):
-      flags.DEFINE_bool(name, default, help_)
-    elif isinstance(default, int):
-      flags.DEFINE_integer(name, default, help_)
-    elif isinstance(default, float):
-      flags.DEFINE_float(name, default, help_)
-    else:
-      flags.DEFINE_string(name, default, help_)
+  config_flags.define_flags(
+      extract_config.get_config,
+      list(extract_config.PRESETS),
+      "official",
+      "extract",
+      _HELP,
+      _CHOICES,
+      _TOOL_DEFAULTS,
+  )
 
 
 def config_from_flags(values) -> ml_collections.ConfigDict:
-  cfg = extract_config.get_config(values.preset)
-  for name in cfg.extract.keys():
-    if values[name].present or name in _TOOL_DEFAULTS:
-      cfg.extract[name] = values[name].value
-  return cfg
+  return config_flags.config_from_flags(
+      values, extract_config.get_config, "extract", _TOOL_DEFAULTS
+  )
 
 
 def main(argv: Sequence[str]) -> None:

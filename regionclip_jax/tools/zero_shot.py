@@ -64,6 +64,7 @@ from regionclip_jax.evaluation.coco_eval import evaluate_coco
 from regionclip_jax.evaluation.visualize import draw_detections
 from regionclip_jax.files import write_json
 from regionclip_jax.models.prompts import read_concepts_file
+from regionclip_jax.tools import config_flags
 
 __all__ = [
     "ImageProblem",
@@ -568,33 +569,21 @@ _TOOL_DEFAULTS = {"output": "zero_shot_out"}
 
 
 def _define_flags() -> None:
-  """One absl flag per field of the default preset's `zero_shot` section, plus `--preset`."""
-  flags.DEFINE_enum(
-      "preset", "folder", list(zero_shot_config.PRESETS), "configs/zero_shot.py preset"
+  config_flags.define_flags(
+      zero_shot_config.get_config,
+      list(zero_shot_config.PRESETS),
+      "folder",
+      "zero_shot",
+      _HELP,
+      _CHOICES,
+      _TOOL_DEFAULTS,
   )
-  for name, default in zero_shot_config.get_config().zero_shot.items():
-    default = _TOOL_DEFAULTS.get(name, default)
-    help_ = _HELP.get(name, name)
-    if name in _CHOICES:
-      flags.DEFINE_enum(name, default, _CHOICES[name], help_)
-    elif isinstance(default, bool):
-      flags.DEFINE_bool(name, default, help_)
-    elif isinstance(default, int):
-      flags.DEFINE_integer(name, default, help_)
-    elif isinstance(default, float):
-      flags.DEFINE_float(name, default, help_)
-    else:
-      flags.DEFINE_string(name, default, help_)
 
 
 def config_from_flags(values) -> ml_collections.ConfigDict:
-  """`get_config(--preset)` with the `zero_shot` fields given on the command line (and the
-  tool's own defaults) written over it."""
-  cfg = zero_shot_config.get_config(values.preset)
-  for name in cfg.zero_shot.keys():
-    if values[name].present or name in _TOOL_DEFAULTS:
-      cfg.zero_shot[name] = values[name].value
-  return cfg
+  return config_flags.config_from_flags(
+      values, zero_shot_config.get_config, "zero_shot", _TOOL_DEFAULTS
+  )
 
 
 def main(argv: Sequence[str]) -> None:
