@@ -13,8 +13,8 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import test_checkpoints_util as u
-from regionclip_jax import files
 from regionclip_jax.models import checkpoints as ck
+from regionclip_jax.models.checkpoints import converted
 from regionclip_jax.tools import convert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,10 +114,12 @@ def test_failed_rewrite_leaves_no_marker(tmp_path, good_bytes, monkeypatch):
   assert _run([f"--input={bad}", f"--output={out}"])[0] == 2
   ck.read_converted(out)
 
-  def disk_full(path, data):
+  def disk_full(flat, path, metadata=None):
+    with open(path, "wb") as f:
+      f.write(b"\0" * 100)  # part of the file, then the disk is full
     raise OSError(28, "No space left on device", path)
 
-  monkeypatch.setattr(files, "write_bytes", disk_full)
+  monkeypatch.setattr(converted, "save_file", disk_full)
   rc, err = _run([f"--input={src}", f"--output={out}"])
   assert rc == 2 and "No space left on device" in err and err.count("\n") == 0
   assert sorted(os.listdir(out)) == [ck.PARAMS_NAME]  # the old params, whole; no marker

@@ -8,8 +8,9 @@ annotations of categories outside the split are left out (that is what training 
 means), and images with no box left are dropped when `drop_empty` (detectron2's training
 default). Crowd boxes are left out (detectron2 ignores them in training); both are counted in
 `filtered` for the log, not as data issues. Ids, sizes and boxes of the wrong json type (a
-string box, a null id) are structural errors naming the record (`data.validation`). An own class list (`classes`, e.g. from a config's
-"a,b,c" / "@file.txt" / "all" via `resolve_class_list`) takes the place of a named split.
+string box, a null id) are structural errors naming the record (`data.validation`). An own class
+list (`classes`, e.g. from a config's "a,b,c" / "@file.txt" / "all" via `resolve_class_list`)
+takes the place of a named split.
 """
 
 from __future__ import annotations
@@ -131,8 +132,9 @@ class CocoDetection:
   a named `split`. Per `policy` as well: annotations of a category id the json does not list
   (`unknown_category`) and images whose id an earlier image already has (`duplicate_image_id`,
   the first is kept). Annotation ids are not read: a repeated one changes nothing here (the
-  detection job's evaluation numbers its ground truth afresh). `check_files`: images missing on disk are found at construction
-  (`missing_image`, dropped in skip mode) instead of when first read.
+  detection job's evaluation numbers its ground truth afresh). `check_files`: images missing on
+  disk are found at construction (`missing_image`, dropped in skip mode) instead of when first
+  read.
   """
 
   def __init__(
@@ -280,7 +282,10 @@ class CocoDetection:
     return len(self._records)
 
   def __repr__(self) -> str:
-    return f"CocoDetection({self.path!r}, split={self.split!r}, images={len(self)}, classes={len(self.class_names)})"
+    return (
+        f"CocoDetection({self.path!r}, split={self.split!r}, images={len(self)}, "
+        f"classes={len(self.class_names)})"
+    )
 
   def __getitem__(self, index: int) -> dict | None:
     r = self._records[index]

@@ -1,15 +1,18 @@
 """Bad-input policy: structural problems stop, data-level problems follow `strict | skip`.
 
 Structural (always an error, one line naming the file and record): unreadable json, a missing
-required field or one of the wrong json type (`as_int`, `as_xywh`), an unknown split. Data-level (per `policy`): a corrupt or missing image, a box
-of zero or negative size, a box outside the image, an empty caption, an annotation of a category
-the json does not list, a second image with an id already taken. In `strict` mode they raise
-`DataError` naming the file and record; in `skip` mode the record (or box, or caption) is dropped
-or repaired, the event is counted in an `IssueCounter` and `IssueCounter.report()` lists the
-counts at the end. A repair never changes meaning silently: it is always counted by kind.
+required field or one of the wrong json type (`as_int`, `as_xywh`), an unknown split. Data-level
+(per `policy`): a corrupt or missing image, a box of zero or negative size, a box outside the
+image, an empty caption, an annotation of a category the json does not list, a second image with
+an id already taken. In `strict` mode they raise `DataError` naming the file and record; in
+`skip` mode the record (or box, or caption) is dropped or repaired, the event is counted in an
+`IssueCounter` and `IssueCounter.report()` lists the counts at the end. A repair never changes
+meaning silently: it is always counted by kind.
+
 Detections to score (`evaluation.detections_io`) are the exception: there every problem of one
-record, a missing or mistyped field included, follows the policy. Command-line tools give the counter a `warn` callable: the first `warn_first` events are printed
-as they happen, then one line saying the rest are only counted.
+record, a missing or mistyped field included, follows the policy. Command-line tools give the
+counter a `warn` callable: the first `warn_first` events are printed as they happen, then one
+line saying the rest are only counted.
 """
 
 from __future__ import annotations
@@ -192,7 +195,7 @@ def sanitize_boxes(
   for i in np.nonzero(empty)[0]:
     handle(policy, counter, "empty_box", f"{where} box {i}", str(boxes[i].tolist()))
   keep &= ~empty
-  # Sub-pixel float slop at the border (e.g. x2 = W + 1e-4 after a json round-trip) is not a problem.
+  # Sub-pixel float slop at the border (x2 = W + 1e-4 after a json round-trip) is not a problem.
   tol = 1e-3
   outside = keep & (
       (safe[:, 0] < -tol)

@@ -18,10 +18,12 @@ Modules:
   predictor.py    DetectorPredictor (vocabulary swap without recompiling the backbone)
   builders.py     config -> modules, init, backbone weights, settings, text embeddings
   export.py       export_model / load_export / load_rpn: trained detectors and RPNs on disk;
-                  export_detectron2_rpn: an official offline RPN .pth -> an RPN export
+                  export_detectron2_rpn: an official offline RPN .pth -> an RPN export;
+                  export_regionclip_detector: an official fine-tuned detector -> an export
   data.py         config -> record sources and transforms, BaseLabelMap (base-only training)
   evaluate.py     COCO-style AP over a source (pycocotools), example grids
   zero_shot.py    zero-shot detection (the pretrained model as detector), ZeroShotDetector
+  exemplars.py    classes given by example boxes: their region embeddings as class embeddings
   finetune.py     the tasks: train_rpn(config, workdir), train_detector(config, workdir),
                   zero_shot_detection(config)
   run.py          main.py entry for task "detection" (config.stage "rpn" | "finetune")

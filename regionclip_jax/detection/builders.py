@@ -1,29 +1,43 @@
 """Config -> detector / RPN modules, initial params, backbone weights, class text embeddings.
 
-The only place in `detection/` that reads a config object (the modules never do).
+The only place in `detection/` that reads a config object (the modules never do). The file
+readers here (`load_clip_params`, `read_embeddings`) and in `export.py` raise `InputFileError`
+for a file that is missing, of another kind or of the wrong size: one line naming the file, what
+was expected and what was found, which every command prints without a traceback.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from regionclip_jax.data.validation import DataError
 from regionclip_jax.detection.fpn import FPNFasterRCNN, FPNRPNModel, fpn_anchor_generator
 from regionclip_jax.detection.heads import OpenVocabFasterRCNN, RPNModel
 from regionclip_jax.detection.settings import InferenceSettings, RoIHeadSettings, RPNSettings
 from regionclip_jax.models import initializers
 from regionclip_jax.models.clip import CLIP, CLIPConfig, LoadedCLIP
-from regionclip_jax.models.checkpoints.embeddings import read_embeddings  # noqa: F401 (re-export)
+from regionclip_jax.models.checkpoints import CheckpointError
+from regionclip_jax.models.checkpoints import embeddings as embeddings_files
+from regionclip_jax.models.checkpoints.detect import REGIONCLIP_DETECTOR, describe, detect_kind
 from regionclip_jax.models.clip import load as load_clip
 from regionclip_jax.models.prompts import concept_embeddings
 from regionclip_jax.ops.anchors import DefaultAnchorGenerator
 
 PyTree = Any
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+CONVERT_HINT = "python -m regionclip_jax.tools.convert --input={path} --output=DIR"
+
+
+class InputFileError(CheckpointError, DataError):
+  """A checkpoint or embeddings file that is missing, of another kind or does not fit. Both a
+  CheckpointError (what the checkpoint readers raise) and a DataError (what `main.py` and the
+  tools print as one line, exit status 1)."""
 
 
 def _check_head(head: str):
@@ -159,9 +173,46 @@ def _find_visual(tree) -> Optional[PyTree]:
 
 def load_clip_params(path: str, source: Optional[str] = None) -> tuple[CLIPConfig, PyTree]:
   """CLIP params from any supported checkpoint (`models.clip.load`: OpenAI .pt, HF / open_clip,
-  converted directory, official RegionCLIP .pth) -> (config, params without 'params' wrapper)."""
-  loaded = load_clip(path, source=source or None)
+  converted directory, official RegionCLIP .pth) -> (config, params without 'params' wrapper).
+  A fine-tuned detector or an offline RPN file, or one that does not load, is an
+  InputFileError naming what the file is."""
+  try:
+    if not source and os.path.isfile(path) and _is_torch_pickle(path):
+      if detect_kind(path) == REGIONCLIP_DETECTOR:
+        raise InputFileError(
+            f"{path}: expected a CLIP checkpoint, found {describe(path)}: convert it with "
+            f"`{CONVERT_HINT.format(path=path)}` and give DIR (a detector export) instead"
+        )
+    loaded = load_clip(path, source=source or None)
+  except CheckpointError as e:
+    raise InputFileError(_named(e, path)) from None
+  except OSError as e:  # a reader's own error may not name the file
+    raise InputFileError(_named(e, path, f"{type(e).__name__}: {e}")) from None
   return loaded.config, loaded.params
+
+
+def _is_torch_pickle(path: str) -> bool:
+  """Not an .npy, safetensors or TorchScript file: one whose keys `detect_kind` peeks at."""
+  with open(path, "rb") as f:
+    head = f.read(len(embeddings_files.NPY_MAGIC))
+  return head != embeddings_files.NPY_MAGIC and not path.endswith(".safetensors")
+
+
+def _named(e: Exception, path: str, text: Optional[str] = None) -> str:
+  """One line of `e` that names `path`."""
+  text = " ".join((text or str(e)).split())
+  return text if path in text else f"{path}: {text}"
+
+
+def read_embeddings(
+    path: str, num_classes: Optional[int] = None, dim: Optional[int] = None
+) -> np.ndarray:
+  """`models.checkpoints.embeddings.read_embeddings` ([K, D] float32 from .npy / official .pth,
+  K and D checked when given); its errors as InputFileError."""
+  try:
+    return embeddings_files.read_embeddings(path, num_classes, dim)
+  except CheckpointError as e:
+    raise InputFileError(_named(e, path)) from None
 
 
 def with_backbone(variables: PyTree, clip_params: PyTree) -> PyTree:

@@ -97,13 +97,18 @@ def check_ground_truth(gt: Json, what: str = "annotations") -> dict:
     if key not in gt:
       raise ValueError(f"{what}: missing key {key!r}")
   ids: dict[str, set] = {"image": set(), "annotation": set(), "category": set()}
-  for i, im in enumerate(_entries(gt, "images", what)):
-    _unique_id(im, ids["image"], what, "image", i)
+  gt = dict(gt)
+  # ids as ints (7.0 or "7" read as 7), so ground truth and detections compare equal
+  gt["images"] = [
+      dict(im, id=_unique_id(im, ids["image"], what, "image", i))
+      for i, im in enumerate(_entries(gt, "images", what))
+  ]
+  cats = []
   for i, c in enumerate(_entries(gt, "categories", what)):
-    _unique_id(c, ids["category"], what, "category", i)
+    cats.append(dict(c, id=_unique_id(c, ids["category"], what, "category", i)))
     if not isinstance(c.get("name"), str):
       raise ValueError(f"{what}: category {i} needs a string 'name', got {describe(c.get('name'))}")
-  gt = dict(gt)
+  gt["categories"] = cats
   anns = []
   for i, a in enumerate(_entries(gt, "annotations", what)):
     ann_id = _unique_id(a, ids["annotation"], what, "annotation", i)
@@ -113,13 +118,14 @@ def check_ground_truth(gt: Json, what: str = "annotations") -> dict:
           f"{what}: annotation {i} (id {ann_id}) needs a 'bbox' [x, y, w, h] of finite numbers "
           f"with w, h >= 0, got {describe(a.get('bbox'))}"
       )
+    raw, a = a, dict(a, id=ann_id)
     for key, kind in (("image_id", "image"), ("category_id", "category")):
-      if as_int(a.get(key)) not in ids[kind]:
+      a[key] = as_int(raw.get(key))
+      if a[key] not in ids[kind]:
         raise ValueError(
-            f"{what}: annotation {i} (id {ann_id}) has {key} {describe(a.get(key))}, not an id "
-            f"of the {kind}s"
+            f"{what}: annotation {i} (id {ann_id}) has {key} {describe(raw.get(key))}, not an "
+            f"id of the {kind}s"
         )
-    a = dict(a)
     a.setdefault("iscrowd", 0)
     a.setdefault("area", float(box[2] * box[3]))
     anns.append(a)

@@ -2,14 +2,16 @@
 needed to read the result).
 
     python -m regionclip_jax.tools.convert --input=PATH --output=DIR \
-        [--source=openai|hf|open_clip|regionclip|converted|detectron2_rpn] [--part=student|teacher] \
+        [--source=openai|hf|open_clip|regionclip|converted|detectron2_rpn] \
+        [--part=student|teacher] \
         [--text_from=PATH] [--arch=resnet|vit]
 
 CLIP: writes DIR/config.json (architecture + provenance) and DIR/params.safetensors (Flax params,
 flattened with '/'), which `regionclip_jax.models.clip.load(DIR)` reads.
 Offline RPN (`rpn_coco_48.pth`, `rpn_lvis_866.pth`, `rpn_lvis_866_lsj.pth`: detectron2 ResNet + RPN,
 detected from the keys): writes an RPN export (DIR/model.json + DIR/variables.msgpack), which
-`tools.zero_shot --rpn=DIR` and the configs' `rpn.checkpoint=DIR` read (`detection.export.load_rpn`).
+`tools.zero_shot --rpn=DIR` and the configs' `rpn.checkpoint=DIR` read
+(`detection.export.load_rpn`).
 
 One file in, one model out, so bad input is always an error (strict; there is no skip mode): an
 empty, truncated or foreign file, a missing, mis-shaped or non-finite (NaN / inf) tensor stops it

@@ -33,7 +33,11 @@ from regionclip_jax.evaluation.detections_io import (
     load_json,
     write_json,
 )
-from regionclip_jax.evaluation.lvis_eval import LVIS_STAT_NAMES, check_lvis_ground_truth, evaluate_lvis
+from regionclip_jax.evaluation.lvis_eval import (
+    LVIS_STAT_NAMES,
+    check_lvis_ground_truth,
+    evaluate_lvis,
+)
 
 SPLITS = ("coco_ovd", "coco", "lvis")
 
@@ -151,7 +155,7 @@ def main(argv):
         _ON_ERROR.value,
         _MAX_DETS.value,
     )
-  except (FileNotFoundError, ValueError) as e:
+  except (OSError, ValueError) as e:  # unreadable input, bad records, an unwritable --output
     print(f"evaluate: error: {e}", file=sys.stderr)
     sys.exit(2)
   print(format_table(metrics, per_category=_PER_CATEGORY.value))

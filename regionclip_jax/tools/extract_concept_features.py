@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         args.text_from,
         on_error=args.on_error,
     )
-  except (checkpoints.CheckpointError, FileNotFoundError, ValueError) as e:
+  except (checkpoints.CheckpointError, OSError, ValueError) as e:
     print(f"extract_concept_features: error: {e}", file=sys.stderr)
     return 2
   output = args.output if args.output.endswith(".npy") else args.output + ".npy"

@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save
+from safetensors.numpy import save_file
 
 from regionclip_jax import files
 from regionclip_jax.models.checkpoints.errors import CheckpointError
@@ -60,9 +60,8 @@ def save_converted(out_dir: str | os.PathLike, config, params, source: str = "un
     os.remove(marker)
   # np.array, not ascontiguousarray: the latter turns 0-d arrays (logit_scale) into shape (1,)
   flat = {k: np.array(v, order="C") for k, v in _flatten_params(params).items()}
-  files.write_bytes(
-      os.path.join(out_dir, PARAMS_NAME), save(flat, metadata={"format": CONVERTED_FORMAT})
-  )
+  with files.atomic_path(os.path.join(out_dir, PARAMS_NAME)) as tmp:
+    save_file(flat, tmp, metadata={"format": CONVERTED_FORMAT})
   meta = {
       "format": CONVERTED_FORMAT,
       "version": CONVERTED_VERSION,

@@ -94,6 +94,46 @@ def detect_kind(path: str | os.PathLike) -> str:
   return detect_source(path)
 
 
+def describe(path: str | os.PathLike) -> str:
+  """What `path` holds, as a phrase for "expected ..., found ..." messages (never raises):
+  an official offline RPN (C4 / FPN), a fine-tuned detector, a pretrained RegionCLIP / CLIP
+  checkpoint, a bare tensor or .npy array (an embeddings file), a converted directory."""
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    files = set(os.listdir(path))
+    if CONFIG_NAME in files and PARAMS_NAME in files:
+      return "a converted CLIP directory"
+    return "a directory"
+  if not os.path.isfile(path):
+    return "no file"
+  with open(path, "rb") as f:
+    if f.read(6) == b"\x93NUMPY":
+      return "an .npy array (a class-embeddings file)"
+  try:
+    if path.endswith(".safetensors") or is_torchscript(path):
+      return f"a CLIP checkpoint ({detect_source(path)} format)"
+    keys = _model_keys(peek_torch_keys(path))
+  except CheckpointError:
+    return "a file that is no checkpoint"
+  if keys == [""]:
+    return "a bare tensor (a class-embeddings file)"
+  if is_regionclip_detector(keys):
+    return "a fine-tuned RegionCLIP detector (roi_heads.box_predictor.*)"
+  if is_detectron2_rpn(keys):
+    fpn = "backbone.bottom_up.stem.conv1.weight" in set(keys)
+    return (
+        "an offline RPN (detectron2 R-50-FPN, the layout of rpn_lvis_866.pth)"
+        if fpn
+        else "an offline RPN (detectron2 R-50-C4, the layout of rpn_coco_48.pth)"
+    )
+  if is_regionclip(keys):
+    return "a pretrained RegionCLIP checkpoint (backbone.*, no box predictor)"
+  try:
+    return f"a CLIP checkpoint ({source_from_keys(dict.fromkeys(keys), path)} format)"
+  except CheckpointError:
+    return f"an unrecognised checkpoint (first keys: {keys[:3]})"
+
+
 def _model_keys(sd: dict) -> list[str]:
   """Keys under detectron2's "model" wrapper when there is one."""
   sub = [k[len("model.") :] for k in sd if k.startswith("model.")]

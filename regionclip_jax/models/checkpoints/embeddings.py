@@ -23,6 +23,17 @@ from regionclip_jax.models.checkpoints.torch_files import (
 )
 
 NPY_MAGIC = b"\x93NUMPY"
+# class counts and widths of the released embedding files (MODEL_ZOO.md "Concept embeddings"),
+# named in size errors: a file of the wrong split or backbone is the usual mistake
+OFFICIAL_COUNTS = {
+    17: "the COCO OVD novel classes",
+    48: "the COCO OVD base classes",
+    65: "all COCO OVD classes",
+    80: "the COCO classes",
+    866: "the LVIS base classes",
+    1203: "all LVIS classes",
+}
+OFFICIAL_WIDTHS = {1024: "RN50", 640: "RN50x4", 768: "RN50x16 / ViT-L", 512: "RN101 / ViT-B"}
 
 
 def _read_npy(path: str) -> np.ndarray:
@@ -44,6 +55,19 @@ def _read_torch_tensor(path: str) -> np.ndarray:
         f"{__name__}: {path}: expected a tensor [K, D] saved with torch.save, found {what}"
     )
   return _tensor_to_numpy(obj)
+
+
+def _size_hint(k: int, d: int, num_classes: Optional[int], dim: Optional[int]) -> str:
+  """What a mismatched size says about the file: whose class count / backbone width it has."""
+  notes = []
+  if num_classes is not None and k != num_classes and k in OFFICIAL_COUNTS:
+    notes.append(f"{k} rows = {OFFICIAL_COUNTS[k]}")
+  if dim is not None and d != dim and d in OFFICIAL_WIDTHS:
+    notes.append(
+        f"{d}-d = {OFFICIAL_WIDTHS[d]} text embeddings, the model's are {dim}-d"
+        + (f" ({OFFICIAL_WIDTHS[dim]})" if dim in OFFICIAL_WIDTHS else "")
+    )
+  return f" ({'; '.join(notes)})" if notes else ""
 
 
 def read_embeddings(
@@ -72,7 +96,7 @@ def read_embeddings(
   if (num_classes is not None and k != num_classes) or (dim is not None and d != dim):
     raise CheckpointError(
         f"{__name__}: {path}: embeddings must be {want} (classes x embedding width), found "
-        f"[{k}, {d}]"
+        f"[{k}, {d}]{_size_hint(k, d, num_classes, dim)}"
     )
   if not np.all(np.isfinite(emb)):
     raise CheckpointError(f"{__name__}: {path}: embeddings hold NaN or inf")
