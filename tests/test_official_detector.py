@@ -42,6 +42,7 @@ from regionclip_jax.models.checkpoints import CheckpointError
 from regionclip_jax.models.checkpoints.detect import REGIONCLIP_DETECTOR, detect_kind
 from regionclip_jax.models.clip import load
 from regionclip_jax.models.convert_openai import state_dict_from_params
+from regionclip_jax.tools import convert
 from regionclip_jax.tools.zero_shot import ZeroShotDetector
 
 P = "roi_heads.box_predictor."
@@ -87,9 +88,9 @@ def test_import_round_trip(tiny_clip, tmp_path):
   torch.save({"model": sd, "iteration": 90000}, ckpt)
   assert detect_kind(ckpt) == REGIONCLIP_DETECTOR
   out = str(tmp_path / "export")
-  meta = export.export_regionclip_detector(ckpt, out)
-  assert (meta["num_classes"], meta["train_num_classes"], meta["pooler_resolution"]) == (65, 48, 4)
+  assert convert.main([f"--input={ckpt}", f"--output={out}"]) == 0  # the kind found from the keys
   det, variables, meta = export.load_export(out)
+  assert (meta["num_classes"], meta["train_num_classes"], meta["pooler_resolution"]) == (65, 48, 4)
   assert isinstance(det, OpenVocabFasterRCNN) and det.pooler_resolution == 4
   got = dict(jax.tree_util.tree_leaves_with_path(variables["params"]["backbone"]["visual"]))
   for path, want in jax.tree_util.tree_leaves_with_path(tiny_clip.params["visual"]):

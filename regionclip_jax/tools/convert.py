@@ -2,7 +2,7 @@
 needed to read the result).
 
     python -m regionclip_jax.tools.convert --input=PATH --output=DIR \
-        [--source=openai|hf|open_clip|regionclip|converted|detectron2_rpn] \
+        [--source=openai|hf|open_clip|regionclip|converted|detectron2_rpn|regionclip_detector] \
         [--part=student|teacher] \
         [--text_from=PATH] [--arch=resnet|vit]
 
@@ -12,6 +12,10 @@ Offline RPN (`rpn_coco_48.pth`, `rpn_lvis_866.pth`, `rpn_lvis_866_lsj.pth`: dete
 detected from the keys): writes an RPN export (DIR/model.json + DIR/variables.msgpack), which
 `tools.zero_shot --rpn=DIR` and the configs' `rpn.checkpoint=DIR` read
 (`detection.export.load_rpn`).
+Fine-tuned detector (`regionclip_finetuned-coco_rn50.pth`, ...: CLIP backbone + box predictor,
+detected from the keys): writes a detector export with its class embeddings beside it, which
+`tools.zero_shot --checkpoint=DIR` reads; with `--text_from=PATH` its image tower converts as a
+CLIP instead.
 
 One file in, one model out, so bad input is always an error (strict; there is no skip mode): an
 empty, truncated or foreign file, a missing, mis-shaped or non-finite (NaN / inf) tensor stops it
@@ -32,6 +36,7 @@ from flax.traverse_util import flatten_dict
 
 from regionclip_jax.detection import export
 from regionclip_jax.models import checkpoints
+from regionclip_jax.models.checkpoints.detect import REGIONCLIP_DETECTOR
 from regionclip_jax.models.checkpoints.torch_files import read_weights_file
 
 
@@ -45,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--output", required=True, help="directory to write")
   p.add_argument(
       "--source",
-      choices=checkpoints.SOURCES + (checkpoints.DETECTRON2_RPN,),
+      choices=checkpoints.SOURCES + (checkpoints.DETECTRON2_RPN, REGIONCLIP_DETECTOR),
       default=None,
       help="input format (detected when omitted)",
   )
@@ -99,6 +104,12 @@ def convert(
     check_finite(read_weights_file(input_path), input_path)
     export.export_detectron2_rpn(input_path, output)
     return output
+  if found == REGIONCLIP_DETECTOR and text_from:
+    found = "regionclip"  # its image tower as a CLIP, the text tower from `text_from`
+  elif found == REGIONCLIP_DETECTOR:
+    check_finite(read_weights_file(input_path), input_path)
+    export.export_regionclip_detector(input_path, output)
+    return output
   loaded = checkpoints.load(input_path, source=found, part=part, text_from=text_from, arch=arch)
   check_finite(flatten_dict(loaded.params, sep="/"), input_path, "parameter")
   return checkpoints.save_converted(output, loaded.config, loaded.params, source=found)
@@ -117,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
   if export.is_export(out):
     with open(os.path.join(out, export.EXPORT_META)) as f:
       meta = json.load(f)
+    if meta["kind"] == "detector":
+      print(
+          f"convert: wrote {out} (RegionCLIP fine-tuned C4 detector, "
+          f"{meta.get('num_classes', '?')} test classes); use it as --checkpoint={out} "
+          f"--embeddings={os.path.join(out, 'class_embeddings.npy')}"
+      )
+      return 0
     print(
         f"convert: wrote {out} (detectron2 R-{2 + 3 * sum(meta['blocks_per_stage'])} "
         f"{meta['arch'].upper()} RPN, {meta['rpn_convs']} head conv(s)); "
