@@ -40,6 +40,10 @@ def _finalise(sd: dict[str, Any]) -> dict[str, np.ndarray]:
       v = v.astype(np.float32, copy=False)
     out[k] = v
   if "logit_scale" in out:
+    if out["logit_scale"].size != 1:
+      raise CheckpointError(
+          f"key 'logit_scale' has shape {list(out['logit_scale'].shape)}, expected a scalar ([] or [1])"
+      )
     out["logit_scale"] = out["logit_scale"].reshape(())
   return out
 
