@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import test_checkpoints_util as u
-from regionclip_jax.data.validation import DataError
+from regionclip_jax.data.validation import DataError, read_names
 from regionclip_jax.models import checkpoints, prompts
 from regionclip_jax.tools import extract_concept_features as ecf
 
@@ -114,7 +114,7 @@ def test_bad_lines_strict_names_line_skip_embeds_rest(tmp_path_factory, tower, l
   assert emb.shape == (len(names), 64) and emb.dtype == np.float32
   np.testing.assert_allclose(emb, np.stack(rows), rtol=1e-5, atol=1e-6)
   # the names file reads back with the same reader, so rows and names stay aligned
-  assert prompts.read_concepts_file(ecf.names_path(out)) == names
+  assert read_names(ecf.names_path(out)) == names
 
 
 def test_empty_and_missing_files_stop_in_both_modes(tmp_path, tower):
@@ -153,3 +153,20 @@ def test_cli_no_traceback_strict_and_skip(tmp_path):
   assert "2 concepts embedded, 2 line(s) skipped, 0 blank" in skip.stdout
   assert np.load(out).shape == (2, 64)
   assert (tmp_path / "e.names.txt").read_text() == "cat\nzebra\n"
+
+
+def test_read_names_one_reader_for_concepts_files_and_class_lists(tmp_path):
+  f = tmp_path / "concepts.txt"
+  f.write_text("# coco concepts\nperson,1200\n\ntraffic_light,130\nhot dog\n bowl , 7\n")
+  assert read_names(f) == ["person", "traffic_light", "hot dog", "bowl"]
+  with pytest.raises(FileNotFoundError, match="nope.txt"):
+    read_names(tmp_path / "nope.txt")
+  (tmp_path / "empty.txt").write_text("\n# only a comment\n")
+  with pytest.raises(ValueError, match="empty.txt"):
+    read_names(tmp_path / "empty.txt")
+  (tmp_path / "twice.txt").write_text("cat\ndog\ncat,3\n")
+  with pytest.raises(DataError, match=r"twice.txt line 3: duplicate_name: 'cat' as on line 1"):
+    read_names(tmp_path / "twice.txt", "vocabulary file")
+  (tmp_path / "latin1.txt").write_bytes(b"cat\ncaf\xe9\n")
+  with pytest.raises(DataError, match=r"latin1.txt line 2: not_utf8"):
+    read_names(tmp_path / "latin1.txt")

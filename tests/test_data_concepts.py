@@ -12,7 +12,7 @@ from regionclip_jax.data.concepts import (
     main,
     plural_forms,
 )
-from regionclip_jax.models.prompts import read_concepts_file
+from regionclip_jax.data.validation import read_names
 
 
 def test_matcher_longest_phrase_plurals_and_cleaning():
@@ -99,7 +99,7 @@ def test_cli_writes_name_count_rows(tmp_path, capsys):
   )
   assert out == [("ring", 2), ("star", 2)]  # "red star" (1) is its own concept; ties by name
   assert (tmp_path / "concepts.txt").read_text() == "ring,2\nstar,2\n"
-  assert read_concepts_file(tmp_path / "concepts.txt") == ["ring", "star"]
+  assert read_names(tmp_path / "concepts.txt") == ["ring", "star"]
   assert "2 concepts" in capsys.readouterr().out
   with pytest.raises(FileNotFoundError, match="captions file not found"):
     main(["--captions", str(tmp_path / "nope.txt"), "--output", str(tmp_path / "o.txt")])

@@ -34,17 +34,6 @@ def test_prompt_filling_drops_commas_and_splits_plus():
   assert len(prompts.prompts_for(["cup", "mug"])) == 162
 
 
-def test_read_concepts_file(tmp_path):
-  f = tmp_path / "concepts.txt"
-  f.write_text("person,1200\n\ntraffic_light,130\nhot dog\n bowl , 7\n")
-  assert prompts.read_concepts_file(f) == ["person", "traffic_light", "hot dog", "bowl"]
-  with pytest.raises(FileNotFoundError, match="nope.txt"):
-    prompts.read_concepts_file(tmp_path / "nope.txt")
-  (tmp_path / "empty.txt").write_text("\n\n")
-  with pytest.raises(ValueError, match="empty.txt"):
-    prompts.read_concepts_file(tmp_path / "empty.txt")
-
-
 def test_concept_embeddings_is_the_unnormalised_template_mean():
   """A fake tokenizer / encoder whose embedding is a known function of the prompt text."""
   rng = np.random.default_rng(0)

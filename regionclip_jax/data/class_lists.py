@@ -7,6 +7,7 @@ import os
 from typing import Mapping, Sequence
 
 from regionclip_jax.data import categories as cats
+from regionclip_jax.data.validation import read_names
 
 SPLITS = (
     "all",
@@ -49,14 +50,6 @@ def split_class_names(split: str, json_categories: Sequence[Mapping]) -> list[st
 BUILTIN_CLASS_SPLITS = {"coco_ovd": "coco_ovd", "lvis": "lvis", "lvis_v1": "lvis"}
 
 
-def _read_names_file(path: str, key: str) -> list[str]:
-  """One class name per line ('#' comments and blank lines skipped)."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{__name__}: {key}: class list file not found: {path}")
-  with open(path, encoding="utf-8") as f:
-    return [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
-
-
 def resolve_class_list(
     spec: str, json_categories: Sequence[Mapping], path: str, key: str, part: str = "base"
 ) -> list[str]:
@@ -85,7 +78,9 @@ def resolve_class_list(
   if spec == "all":
     names = json_names
   elif spec.startswith("@"):
-    names = _read_names_file(spec[1:], key)
+    if not os.path.isfile(spec[1:]):
+      raise FileNotFoundError(f"{__name__}: {key}: class list file not found: {spec[1:]}")
+    names = read_names(spec[1:], f"class list of {key}")
   else:
     names = [n.strip() for n in spec.split(",") if n.strip()]
   if not names:

@@ -1,6 +1,6 @@
 """Concept pool from captions, with no model download: match captions against a candidate
 vocabulary (COCO + LVIS category names + the shapes world, plus any user list), count, keep the
-frequent ones, write `concepts.txt` ("name,count" rows, read by `models.prompts.read_concepts_file`).
+frequent ones, write `concepts.txt` ("name,count" rows, read by `data.validation.read_names`).
 
 The official pool came from a noun parser (frequency >= 100: 4,764 concepts from COCO Captions);
 a fixed candidate vocabulary is the offline stand-in: it finds only listed concepts, but every
@@ -27,7 +27,8 @@ from regionclip_jax import files
 from regionclip_jax.data import categories as cats
 from regionclip_jax.data.coco import load_json
 from regionclip_jax.data.shape_masks import SHAPES
-from regionclip_jax.models.prompts import clean_concept_name, read_concepts_file
+from regionclip_jax.data.validation import read_names
+from regionclip_jax.models.prompts import clean_concept_name
 
 _IRREGULAR = {
     "person": "people",
@@ -210,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> list[tuple[str, int]]:
   args = p.parse_args(argv)
   vocab = [] if args.no_default_vocabulary else default_vocabulary()
   for v in args.vocabulary:
-    vocab += read_concepts_file(v)
+    vocab += read_names(v, "concepts file")
   captions = [c for path in args.captions for c in read_captions_file(path)]
   concepts = extract_concepts(captions, vocab, args.min_count)
   write_concepts_file(args.output, concepts, with_counts=not args.no_counts)

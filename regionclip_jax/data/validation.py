@@ -257,8 +257,9 @@ def read_names_file(
 
   Per `policy`: a line that is not UTF-8 (`not_utf8`), a row with an empty name (`empty_name`),
   a line over `max_chars` characters (`line_too_long`), a name whose `key` an earlier line has
-  (`duplicate_name`, the first kept). Blank lines are layout and skipped in both modes.
-  Returns ([(line number, name)], number of blank lines); raises if no name is left.
+  (`duplicate_name`, the first kept). Blank lines and '#' comments are layout, skipped in both
+  modes. Returns ([(line number, name)], number of blank / comment lines); raises if no name is
+  left.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
@@ -275,7 +276,7 @@ def read_names_file(
     except UnicodeDecodeError as e:
       handle(policy, counter, "not_utf8", where, f"byte {e.start}: {describe(raw[:40])}", hint)
       continue
-    if not line:
+    if not line or line.startswith("#"):  # layout: blank lines and '#' comments
       blank += 1
       continue
     if len(line) > max_chars:
@@ -294,3 +295,11 @@ def read_names_file(
   if not names:
     raise ValueError(f"{path}: holds no names ({len(raw_lines)} lines, {blank} blank)")
   return names, blank
+
+
+def read_names(path: str | os.PathLike, what: str = "names file") -> list[str]:
+  """`read_names_file` in strict mode -> the names: a concepts file ("name,count" rows) or a class
+  list. A bad line (not UTF-8, an empty name, a name given twice) is a DataError naming the file
+  and line."""
+  hint = f"fix the {what}"
+  return [name for _, name in read_names_file(path, policy="strict", counter=None, hint=hint)[0]]

@@ -8,7 +8,6 @@ it is used.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -120,28 +119,6 @@ def prompts_for(name: Concept, templates: Sequence[str] = TEMPLATES) -> list[str
   if not names:
     raise ValueError("prompts_for: empty synonym list")
   return [apply_template(t, clean_concept_name(n)) for n in names for t in templates]
-
-
-def read_concepts_file(path: str | os.PathLike) -> list[str]:
-  """Concept names, one per line; a "name,count" row gives the name before the first comma.
-
-  Blank lines are skipped. Raises a one-line error naming the file if it is missing or empty.
-  """
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"concepts file not found: {path}")
-  names = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      line = line.strip()
-      if not line:
-        continue
-      name = line.split(",", 1)[0].strip()
-      if name:
-        names.append(name)
-  if not names:
-    raise ValueError(f"concepts file holds no concept names: {path}")
-  return names
 
 
 def concept_embeddings(

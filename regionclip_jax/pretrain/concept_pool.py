@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from regionclip_jax.data.validation import read_names
 from regionclip_jax.models import clip as clip_lib
 from regionclip_jax.models import prompts
 from regionclip_jax.models.checkpoints.embeddings import read_embeddings
@@ -20,7 +21,7 @@ def concept_pool(config, teacher_cfg, teacher_params, tokenize, names) -> np.nda
     # .npy or the official extract_concept_features .pth; width checked against the teacher
     return read_embeddings(config.model.concept_embeddings, dim=teacher_cfg.embed_dim)
   if config.model.concepts_file:
-    names = prompts.read_concepts_file(config.model.concepts_file)
+    names = read_names(config.model.concepts_file, "concepts file")
   if not names:
     raise ValueError(
         f"{WHERE}: no concept pool: set model.concept_embeddings (.npy / .pth) or model.concepts_file"

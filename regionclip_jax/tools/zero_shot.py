@@ -53,7 +53,7 @@ from PIL import Image
 from configs import zero_shot as zero_shot_config
 from regionclip_jax.data.class_lists import resolve_class_list
 from regionclip_jax.data.images import shortest_edge_size
-from regionclip_jax.data.validation import DataError, IssueCounter, check_policy
+from regionclip_jax.data.validation import DataError, IssueCounter, check_policy, read_names
 from regionclip_jax.detection.exemplars import (
     ExemplarClass,
     read_exemplars,
@@ -63,7 +63,6 @@ from regionclip_jax.detection.zero_shot import ZeroShotDetector, sliding_window_
 from regionclip_jax.evaluation.coco_eval import evaluate_coco
 from regionclip_jax.evaluation.visualize import draw_detections
 from regionclip_jax.files import write_json
-from regionclip_jax.models.prompts import read_concepts_file
 from regionclip_jax.tools import config_flags
 
 __all__ = [
@@ -88,7 +87,7 @@ def parse_vocabulary(text: str) -> list[str]:
   DataError (a ValueError) for a missing file, no name or a repeated name."""
   if text.startswith("@"):
     try:
-      names = read_concepts_file(text[1:])
+      names = read_names(text[1:], "vocabulary file")
     except (OSError, ValueError) as e:  # missing or empty: the message names the file
       raise DataError(f"zero_shot: --vocabulary: {e}") from None
   else:
