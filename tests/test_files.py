@@ -67,3 +67,21 @@ def test_sigkill_mid_write_leaves_the_previous_file(tmp_path):
   # the killed writer's temporary file stays, under a hidden name that no reader looks for
   leftovers = [n for n in os.listdir(tmp_path) if n != "detections.json"]
   assert all(n.startswith(".detections.json.") and n.endswith(".tmp") for n in leftovers)
+
+
+def test_a_failed_export_rewrite_leaves_no_export(tmp_path, monkeypatch):
+  """New weights must never sit under an earlier export's model.json."""
+  from regionclip_jax.detection import export
+
+  d = str(tmp_path / "export")
+  variables = {"params": {"w": np.ones((2, 2), np.float32)}}
+  export.export_model(d, variables, {"kind": "rpn"}, arrays={"class_embeddings": np.eye(2)})
+  assert export.is_export(d) and np.load(os.path.join(d, "class_embeddings.npy")).shape == (2, 2)
+
+  def broken(path, data):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(files, "write_bytes", broken)
+  with pytest.raises(OSError):
+    export.export_model(d, {"params": {"w": np.zeros((3, 3), np.float32)}}, {"kind": "rpn"})
+  assert not export.is_export(d)

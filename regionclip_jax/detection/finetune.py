@@ -280,9 +280,9 @@ def train_detector(cfg, workdir: str, extra_metrics=None) -> dict:
   if inference.pretrained_score_weights is not None:
     meta["pretrained_score_weights"] = list(inference.pretrained_score_weights)
   if jax.process_index() == 0:
-    # the embeddings first: export_model writes the marker (model.json) last
-    files.save_npy(os.path.join(workdir, "export", "class_embeddings.npy"), all_emb)
-    export.export_model(os.path.join(workdir, "export"), params, meta, pretrained)
+    export.export_model(
+        os.path.join(workdir, "export"), params, meta, pretrained, {"class_embeddings": all_emb}
+    )
   predictor = DetectorPredictor(
       det,
       params,
