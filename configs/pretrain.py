@@ -63,6 +63,10 @@ def base() -> ml_collections.ConfigDict:
   c.data.normalize_on_host = False
   c.data.resize_backend = "cv2"  # "cv2" | "pil" (detectron2's own)
   c.data.draft_decode = True
+  # bad image-text records (an image that does not decode, a row without captions, mismatched TSV
+  # keys): "skip" drops and counts them (reported at the end; web-scale pairs always hold some),
+  # "strict" stops at the first with one line naming the file and the row
+  c.data.on_error = "skip"
   c.data.context_length = 77  # caption / prompt tokens (shapes world: 16 suffices)
   # shapes world only
   c.data.image_size = 64

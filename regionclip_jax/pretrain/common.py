@@ -40,6 +40,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       "data.source",
   )
   _check_choice(config.proposals.kind, ("boxes_jitter", "random", "rpn"), "proposals.kind")
+  _check_choice(config.data.get("on_error", "skip"), ("strict", "skip"), "data.on_error")
   _check_choice(config.model.dtype, ("float32", "bfloat16"), "model.dtype")
   _check_choice(config.sharding.mode, ("replicate", "fsdp"), "sharding.mode")
   _check_choice(config.optimizer.clip_type, ("per_tensor", "global"), "optimizer.clip_type")

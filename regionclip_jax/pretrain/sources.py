@@ -64,12 +64,13 @@ def _paths(value: str) -> list[str]:
 
 
 def real_source(config):
-  """The image-text pairs of a real data.source (module docstring); bad records are skipped."""
+  """The image-text pairs of a real data.source (module docstring); bad records follow
+  data.on_error ("skip": dropped and counted; "strict": a DataError naming the record)."""
   check_source(config)
   d = config.data
   # reduced-size JPEG decoding down to (not below) the largest resize that follows
   draft = (max(d.short_edge_lengths), d.max_size) if d.draft_decode else None
-  kw = dict(policy="skip", draft_for=draft)
+  kw = dict(policy=d.on_error, draft_for=draft)
   if d.source == "tsv":
     return TsvImageText(_paths(d.image_tsv), _paths(d.text_tsv), **kw)
   if d.source == "coco_captions":
@@ -86,7 +87,7 @@ def real_source(config):
         d.tfds_data_dir or None,
         image_key=d.tfds_image_key,
         caption_key=d.tfds_caption_key,
-        policy="skip",
+        policy=d.on_error,
     )
   raise ValueError(f"{WHERE}: data.source={d.source!r} is not a real image-text source")
 
