@@ -220,28 +220,30 @@ def test_rpn_fusion_raw_logit_and_sigmoid():
   np.testing.assert_allclose(sig[1], np.sqrt(np.asarray(probs[1]) / (1 + math.e)), rtol=1e-5)
   with pytest.raises(ValueError, match="detection.postprocess"):
     fuse_rpn_scores(probs, obj, "product")
-  # end to end: the negative-logit RoI disappears, the reported score is the un-fused probability
+  # end to end: the negative-logit RoI disappears; the reported score is the fused one (official
+  # evaluation), or the un-fused probability with report_unfused (official MODEL.CLIP.VIS)
   props = [[0, 0, 20, 20], [50, 50, 70, 70]]
   logits = [[3.0, 0.0, 0.0], [0.0, 3.0, 0.0]]
   logits_a = jnp.asarray(logits, jnp.float32)[None]
-  out = jax.tree.map(
-      np.asarray,
-      fast_rcnn_inference(
-          logits_a,
-          jnp.zeros((1, 2, 4)),
-          jnp.asarray(props, jnp.float32)[None],
-          jnp.ones((1, 2), bool),
-          jnp.array([[100.0, 100.0]]),
-          objectness=obj[None],
-          rpn_fusion="raw_logit",
-          topk=4,
-      ),
-  )
-  v = out["valid"][0]
-  assert set(out["roi_index"][0][v].tolist()) == {0}
-  np.testing.assert_allclose(
-      out["scores"][0][v][0], float(jax.nn.softmax(logits_a[0, 0])[0]), rtol=1e-5
-  )
+  p00 = float(jax.nn.softmax(logits_a[0, 0])[0])
+  for report_unfused, want in ((False, math.sqrt(p00 * 4.0)), (True, p00)):
+    out = jax.tree.map(
+        np.asarray,
+        fast_rcnn_inference(
+            logits_a,
+            jnp.zeros((1, 2, 4)),
+            jnp.asarray(props, jnp.float32)[None],
+            jnp.ones((1, 2), bool),
+            jnp.array([[100.0, 100.0]]),
+            objectness=obj[None],
+            rpn_fusion="raw_logit",
+            report_unfused=report_unfused,
+            topk=4,
+        ),
+    )
+    v = out["valid"][0]
+    assert set(out["roi_index"][0][v].tolist()) == {0}
+    np.testing.assert_allclose(out["scores"][0][v][0], want, rtol=1e-5)
 
 
 def test_inference_without_deltas_returns_proposals():

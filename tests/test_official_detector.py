@@ -14,10 +14,13 @@ PyTorch on CPU with the harness of tests/test_official_rpn.py (its stand-ins for
 detectron2 config and torchvision NMS). torchvision's `roi_align` is replaced by the numpy port of
 its CPU kernel that tests/test_ops_roi_align.py checks our RoIAlign against: RoIAlign parity
 rests on that port. Both sides get the same 96 x 96 photo (no resize, no padding) and proposals.
+RPN-score fusion (MODEL.CLIP.MULTIPLY_RPN_SCORE, our `rpn_fusion="raw_logit"`): both sides get the
+same proposals with the same raw objectness logits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import subprocess
@@ -25,6 +28,7 @@ import sys
 import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -38,6 +42,7 @@ from test_ops_roi_align import ref_roi_align
 from regionclip_jax.detection import export
 from regionclip_jax.detection.classifier import text_logits
 from regionclip_jax.detection.heads import OpenVocabFasterRCNN
+from regionclip_jax.detection.inference import make_classify_fn
 from regionclip_jax.models.checkpoints import CheckpointError
 from regionclip_jax.models.checkpoints.detect import REGIONCLIP_DETECTOR, detect_kind
 from regionclip_jax.models.clip import load
@@ -257,7 +262,9 @@ def _proposals(rng, n, size):
   return np.concatenate([xy, np.minimum(xy + wh, size)], 1).astype(np.float32)
 
 
-def _run_official(off, cfg, backbone, predictor, img, props):
+def _run_official(off, cfg, backbone, predictor, img, props, objectness=None):
+  """The official modules on `img` and `props` (proposals with `objectness` logits, zeros unless
+  given: read only by MULTIPLY_RPN_SCORE)."""
   x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
   mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1)
   std = torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1)
@@ -265,7 +272,8 @@ def _run_official(off, cfg, backbone, predictor, img, props):
   h, w = img.shape[:2]
   proposals = off.structures.Instances((h, w))
   proposals.proposal_boxes = off.structures.Boxes(torch.from_numpy(props))
-  proposals.objectness_logits = torch.zeros(len(props))
+  obj = np.zeros(len(props), np.float32) if objectness is None else objectness
+  proposals.objectness_logits = torch.from_numpy(obj)
   b = cfg.MODEL.ROI_BOX_HEAD
   pooler = off.poolers.ROIPooler(
       output_size=b.POOLER_RESOLUTION,
@@ -298,23 +306,11 @@ def _rel(a, b) -> float:
   )
 
 
-@pytest.mark.parametrize(
-    "size, soft_nms",
-    [
-        ("tiny", False),
-        ("tiny", True),
-        pytest.param("rn50", True, marks=pytest.mark.slow),
-    ],
-)
-def test_imported_detector_matches_the_official_modules(official, tmp_path, size, soft_nms):
+def _official_and_export(official, cfg, tmp_path, size):
+  """`_official_model` with box deltas of a useful size, saved in the official layout and
+  exported by `export_regionclip_detector` -> (backbone, predictor, photo, proposals, export
+  dir, test embeddings)."""
   skd = pytest.importorskip("skimage.data")
-  cfg = _coco_config(official)
-  if size == "tiny":
-    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 4  # 2 x the tiny attnpool grid (RN50: 14)
-  cfg.MODEL.ROI_HEADS.SOFT_NMS_ENABLED = soft_nms
-  assert tuple(cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS) == (10.0, 10.0, 5.0, 5.0)
-  assert (cfg.MODEL.CLIP.CLSS_TEMP, cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE) == (0.01, "ROIAlignV2")
-  assert not cfg.MODEL.CLIP.NO_BOX_DELTA and not cfg.MODEL.CLIP.MULTIPLY_RPN_SCORE
   backbone, predictor, test_emb = _official_model(official, cfg, tmp_path, size)
   img = np.asarray(Image.fromarray(skd.astronaut()).resize((96, 96), Image.BILINEAR))
   props = _proposals(np.random.default_rng(1), 30, 96)
@@ -324,7 +320,6 @@ def test_imported_detector_matches_the_official_modules(official, tmp_path, size
     w = predictor.bbox_pred.weight
     w.mul_(0.5 / float((torch.from_numpy(probe) @ w.T).std()))
     predictor.bbox_pred.bias.normal_(std=0.1, generator=torch.Generator().manual_seed(3))
-  ref = _run_official(official, cfg, backbone, predictor, img, props)
   sd = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
   sd.update({P + k: v for k, v in predictor.state_dict().items()})
   ckpt = str(tmp_path / "regionclip_finetuned-coco_tiny.pth")
@@ -334,16 +329,61 @@ def test_imported_detector_matches_the_official_modules(official, tmp_path, size
   export.export_regionclip_detector(ckpt, out)
   emb = np.load(os.path.join(out, "class_embeddings.npy"))
   np.testing.assert_array_equal(emb, test_emb)
+  return backbone, predictor, img, props, out, emb
+
+
+def _detector(out, cfg, **kw) -> ZeroShotDetector:
+  """Our detector on the export, with the config's test settings (no resize of the 96 px photo)."""
   t = cfg.MODEL.ROI_HEADS
-  det = ZeroShotDetector(
+  return ZeroShotDetector(
       out,
       test_size=96,
       max_size=96,
       score_thresh=t.SCORE_THRESH_TEST,
       nms_thresh=t.NMS_THRESH_TEST,
       topk=cfg.TEST.DETECTIONS_PER_IMAGE,
-      soft_nms=soft_nms,
+      soft_nms=t.SOFT_NMS_ENABLED,
+      **kw,
   )
+
+
+def _compare_detections(name, ours, ref, figures) -> dict:
+  """Detections as sets: each official one has ours of the same class and box, and each of ours
+  an official one (near-tied scores may swap ranks). Adds det_box_px and det_score (absolute:
+  pixels, score; over the matched pairs) to `figures`, prints them, then checks the match."""
+  n, m = len(ref["scores"]), len(ours["scores"])
+  d_box = np.abs(ours["boxes"][:, None] - ref["boxes"][None]).max(-1)
+  same = (ours["classes"][:, None] == ref["classes"][None]) & (d_box < 1e-2)
+  found = same.any(0)
+  d_score = np.where(same, np.abs(ours["scores"][:, None] - ref["scores"][None]), np.inf).min(0)
+  figures["det_box_px"] = float(np.where(same, d_box, np.inf).min(0)[found].max(initial=0.0))
+  figures["det_score"] = float(d_score[found].max(initial=0.0))
+  # det_box_px, det_score: absolute; the rest relative to the reference max
+  print(f"\n[{name}] {n} detections ({m} ours), {int(found.sum())} matched; max diff. {figures}")
+  assert m == n > 10, (m, n)
+  assert found.all() and same.any(1).all(), (int(found.sum()), n)
+  return figures
+
+
+@pytest.mark.parametrize(
+    "size, soft_nms",
+    [
+        ("tiny", False),
+        ("tiny", True),
+        pytest.param("rn50", True, marks=pytest.mark.slow),
+    ],
+)
+def test_imported_detector_matches_the_official_modules(official, tmp_path, size, soft_nms):
+  cfg = _coco_config(official)
+  if size == "tiny":
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 4  # 2 x the tiny attnpool grid (RN50: 14)
+  cfg.MODEL.ROI_HEADS.SOFT_NMS_ENABLED = soft_nms
+  assert tuple(cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS) == (10.0, 10.0, 5.0, 5.0)
+  assert (cfg.MODEL.CLIP.CLSS_TEMP, cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE) == (0.01, "ROIAlignV2")
+  assert not cfg.MODEL.CLIP.NO_BOX_DELTA and not cfg.MODEL.CLIP.MULTIPLY_RPN_SCORE
+  backbone, predictor, img, props, out, emb = _official_and_export(official, cfg, tmp_path, size)
+  ref = _run_official(official, cfg, backbone, predictor, img, props)
+  det = _detector(out, cfg)
   x, _, _ = det.preprocess(img)
   p = det.predictor
   res4 = p.det.apply(p.variables, x, method=OpenVocabFasterRCNN.features)
@@ -357,19 +397,54 @@ def test_imported_detector_matches_the_official_modules(official, tmp_path, size
       "logits": _rel(logits, ref["logits"]),
       "deltas": _rel(deltas[0], ref["deltas"]),
   }
-  n = len(ref["scores"])
-  assert len(ours["scores"]) == n > 10, (len(ours["scores"]), n)
-  # detections as sets: each official one has ours of the same class and box (near-tied scores
-  # may swap ranks)
-  d_box = np.abs(ours["boxes"][:, None] - ref["boxes"][None]).max(-1)
-  same = (ours["classes"][:, None] == ref["classes"][None]) & (d_box < 1e-2)
-  assert same.any(0).all() and same.any(1).all()
-  d_score = np.where(same, np.abs(ours["scores"][:, None] - ref["scores"][None]), np.inf).min(0)
-  figures["det_box_px"] = float(np.where(same, d_box, np.inf).min(0).max())
-  figures["det_score"] = float(d_score.max())
-  # det_box_px, det_score: absolute (pixels, probability); the rest relative to the reference max
   name = f"{size}, {'soft-NMS' if soft_nms else 'NMS'}"
-  print(f"\n[{name}] {n} detections; max differences {figures}")
+  figures = _compare_detections(name, ours, ref, figures)
   for k in ("input", "res4", "region_feats", "deltas"):
     assert figures[k] < 1e-4, (k, figures)
   assert figures["logits"] < 1e-3 and figures["det_score"] < 1e-4, figures
+
+
+@pytest.mark.parametrize(
+    "soft_nms, vis", [(False, False), (False, True), (True, False), (True, True)]
+)
+def test_rpn_score_fusion_matches_the_official_modules(official, tmp_path, soft_nms, vis):
+  """MODEL.CLIP.MULTIPLY_RPN_SCORE (LVISv1 CLIP_fast_rcnn_R_50_C4.yaml): official
+  `FastRCNNOutputLayers.inference` takes sqrt(softmax * objectness_logits) over all K+1 columns,
+  the proposals' raw RPN logits (a negative one gives NaN, and `fast_rcnn_inference_single_image`
+  drops the row as non-finite); thresholds, NMS / soft-NMS and top-k rank the fused scores, which
+  are reported unless MODEL.CLIP.VIS (the custom-image visualisation config) reports the un-fused
+  ones (NMS only: soft-NMS reports its decayed fused scores either way). Ours: `rpn_fusion=
+  "raw_logit"` and `report_unfused` = VIS, fed the same proposals and logits through the
+  predictor's classify program."""
+  cfg = _coco_config(official)
+  cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 4
+  cfg.MODEL.ROI_HEADS.SOFT_NMS_ENABLED = soft_nms
+  cfg.MODEL.CLIP.MULTIPLY_RPN_SCORE = True
+  cfg.MODEL.CLIP.VIS = vis
+  backbone, predictor, img, props, out, emb = _official_and_export(official, cfg, tmp_path, "tiny")
+  assert predictor.multiply_rpn_score and predictor.vis == vis
+  # raw RPN logits: some negative (those proposals drop out), some past 2 (fused scores past 1)
+  objectness = np.random.default_rng(4).normal(1.0, 2.0, len(props)).astype(np.float32)
+  assert (objectness < 0).sum() >= 5 and (objectness > 2).sum() >= 5
+  ref = _run_official(official, cfg, backbone, predictor, img, props, objectness)
+  det = _detector(out, cfg, rpn_fusion="raw_logit")
+  x, image_size, _ = det.preprocess(img)
+  p = det.predictor
+  assert p.inference.rpn_fusion == "raw_logit"
+  feats, deltas = p.region_outputs(x, props[None])
+  got = make_classify_fn(dataclasses.replace(p.inference, report_unfused=vis))(
+      feats,
+      deltas,
+      jnp.asarray(props[None]),
+      jnp.ones((1, len(props)), bool),
+      jnp.asarray(image_size),
+      jnp.asarray(emb),
+      jnp.asarray(objectness[None]),
+  )
+  got = jax.tree.map(np.asarray, got)
+  keep = got["valid"][0]
+  ours = {k: got[k][0][keep] for k in ("boxes", "scores", "classes")}
+  assert (objectness[got["roi_index"][0][keep]] > 0).all()  # the NaN rows are gone
+  name = f"tiny, {'soft-NMS' if soft_nms else 'NMS'}, RPN fusion raw_logit, VIS={vis}"
+  figures = _compare_detections(name, ours, ref, {})
+  assert figures["det_box_px"] < 1e-2 and figures["det_score"] < 1e-4, figures

@@ -93,6 +93,7 @@ def make_classify_fn(s: InferenceSettings) -> Callable:
         image_sizes,
         objectness=objectness,
         rpn_fusion=s.rpn_fusion,
+        report_unfused=s.report_unfused,
         score_thresh=s.score_thresh,
         nms_thresh=s.nms_thresh,
         topk=s.topk,

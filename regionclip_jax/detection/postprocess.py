@@ -64,6 +64,7 @@ def fast_rcnn_inference(
     *,
     objectness: Optional[jax.Array] = None,
     rpn_fusion: Optional[str] = None,
+    report_unfused: bool = False,
     score_thresh: float = 0.001,
     nms_thresh: float = 0.5,
     topk: int = 100,
@@ -81,8 +82,10 @@ def fast_rcnn_inference(
   probs [N,R,K+1]: class scores to use instead of softmax(logits) (e.g. a score ensemble),
   image_sizes [N,2] (h, w) -> dict of `boxes` [N,T,4], `scores` [N,T], `classes` [N,T] int32,
   `valid` [N,T], `roi_index` [N,T] (T = topk), sorted by score.
-  With `rpn_fusion`, ranking uses fused scores and the reported score is the un-fused
-  probability (official; soft-NMS reports its decayed fused scores).
+  With `rpn_fusion`, ranking and the reported scores are the fused ones (official evaluation,
+  `MODEL.CLIP.VIS` False); `report_unfused` reports the un-fused probability after NMS instead
+  (official `VIS` True, its visualisation configs). Soft-NMS always reports its decayed fused
+  scores, as the official code does.
   Static-shape deviation: only the `max_candidates` best (RoI, class) pairs above the threshold
   enter NMS (official: all of them); with K*R candidates this bounds memory and time.
   """
@@ -129,9 +132,8 @@ def fast_rcnn_inference(
       out_s = new_s  # official: soft-NMS scores replace the reported ones
     else:
       idx, ovalid = batched_nms(cb, cs, cls, nms_thresh, topk, valid=cvalid)
-      # official: with RPN fusion, NMS and top-k rank fused scores but the reported score is
-      # the un-fused class probability
-      out_s = cu[idx]
+      # NMS and top-k rank the fused scores; official fast_rcnn.py reports them too unless VIS
+      out_s = cu[idx] if report_unfused else cs[idx]
     return {
         "boxes": jnp.where(ovalid[:, None], cb[idx], 0.0),
         "scores": jnp.where(ovalid, out_s, 0.0),

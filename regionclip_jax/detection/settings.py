@@ -52,6 +52,9 @@ class InferenceSettings:
   soft_nms_prune: float = 0.001
   max_candidates: int = 2000  # static-shape cap on (RoI, class) pairs entering NMS
   rpn_fusion: Optional[str] = None  # None | "raw_logit" (official MULTIPLY_RPN_SCORE) | "sigmoid"
+  # report the un-fused probability after NMS (official MODEL.CLIP.VIS, visualisation configs);
+  # False: the fused score, as the official evaluation reports it
+  report_unfused: bool = False
   apply_deltas: bool = True
   temperature: float = 0.01
   # (w_seen, w_unseen): geometric-mean ensemble with the frozen pretrained model
