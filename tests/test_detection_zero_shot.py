@@ -4,29 +4,16 @@ a user's vocabulary, sliding-window or RPN proposals -> PNG with boxes + detecti
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
 from regionclip_jax.detection import builders, export
-from regionclip_jax.models.clip import CLIP, get_config
+from tiny_models import save_tiny_clip
 
 
 def _tiny_clip_dir(tmp_path):
-  from regionclip_jax.models.checkpoints import save_converted
-
-  cfg = get_config("tiny_rn")
-  shapes = jax.eval_shape(
-      CLIP(cfg).init,
-      jax.random.PRNGKey(0),
-      jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),
-      jax.ShapeDtypeStruct((1, 77), jnp.int32),
-  )
-  params = builders.numpy_init(shapes, seed=0)["params"]
-  out = str(tmp_path / "clip")
-  save_converted(out, cfg, jax.tree.map(np.asarray, params), source="test")
-  return out, cfg
+  return save_tiny_clip(str(tmp_path / "clip"))
 
 
 @pytest.fixture(scope="module")

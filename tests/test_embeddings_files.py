@@ -1,6 +1,7 @@
 """Text-embedding files: `.npy` and the official `.pth` (a torch tensor [K, D]) read by one reader,
 checked against the number of classes and the width, with one-line errors naming the file."""
 
+import inspect
 import types
 
 import numpy as np
@@ -91,7 +92,7 @@ def test_every_reader_accepts_pth(tmp_path):
   emb = torch.randn(4, 32)
   path = str(tmp_path / "concept_embeds.pth")
   torch.save(emb, path)
-  assert builders.read_embeddings is read_embeddings
+  assert inspect.unwrap(builders.read_embeddings) is read_embeddings
   config = types.SimpleNamespace(model=types.SimpleNamespace(concept_embeddings=path))
   got = concept_pool(config, types.SimpleNamespace(embed_dim=32), None, None, None)
   np.testing.assert_array_equal(got, emb.numpy())

@@ -19,13 +19,10 @@ import os
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from regionclip_jax.detection import builders
 from regionclip_jax.detection.exemplars import (
     ExemplarError,
     class_embedding,
@@ -35,7 +32,7 @@ from regionclip_jax.detection.exemplars import (
 )
 from regionclip_jax.detection.zero_shot import ZeroShotDetector, sliding_window_boxes
 from regionclip_jax.models.checkpoints import save_converted
-from regionclip_jax.models.clip import CLIP, get_config
+from tiny_models import tiny_clip_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"test_size": 128, "max_size": 208}
@@ -72,14 +69,7 @@ def world(tmp_path_factory):
   photos = {n: getattr(skd, n)() for n in ("chelsea", "astronaut", "coffee", "rocket")}
   for n, img in photos.items():
     Image.fromarray(img).save(d / f"{n}.png")
-  cfg = get_config("tiny_rn")
-  shapes = jax.eval_shape(
-      CLIP(cfg).init,
-      jax.random.PRNGKey(0),
-      jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),
-      jax.ShapeDtypeStruct((1, 77), jnp.int32),
-  )
-  params = jax.tree.map(np.asarray, builders.numpy_init(shapes, seed=0)["params"])
+  cfg, params = tiny_clip_params()
   save_converted(str(d / "raw"), cfg, params, source="test")
   raw = ZeroShotDetector(str(d / "raw"), **SIZES)
   feats = []

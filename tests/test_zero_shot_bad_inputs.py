@@ -11,8 +11,6 @@ import sys
 import zlib
 from unittest import mock
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -20,11 +18,9 @@ from PIL import Image
 
 from configs import zero_shot as zcfg
 from regionclip_jax.data.validation import DataError
-from regionclip_jax.detection import builders
 from regionclip_jax.detection.zero_shot import ZeroShotDetector
-from regionclip_jax.models.checkpoints import save_converted
-from regionclip_jax.models.clip import CLIP, get_config
 from regionclip_jax.tools import zero_shot
+from tiny_models import save_tiny_clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"test_size": 64, "max_size": 96}
@@ -51,15 +47,7 @@ def _encode(img: np.ndarray, fmt: str) -> bytes:
 def world(tmp_path_factory):
   skd = pytest.importorskip("skimage.data")
   d = tmp_path_factory.mktemp("zs_bad")
-  cfg = get_config("tiny_rn")
-  shapes = jax.eval_shape(
-      CLIP(cfg).init,
-      jax.random.PRNGKey(0),
-      jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),
-      jax.ShapeDtypeStruct((1, 77), jnp.int32),
-  )
-  params = builders.numpy_init(shapes, seed=0)["params"]
-  save_converted(str(d / "clip"), cfg, jax.tree.map(np.asarray, params), source="test")
+  save_tiny_clip(str(d / "clip"))
   det = ZeroShotDetector(str(d / "clip"), score_thresh=0.0, topk=3, **SIZES)
   photo = _encode(skd.chelsea()[::4, ::4], "JPEG")
   # kind -> (file bytes or None for a folder, the kind it is skipped as or None for a good image)

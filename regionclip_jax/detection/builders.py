@@ -215,6 +215,9 @@ def read_embeddings(
     raise InputFileError(_named(e, path)) from None
 
 
+read_embeddings.__wrapped__ = embeddings_files.read_embeddings  # inspect.unwrap: the one reader
+
+
 def with_backbone(variables: PyTree, clip_params: PyTree) -> PyTree:
   """Replace the detector's / RPN's backbone 'visual' params by a CLIP checkpoint's, checking
   every shape; checkpoint entries the model lacks (the text tower; layer4 + attnpool for an RPN,

@@ -58,7 +58,7 @@ def _clip_config(cfg, preset: str = "", path: str = "") -> tuple[CLIPConfig, Any
   """Architecture + (optional) CLIP params from `path` (default model.init_checkpoint)."""
   path = path or cfg.model.init_checkpoint
   if path and export.is_export(path):
-    _, variables, meta = export.load_export(path)
+    _, variables, meta = export.load_export(path, "detector")
     return CLIPConfig.from_dict(meta["clip_config"]), variables["params"]["backbone"]
   if path:
     return builders.load_clip_params(path, cfg.model.init_source or None)
@@ -245,7 +245,7 @@ def train_detector(cfg, workdir: str, extra_metrics=None) -> dict:
   pretrained = (
       jax.tree.map(jnp.copy, variables) if inference.pretrained_score_weights is not None else None
   )
-  rpn, gen, rpn_vars = export.load_rpn(cfg.rpn.checkpoint)
+  rpn, gen, rpn_vars = export.load_rpn(cfg.rpn.checkpoint, cfg.rpn.get("checkpoint_arch", ""))
   all_emb = test_class_embeddings(cfg, names, clip_cfg, clip_params)
   base_emb = (
       builders.read_embeddings(cfg.data.train_embeddings, len(base), clip_cfg.embed_dim)

@@ -66,7 +66,7 @@ def proposal_recall(config, test_data=None) -> dict:
   the test split's base and novel boxes, with the test-time top-k the detector will use.
   `test_data`: `data_for(config, train=False)` when already read."""
   test_src, test_tf, names, base, novel = test_data or data_for(config, train=False)
-  rpn, gen, rpn_vars = export.load_rpn(config.rpn.checkpoint)
+  rpn, gen, rpn_vars = export.load_rpn(config.rpn.checkpoint, config.rpn.get("checkpoint_arch", ""))
   fn = make_proposal_fn(rpn, gen, builders.rpn_settings(config), training=False)
   out = evaluate_proposals(
       lambda images, sizes: fn(rpn_vars, images, sizes),
@@ -96,7 +96,7 @@ def with_pooler_resolution(config):
     return config
   path = config.model.init_checkpoint
   if path and export.is_export(path):
-    clip_cfg = CLIPConfig.from_dict(export.load_export(path)[2]["clip_config"])
+    clip_cfg = CLIPConfig.from_dict(export.read_meta(path, "detector")["clip_config"])
   elif path:
     clip_cfg, _ = builders.load_clip_params(path, config.model.init_source or None)
   else:

@@ -94,7 +94,7 @@ class ZeroShotDetector:
     pretrained, weights, self.trained_names = None, None, frozenset()
     exported = export.is_export(checkpoint)
     if exported:
-      det, variables, meta = export.load_export(checkpoint)
+      det, variables, meta = export.load_export(checkpoint, "detector")
       # an export fine-tuned with the score ensemble carries its frozen init and weights
       pretrained = export.load_export_pretrained(checkpoint)
       if (pretrained is None) != (not meta.get("pretrained_score_weights")):

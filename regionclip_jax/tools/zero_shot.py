@@ -38,6 +38,7 @@ defaults); `--preset` picks the config preset the given flags override. As a `ma
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import math
 import os
@@ -51,6 +52,7 @@ from absl import app, flags
 from PIL import Image
 
 from configs import zero_shot as zero_shot_config
+from regionclip_jax.data import categories
 from regionclip_jax.data.class_lists import resolve_class_list
 from regionclip_jax.data.images import shortest_edge_size
 from regionclip_jax.data.validation import DataError, IssueCounter, check_policy, read_names
@@ -59,6 +61,7 @@ from regionclip_jax.detection.exemplars import (
     read_exemplars,
     vocabulary_with_exemplars,
 )
+from regionclip_jax.detection.export import read_meta
 from regionclip_jax.detection.zero_shot import ZeroShotDetector, sliding_window_boxes
 from regionclip_jax.evaluation.coco_eval import evaluate_coco
 from regionclip_jax.evaluation.visualize import draw_detections
@@ -77,14 +80,24 @@ __all__ = [
 ]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+BUILTIN_VOCABULARIES = {
+    "coco_ovd": lambda: list(categories.COCO_OVD_ALL),
+    "lvis": lambda: [
+        c["name"] for c in sorted(categories.read_lvis_v1_categories(), key=lambda c: c["id"])
+    ],
+}
 _SKIP_HINT = "--on_error=skip skips such records"
 # COCO boxes may overshoot the border by rounding; more than this is a bad record
 _BORDER_SLOP_PX = 1.0
 
 
 def parse_vocabulary(text: str) -> list[str]:
-  """ "a,b,c" or "@file.txt" (one name per line; "name,count" rows allowed) -> names; a
-  DataError (a ValueError) for a missing file, no name or a repeated name."""
+  """ "a,b,c", "@file.txt" (one name per line; "name,count" rows allowed) or a built-in
+  vocabulary ("coco_ovd": the 65 COCO OVD classes, "lvis": the 1203 LVIS v1 classes, both in
+  category-id order, the row order of the official embedding files) -> names; a DataError (a
+  ValueError) for a missing file, no name or a repeated name."""
+  if text.strip() in BUILTIN_VOCABULARIES:
+    return BUILTIN_VOCABULARIES[text.strip()]()
   if text.startswith("@"):
     try:
       names = read_names(text[1:], "vocabulary file")
@@ -349,6 +362,7 @@ def evaluate_annotations(
     vocabulary: str = "",
     on_error: str = "strict",
     issues: Optional[IssueCounter] = None,
+    detections_out: str = "",
 ) -> dict:
   """Paper zero-shot protocol on COCO / LVIS-format data: classify GT boxes (or proposals) of every
   image against all the json's categories and score with pycocotools. `base_classes` (a split
@@ -358,7 +372,8 @@ def evaluate_annotations(
 
   Bad records (`check_ground_truth_records`, an image `read_image` refuses, a box outside its
   image) stop the run with `on_error` "strict", one line naming the record; with "skip" they are
-  counted in `issues`, and a skipped image's ground truth leaves the evaluation with it."""
+  counted in `issues`, and a skipped image's ground truth leaves the evaluation with it.
+  `detections_out`: also write the detections there (COCO results json, the json's ids)."""
   check_policy(on_error)
   gt = read_ground_truth(annotations)
   # records keep their identity through the checks and the class cut: name them by json index
@@ -424,6 +439,8 @@ def evaluate_annotations(
               "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
           }
       )
+  if detections_out:
+    write_json(detections_out, dets)
   # the ground truth of the images that ran (all but those skipped, up to max_images)
   gt = dict(gt, images=kept_images, annotations=kept_anns)
   return evaluate_coco(gt, dets, split=split, **names_split)
@@ -460,6 +477,8 @@ def run(config, workdir: str | None = None) -> dict:
   if not workdir:
     workdir = tempfile.mkdtemp(prefix="regionclip_zero_shot_")
     print(f"[zero_shot] workdir {workdir}", flush=True)
+  if z.checkpoint_kind:  # e.g. the detector presets: not a pretrained checkpoint by mistake
+    read_meta(z.checkpoint, z.checkpoint_kind)
   os.makedirs(workdir, exist_ok=True)
   det = ZeroShotDetector(
       z.checkpoint,
@@ -474,6 +493,10 @@ def run(config, workdir: str | None = None) -> dict:
       rpn_fusion=z.rpn_fusion or None,
       soft_nms=z.soft_nms,
   )
+  p = det.predictor
+  if z.rpn_nms_thresh and p.rpn is not None:  # official OFFLINE_RPN_NMS_THRESH
+    s = dataclasses.replace(p.rpn_settings, nms_thresh=z.rpn_nms_thresh)
+    det.predictor = dataclasses.replace(p, rpn_settings=s)
   issues = IssueCounter("zero_shot")
   if z.annotations:
     metrics = evaluate_annotations(
@@ -488,6 +511,7 @@ def run(config, workdir: str | None = None) -> dict:
         vocabulary=z.vocabulary,
         on_error=policy,
         issues=issues,
+        detections_out=os.path.join(workdir, "detections.json"),
     )
     if issues.total():
       metrics["data_issues"] = issues.report().splitlines()
@@ -537,7 +561,7 @@ def run(config, workdir: str | None = None) -> dict:
 _HELP = {
     "checkpoint": "CLIP checkpoint (any format) or detector export dir",
     "images": "folder of images",
-    "vocabulary": "comma-separated class names, or @file.txt",
+    "vocabulary": "comma-separated class names, @file.txt, coco_ovd or lvis",
     "exemplars": "json of classes given by example boxes (format: detection/exemplars.py)",
     "on_error": "bad images / records: skip (warn, count, go on) | strict (stop); "
     "'' = skip for a folder, strict with --annotations",
@@ -560,6 +584,8 @@ _HELP = {
     "topk": "detections per image",
     "rpn_fusion": "'' | raw_logit | sigmoid",
     "soft_nms": "gaussian soft-NMS instead of NMS",
+    "rpn_nms_thresh": "RPN NMS IoU (official OFFLINE_RPN_NMS_THRESH); 0 = the RPN's own",
+    "checkpoint_kind": "'detector': --checkpoint must be a detector export ('' = any)",
 }
 _CHOICES = {"boxes": ("gt", "rpn"), "on_error": ("", "skip", "strict")}
 # The command line has no workdir, so its output folder gets a default of its own (the config's

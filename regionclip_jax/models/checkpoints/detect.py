@@ -1,4 +1,6 @@
-"""Which format a checkpoint is (`detect_source`), and where in it the weights are (`unwrap`).
+"""Which format a checkpoint is (`detect_source`), which kind of file (`detect_kind`: a CLIP, an
+offline RPN, a fine-tuned detector), what it is in words for error messages (`describe`), and
+where in it the weights are (`unwrap`).
 
 Directories are told apart by their file names; single files by name, then by their keys (read
 without copying tensors: the safetensors header, or a memory-mapped torch pickle).
@@ -144,9 +146,14 @@ def source_from_keys(sd: dict, path: str) -> str:
   """The format of a single file from its flattened keys (values unused)."""
   if is_detectron2_rpn(_model_keys(sd)):
     raise CheckpointError(
-        f"{__name__}: {path}: a detectron2 RPN (backbone.res*, proposal_generator.rpn_head.*), not a CLIP "
-        "checkpoint: convert it with `python -m regionclip_jax.tools.convert --input=FILE "
-        "--output=DIR` and pass DIR as the RPN"
+        f"{__name__}: {path}: expected a CLIP checkpoint, found a detectron2 RPN (an offline RPN: "
+        "backbone.*, proposal_generator.rpn_head.*): give it as the RPN (--rpn, rpn.checkpoint, "
+        "proposals.rpn_checkpoint), as it is or converted by tools.convert"
+    )
+  if list(sd) == [""]:
+    raise CheckpointError(
+        f"{__name__}: {path}: expected a checkpoint, found a bare tensor (a class-embeddings file: "
+        "--embeddings, data.*_embeddings, model.concept_embeddings)"
     )
   keys = list(unwrap(sd))
   if is_hf_clip(keys):
