@@ -57,6 +57,9 @@ def _base() -> mlc.ConfigDict:
   z.nms_thresh = 0.5
   z.topk = 50
   z.rpn_fusion = ""  # "" | "raw_logit" (official MULTIPLY_RPN_SCORE) | "sigmoid"
+  # after NMS report the un-fused probability (official MODEL.CLIP.VIS, its visualisation config);
+  # False: the fused score the ranking used, as the official evaluation reports it
+  z.report_unfused = False
   z.soft_nms = False
   z.rpn_nms_thresh = 0.0  # the RPN's NMS IoU (official OFFLINE_RPN_NMS_THRESH); 0 = its own
   return c
@@ -147,6 +150,7 @@ def official_folder() -> mlc.ConfigDict:
   z.nms_thresh = 0.3  # CLIP_fast_rcnn_R_50_C4_custom_img.yaml: NMS_THRESH_TEST
   z.score_thresh = 0.02  # CLIP_fast_rcnn_R_50_C4.yaml: SCORE_THRESH_TEST
   z.draw_threshold = 0.05
+  z.report_unfused = True  # CLIP_fast_rcnn_R_50_C4_custom_img.yaml: MODEL.CLIP.VIS True
   return c
 
 

@@ -20,7 +20,6 @@ same proposals with the same raw objectness logits.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 import subprocess
@@ -427,12 +426,13 @@ def test_rpn_score_fusion_matches_the_official_modules(official, tmp_path, soft_
   objectness = np.random.default_rng(4).normal(1.0, 2.0, len(props)).astype(np.float32)
   assert (objectness < 0).sum() >= 5 and (objectness > 2).sum() >= 5
   ref = _run_official(official, cfg, backbone, predictor, img, props, objectness)
-  det = _detector(out, cfg, rpn_fusion="raw_logit")
+  det = _detector(out, cfg, rpn_fusion="raw_logit", report_unfused=vis)
   x, image_size, _ = det.preprocess(img)
   p = det.predictor
   assert p.inference.rpn_fusion == "raw_logit"
   feats, deltas = p.region_outputs(x, props[None])
-  got = make_classify_fn(dataclasses.replace(p.inference, report_unfused=vis))(
+  assert p.inference.report_unfused == vis
+  got = make_classify_fn(p.inference)(
       feats,
       deltas,
       jnp.asarray(props[None]),

@@ -326,6 +326,9 @@ def test_folder_figures(release, tmp_path):
   assert figures == [f"{i:012d}.png" for i in range(1, len(PHOTOS) + 1)]
   names = {d["category_name"] for d in _results(os.path.join(out, "detections.json"))}
   assert names <= {c["name"] for c in read_lvis_v1_categories()}
+  # MODEL.CLIP.VIS: the scores shown are the un-fused probabilities, so none is above 1
+  scores = [d["score"] for d in _results(os.path.join(out, "detections.json"))]
+  assert scores and max(scores) <= 1.0
 
 
 def test_region_and_concept_features(release, tmp_path):

@@ -85,6 +85,7 @@ class ZeroShotDetector:
       topk: int = 100,
       rpn_fusion: Optional[str] = None,
       soft_nms: bool = False,
+      report_unfused: bool = False,
       temperature: Optional[float] = None,
       pooler_resolution: Optional[int] = None,
   ):
@@ -124,6 +125,7 @@ class ZeroShotDetector:
         topk=topk,
         soft_nms_enabled=soft_nms,
         rpn_fusion=rpn_fusion or None,
+        report_unfused=report_unfused,
         temperature=temperature,
         max_candidates=2000,
         pretrained_score_weights=weights,

@@ -492,6 +492,7 @@ def run(config, workdir: str | None = None) -> dict:
       topk=z.topk,
       rpn_fusion=z.rpn_fusion or None,
       soft_nms=z.soft_nms,
+      report_unfused=z.report_unfused,
   )
   p = det.predictor
   if z.rpn_nms_thresh and p.rpn is not None:  # official OFFLINE_RPN_NMS_THRESH
@@ -583,6 +584,7 @@ _HELP = {
     "nms_thresh": "per-class NMS IoU",
     "topk": "detections per image",
     "rpn_fusion": "'' | raw_logit | sigmoid",
+    "report_unfused": "with rpn_fusion and NMS: report the un-fused score (official MODEL.CLIP.VIS)",
     "soft_nms": "gaussian soft-NMS instead of NMS",
     "rpn_nms_thresh": "RPN NMS IoU (official OFFLINE_RPN_NMS_THRESH); 0 = the RPN's own",
     "checkpoint_kind": "'detector': --checkpoint must be a detector export ('' = any)",
