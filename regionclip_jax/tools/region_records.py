@@ -13,11 +13,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from regionclip_jax.data.validation import DataError, IssueCounter
+from regionclip_jax.data.validation import DataError, IssueCounter, handle
 from regionclip_jax.tools.zero_shot_inputs import IMAGE_EXTS
 
 NAME = "extract_region_features"
 _SLOP = 1.0  # px a given box may stick out of its image (rounding in other tools' outputs)
+_SKIP_HINT = "--on_error=skip skips bad records and counts them"
 
 
 @dataclasses.dataclass
@@ -44,14 +45,15 @@ class Issues:
     if policy not in ("skip", "strict"):
       raise ValueError(f"{NAME}: on_error must be 'skip' or 'strict', got {policy!r}")
     self.policy = policy
-    self.counter = IssueCounter(NAME)
+    # every skipped record is printed as it happens (a folder run's per-file warnings)
+    self.counter = IssueCounter(NAME, warn=self._warn, warn_first=sys.maxsize)
+
+  @staticmethod
+  def _warn(message: str) -> None:
+    print(f"{NAME}: skipped {message}", file=sys.stderr, flush=True)
 
   def __call__(self, kind: str, where: str, detail: str = "") -> None:
-    msg = f"{where}: {kind}" + (f": {detail}" if detail else "")
-    if self.policy == "strict":
-      raise DataError(f"{msg} (--on_error=skip skips bad records and counts them)")
-    self.counter.add(kind, where)
-    print(f"{NAME}: skipped {msg}", file=sys.stderr, flush=True)
+    handle(self.policy, self.counter, kind, where, detail, hint=_SKIP_HINT)
 
 
 def _box_array(raw, xywh: bool = False, labels: Optional[Sequence[str]] = None) -> np.ndarray:
