@@ -73,6 +73,8 @@ SHAPES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     & (v <= 0.75 * np.abs(u) - 0.05),
     "hourglass": lambda u, v: (np.abs(v) <= 0.85) & (np.abs(u) <= 0.8 * np.abs(v) + 0.12),
 }
-# Shapes whose identity survives any rotation; the others turn at most `max_rotation_deg` so
-# that e.g. a square never becomes a diamond.
-FREE_ROTATION = frozenset({"circle", "ring", "arrow", "ellipse", "star", "cross"})
+# Shapes that turn freely: those that look the same at any angle. The others turn at most
+# `max_rotation_deg`, so that a square never becomes a diamond, and so that star, cross and arrow
+# keep one orientation: turning freely, the 64 px teacher could not tell them apart (their text
+# embeddings converged to cosine 0.95-0.99; docs/findings.md, "Why the text tower makes twins").
+FREE_ROTATION = frozenset({"circle", "ring", "ellipse"})
