@@ -53,7 +53,19 @@ def _stage_time(timings: dict, name: str, t0: float) -> None:
   timings[name] = round(time.time() - t0, 1)
 
 
-def _finetune_config(config, seed: int, init: str, rpn_dir: str, teacher: str):
+def seed_paths(seed_dir: str) -> dict:
+  """The checkpoints one seed's stages 1-3 leave in `seed_dir`: the three detector inits and the
+  RPN."""
+  pre_dir = os.path.join(seed_dir, "pretrain")
+  return {
+      "student": os.path.join(pre_dir, "student"),
+      "teacher": os.path.join(pre_dir, "teacher", "final"),
+      "control": os.path.join(pre_dir, "control", "final"),
+      "rpn": os.path.join(seed_dir, "rpn"),
+  }
+
+
+def finetune_config(config, seed: int, init: str, rpn_dir: str, teacher: str):
   """The detection stage's config for one seed and init (fine-tuning or zero-shot). With
   `temperature_from_teacher` every init's classifier uses 1 / the teacher's learned logit scale."""
   ft = config.finetune.copy_and_resolve_references()
@@ -87,15 +99,11 @@ def run_seed(config, seed: int, workdir: str) -> dict:
   region = stages.regionclip(pre, pre_dir)
   _stage_time(timings, "pretrain_and_control", t)
 
-  inits = {
-      "student": os.path.join(pre_dir, "student"),
-      "teacher": teacher,
-      "control": os.path.join(pre_dir, "control", "final"),
-  }
+  inits = {**seed_paths(workdir), "teacher": teacher}
   detection = {}
   for name in config.inits:
     t = time.time()
-    ft = _finetune_config(config, seed, inits[name], rpn_dir, teacher)
+    ft = finetune_config(config, seed, inits[name], rpn_dir, teacher)
     ft_dir = os.path.join(workdir, f"finetune_{name}")
     done = os.path.join(ft_dir, "metrics.json")
     cached = None
@@ -117,7 +125,7 @@ def run_seed(config, seed: int, workdir: str) -> dict:
       with open(path) as f:
         zero_shot[name] = json.load(f)
       continue
-    ft = _finetune_config(config, seed, inits[name], rpn_dir, teacher)
+    ft = finetune_config(config, seed, inits[name], rpn_dir, teacher)
     t_init = time.time()
     zero_shot[name] = {
         k: v for k, v in finetune.zero_shot_detection(ft).items() if k != "per_category"
@@ -138,6 +146,8 @@ def run_seed(config, seed: int, workdir: str) -> dict:
       "region": region.get("zero_shot_region_top1", {}),
       "detection": ap(detection),
       "zero_shot_detection": ap(zero_shot),
+      # the teacher's text tower: its closest concept pairs (name_a, name_b, cosine)
+      "closest_concepts": region.get("closest_concepts", []),
       "seconds": timings,
   }
   if alone:
@@ -156,7 +166,9 @@ def _stats(values) -> dict:
 
 def summarize(per_seed: list[dict]) -> dict:
   """Mean and spread over seeds of every region accuracy, paired difference and AP50."""
-  out: dict = {"num_seeds": len(per_seed), "region": {}}
+  out: dict = {"num_seeds": len(per_seed), "seeds": [s["seed"] for s in per_seed], "region": {}}
+  if all(s.get("closest_concepts") for s in per_seed):
+    out["closest_concepts"] = [s["closest_concepts"][0] for s in per_seed]
   for model in per_seed[0]["region"]:
     out["region"][model] = {
         k: _stats([s["region"][model][k] for s in per_seed]) for k in per_seed[0]["region"][model]
@@ -199,6 +211,15 @@ def format_table(summary: dict) -> str:
           + " | ".join(cell(region[key], g, "+") for g in ("all", "base", "novel"))
           + " |"
       )
+  if summary.get("closest_concepts"):
+    lines += [
+        "",
+        "The teacher's closest concept pair (text-embedding cosine): "
+        + "; ".join(
+            f"seed {seed} {a}/{b} {c:.3f}"
+            for seed, (a, b, c) in zip(summary["seeds"], summary["closest_concepts"])
+        ),
+    ]
   spread_ap = "std over seeds" if n > 1 else "n/a (one seed)"
   for table, title in DETECTION_TABLES.items():
     if not summary.get(table):
@@ -218,7 +239,38 @@ def format_table(summary: dict) -> str:
           for k in AP_KEYS
       ]
       lines.append(f"| {init} | " + " | ".join(vals) + " |")
+  if n > 1:
+    lines += ["", *_per_seed_table(summary)]
   return "\n".join(lines)
+
+
+def _per_seed_table(summary: dict) -> list[str]:
+  """Each seed's paired region differences and novel AP50 gaps (points), as the means above."""
+  region = summary["region"]
+  cols = [
+      (f"student − {m} {g}", [100 * v for v in region[f"student_minus_{m}"][g]["values"]])
+      for m, groups in (("teacher", ("all", "base", "novel")), ("control", ("all", "novel")))
+      if f"student_minus_{m}" in region
+      for g in groups
+  ]
+  for table, label in (
+      ("detection", "ensemble"),
+      ("detection_without_ensemble", "alone"),
+      ("zero_shot_detection", "zero-shot"),
+  ):
+    det = summary.get(table, {})
+    if "student" in det and "teacher" in det:
+      s, t = det["student"]["AP50_novel"]["values"], det["teacher"]["AP50_novel"]["values"]
+      cols.append((f"novel AP50 student − teacher ({label})", [a - b for a, b in zip(s, t)]))
+  lines = [
+      "Per seed (points)",
+      "",
+      "| seed | " + " | ".join(name for name, _ in cols) + " |",
+      "|---" * (len(cols) + 1) + "|",
+  ]
+  for i, seed in enumerate(summary["seeds"]):
+    lines.append(f"| {seed} | " + " | ".join(f"{v[i]:+.1f}" for _, v in cols) + " |")
+  return lines
 
 
 def verdict(summary: dict) -> dict:

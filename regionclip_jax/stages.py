@@ -66,6 +66,7 @@ def regionclip(config, workdir: str, t0: float | None = None) -> dict:
       "preset": config.preset,
       "num_steps": config.num_steps,
       "near_identical_concepts": student["near_identical_concepts"],
+      "closest_concepts": student["closest_concepts"],
   }
   if acc is not None:
     results["zero_shot_region_top1"] = acc

@@ -71,6 +71,11 @@ def test_smoke_pipeline_runs_every_stage(tmp_path):
     assert math.isfinite(v) and 0.0 <= v <= 100.0
     assert (seed / f"finetune_{init}/export/pretrained_variables.msgpack").exists()
     assert (seed / f"zero_shot_detection_{init}.json").exists()
+  closest = m["per_seed"][0]["closest_concepts"]  # the teacher's 3 closest concept pairs
+  cosines = [c for _, _, c in closest]
+  assert len(closest) == 3 and cosines == sorted(cosines, reverse=True)
+  assert all(-1.0 <= c <= 1.0 + 1e-6 for c in cosines)
+  assert "The teacher's closest concept pair" in res.stdout
   assert set(m["per_seed"][0]["seconds"]) >= {
       "teacher",
       "rpn",

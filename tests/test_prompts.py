@@ -74,5 +74,13 @@ def test_similar_concepts_finds_near_duplicate_text_embeddings():
   assert [(a, b) for a, b, _ in pairs] == [("circle", "heart")]
   assert pairs[0][2] == pytest.approx(1.0, abs=1e-4)
   assert prompts.similar_concepts(emb, ["a", "b", "c", "d"], threshold=1.01) == []
+  # the closest pairs whatever their cosine, in order, checked against a brute-force loop
+  unit = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+  brute = sorted(
+      ((unit[i] @ unit[j], i, j) for i in range(4) for j in range(i + 1, 4)), reverse=True
+  )[:3]
+  top = prompts.similar_concepts(emb, list("abcd"), threshold=-1.0, limit=3)
+  assert [(a, b) for a, b, _ in top] == [("abcd"[i], "abcd"[j]) for _, i, j in brute]
+  np.testing.assert_allclose([c for _, _, c in top], [c for c, _, _ in brute], rtol=1e-9)
   with pytest.raises(ValueError, match=r"\[3, D\]"):
     prompts.similar_concepts(emb, ["a", "b", "c"])

@@ -179,13 +179,18 @@ def concept_embeddings(
 
 
 def similar_concepts(
-    embeddings: np.ndarray, names: Sequence[str], threshold: float = 0.95
+    embeddings: np.ndarray,
+    names: Sequence[str],
+    threshold: float = 0.95,
+    limit: int | None = None,
 ) -> list[tuple[str, str, float]]:
   """Pairs of concepts whose text embeddings are near-duplicates (cosine >= threshold).
 
   A classifier built on these embeddings cannot separate such a pair whatever the image side
   learns, so region recognition between them is at chance. Args: embeddings [C, D] (normalised
-  or not), names C strings. Returns (name_a, name_b, cosine) sorted by decreasing cosine.
+  or not), names C strings; `limit`: keep only the closest that many (threshold -1 with a limit:
+  the closest pairs whatever their cosine). Returns (name_a, name_b, cosine) sorted by decreasing
+  cosine.
   """
   emb = np.asarray(embeddings, np.float64)
   if emb.ndim != 2 or emb.shape[0] != len(names):
@@ -194,8 +199,8 @@ def similar_concepts(
         f"{len(names)} names, got {emb.shape}"
     )
   unit = emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
-  cos = unit @ unit.T
   a, b = np.triu_indices(len(names), k=1)
-  keep = cos[a, b] >= threshold
-  pairs = [(names[i], names[j], float(cos[i, j])) for i, j in zip(a[keep], b[keep])]
-  return sorted(pairs, key=lambda p: -p[2])
+  cos = (unit @ unit.T)[a, b]
+  keep = np.flatnonzero(cos >= threshold)
+  keep = keep[np.argsort(-cos[keep], kind="stable")][:limit]
+  return [(names[a[k]], names[b[k]], float(cos[k])) for k in keep]

@@ -33,9 +33,11 @@ def concept_pool(config, teacher_cfg, teacher_params, tokenize, names) -> np.nda
   )
 
 
-def near_identical(concept_emb: np.ndarray, names) -> list[tuple[str, str, float]]:
-  """Concept pairs the text tower cannot tell apart; none when `names` do not index the pool
-  (a given .npy or concepts file)."""
+def near_identical(
+    concept_emb: np.ndarray, names, threshold: float = 0.95, limit: int | None = None
+) -> list[tuple[str, str, float]]:
+  """Concept pairs the text tower cannot tell apart (cosine >= threshold, closest first, at most
+  `limit`); none when `names` do not index the pool (a given .npy or concepts file)."""
   if names and len(names) == concept_emb.shape[0]:
-    return prompts.similar_concepts(concept_emb, names)
+    return prompts.similar_concepts(concept_emb, names, threshold, limit)
   return []

@@ -119,7 +119,8 @@ def _initial_student(config, teacher_cfg, teacher_params):
 def run(config, workdir: str) -> dict:
   """Train (or resume) the student into <workdir>/student.
 
-  -> {"student": its path, "num_concepts": C, "near_identical_concepts": [(a, b, cosine)]}.
+  -> {"student": its path, "num_concepts": C, "near_identical_concepts": [(a, b, cosine)],
+  "closest_concepts": the 3 closest pairs of the teacher's concept pool}.
   """
   mesh = make_mesh(config.sharding.num_devices)
   tokenize = make_tokenize(config)
@@ -184,4 +185,5 @@ def run(config, workdir: str) -> dict:
       "student": path,
       "num_concepts": int(concept_emb.shape[0]),
       "near_identical_concepts": [list(t) for t in twins],
+      "closest_concepts": [list(t) for t in near_identical(concept_emb, names, -1.0, limit=3)],
   }
