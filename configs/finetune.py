@@ -43,6 +43,9 @@ def _base() -> mlc.ConfigDict:
   c.model.init_source = ""  # force the checkpoint format (see models.checkpoints)
   c.model.text_checkpoint = ""  # CLIP whose text tower embeds class names; "" = init_checkpoint
   c.model.freeze_at = 2  # official FREEZE_AT 2: stem + res2 frozen
+  # regexes of further parameters that detector fine-tuning leaves at their init, e.g.
+  # ("attnpool/",) (none officially; benchmarks/transfer_analysis.py compares such variants)
+  c.model.frozen = ()
   c.model.pooler_resolution = 14  # RoIAlign output: 14 (RN50), 18 (RN50x4), 2 * attnpool grid
   c.model.sampling_ratio = 0  # adaptive, official
   c.model.roi_chunk_size = 64

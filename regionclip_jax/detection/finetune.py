@@ -51,6 +51,24 @@ TRAINABLE_RPN = (r"backbone/visual/(layer[23])/", r"rpn_head/")
 STEP_KEYS = tuple(k for k in DETECTION_KEYS if k not in ("image_mask", "image_id"))
 
 
+def detector_trainable_mask(cfg, variables, head: str = "c4"):
+  """Bool tree of what detector fine-tuning updates: TRAINABLE_DETECTOR (FPN: its own list)
+  less FrozenBN and the regexes of `model.frozen` (e.g. "attnpool/" keeps the attention pool at
+  its init). A `model.frozen` pattern that matches no trainable parameter is an error (a typo
+  would otherwise train everything)."""
+  trainable = fpn_lib.TRAINABLE_FPN_DETECTOR if head == "fpn" else TRAINABLE_DETECTOR
+  extra = tuple(cfg.model.get("frozen", ()))
+  count = lambda frozen: sum(jax.tree.leaves(optim.trainable_mask(variables, trainable, frozen)))
+  everything = count((FROZEN_BN_REGEX,))
+  for pat in extra:
+    if count((FROZEN_BN_REGEX, pat)) == everything:
+      raise ValueError(
+          f"{__name__}: model.frozen pattern {pat!r} matches no trainable parameter (trainable: "
+          f"{trainable})"
+      )
+  return optim.trainable_mask(variables, trainable, (FROZEN_BN_REGEX, *extra))
+
+
 # ----------------------------------------------------------------------------- models
 
 
@@ -254,8 +272,7 @@ def train_detector(cfg, workdir: str, extra_metrics=None) -> dict:
   )
   lookup = [base.index(n) if n in base else -1 for n in train_names]
   tx = _optimizer(cfg)
-  trainable = fpn_lib.TRAINABLE_FPN_DETECTOR if head == "fpn" else TRAINABLE_DETECTOR
-  mask = optim.trainable_mask(variables, trainable, (FROZEN_BN_REGEX,))
+  mask = detector_trainable_mask(cfg, variables, head)
   state = create_train_state(variables, tx, mask)
   step = make_detector_step(
       det, rpn, gen, builders.roi_settings(cfg), builders.rpn_settings(cfg), tx, mask, cfg.seed
@@ -339,11 +356,13 @@ def train_detector(cfg, workdir: str, extra_metrics=None) -> dict:
   return metrics
 
 
-def zero_shot_detection(cfg) -> dict:
+def zero_shot_detection(cfg, use_gt_boxes: bool = False) -> dict:
   """Detection with no fine-tuning (docs/design.md, "Detector transfer"): the frozen RPN's
   (`rpn.checkpoint`) proposals classified by the pretrained model's (`model.init_checkpoint`)
   region embeddings against every class's text embedding (`zero_shot.zero_shot_predictor`);
-  `test.*` post-processing. -> `evaluate` metrics on the test split (AP50 novel / base / all)."""
+  `test.*` post-processing. -> `evaluate` metrics on the test split (AP50 novel / base / all).
+  `use_gt_boxes`: the ground-truth boxes instead of the proposals, which leaves recognition alone
+  (what proposals add is how the scores rank boxes off the objects)."""
   if not (cfg.model.init_checkpoint and cfg.rpn.checkpoint):
     raise ValueError(
         f"{__name__}: zero-shot detection needs model.init_checkpoint (a CLIP "
@@ -364,5 +383,13 @@ def zero_shot_detection(cfg) -> dict:
   )
   emb = test_class_embeddings(cfg, names, clip_cfg, clip_params)
   return evaluate(
-      predictor, test_src, test_tf, names, emb, base, novel, batch_size=cfg.test.batch_size
+      predictor,
+      test_src,
+      test_tf,
+      names,
+      emb,
+      base,
+      novel,
+      batch_size=cfg.test.batch_size,
+      use_gt_boxes=use_gt_boxes,
   )
