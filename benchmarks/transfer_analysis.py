@@ -44,19 +44,20 @@ def _steps(ft, n):
   ft.optimizer.decay_steps = (int(0.8 * n),)
 
 
-# variant -> (its directory name, how it changes the pipeline's fine-tuning config)
+# variant id (its directory: transfer/<id>_<init>) -> (its label, how it changes the pipeline's
+# fine-tuning config)
 VARIANTS = {
-    "preset": ("", lambda ft: None),
-    "attention pool frozen": (
-        "no_attnpool",
+    "preset": ("preset", lambda ft: None),
+    "no_attnpool": (
+        "attention pool frozen",
         lambda ft: setattr(ft.model, "frozen", ("attnpool/",)),
     ),
-    "RoI head + box deltas only": (
-        "head_only",
+    "head_only": (
+        "RoI head + box deltas only",
         lambda ft: setattr(ft.model, "frozen", (r"backbone/visual/layer[23]/",)),
     ),
-    "lr / 10": ("lr1e-4", lambda ft: _lr(ft, 0.1)),
-    "100 steps": ("steps100", lambda ft: _steps(ft, 100)),
+    "lr1e-4": ("lr / 10", lambda ft: _lr(ft, 0.1)),
+    "steps100": ("100 steps", lambda ft: _steps(ft, 100)),
 }
 GROUPS = ("all", "base", "novel")
 
@@ -66,7 +67,11 @@ def main() -> None:
   ap.add_argument("--workdir", required=True, help="a configs/pipeline.py run's workdir")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--inits", default="student,teacher", help="any of student,teacher,control")
+  ap.add_argument("--variants", default=",".join(VARIANTS), help="any of " + ",".join(VARIANTS))
   args = ap.parse_args()
+  variants = args.variants.split(",")
+  if any(v not in VARIANTS for v in variants):
+    sys.exit(f"transfer_analysis: --variants: unknown variant; known: {list(VARIANTS)}")
   config = pipeline_configs.get_config()
   workdir = os.path.abspath(args.workdir)
   seed_dir = os.path.join(workdir, f"seed_{args.seed}")
@@ -113,7 +118,8 @@ def main() -> None:
         "|---" * (1 + 2 * len(inits)) + "|",
     ]
     ft_dirs = {}
-    for variant, (name, change) in VARIANTS.items():
+    for variant in variants:
+      label, change = VARIANTS[variant]
       cells = []
       for init in inits:
         ft = pipeline.finetune_config(
@@ -121,7 +127,7 @@ def main() -> None:
         )
         change(ft)
         ft_dir = os.path.join(
-            seed_dir, f"finetune_{init}" if not name else f"transfer/{name}_{init}"
+            seed_dir, f"finetune_{init}" if variant == "preset" else f"transfer/{variant}_{init}"
         )
         done = os.path.join(ft_dir, "metrics.json")
         if os.path.exists(done):
@@ -131,7 +137,7 @@ def main() -> None:
           m = finetune.train_detector(ft, ft_dir)
         alone = m.get("without_ensemble", m)
         ft_dirs[(variant, init)] = ft_dir
-        out["finetune"][f"{variant}/{init}"] = {
+        out["finetune"][f"{label}/{init}"] = {
             "alone": {k: alone[k] for k in pipeline.AP_KEYS},
             "ensemble": {k: m[k] for k in pipeline.AP_KEYS},
             "dir": ft_dir,
@@ -140,7 +146,7 @@ def main() -> None:
             f"{alone['AP50_novel']:.1f} / {alone['AP50_base']:.1f}",
             f"{m['AP50_novel']:.1f} / {m['AP50_base']:.1f}",
         ]
-      lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+      lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
   # 3. region recognition with GT boxes before and after each fine-tuning
   pre = config.pretrain.copy_and_resolve_references()
@@ -152,7 +158,7 @@ def main() -> None:
   for init in inits:
     cfg, params = load_clip(paths[init])
     models[f"{init}/init"] = (cfg, params)
-    for variant in VARIANTS:
+    for variant in variants:
       _, variables, _ = export.load_export(os.path.join(ft_dirs[(variant, init)], "export"))
       models[f"{init}/{variant}"] = (
           cfg,
@@ -169,13 +175,14 @@ def main() -> None:
       "| model | " + " | ".join(inits) + " |",
       "|---" * (1 + len(inits)) + "|",
   ]
-  for variant in ("init", *VARIANTS):
+  for variant in ("init", *variants):
+    label = VARIANTS[variant][0] if variant in VARIANTS else variant
     cells = []
     for init in inits:
       a = acc[f"{init}/{variant}"]
-      out["region_top1"][f"{init}/{variant}"] = {g: float(a[g]) for g in GROUPS}
+      out["region_top1"][f"{init}/{label}"] = {g: float(a[g]) for g in GROUPS}
       cells.append(" / ".join(f"{100 * a[g]:.1f}" for g in GROUPS))
-    lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
   table = "\n".join(lines)
   files.write_text(os.path.join(seed_dir, "transfer_analysis.md"), table + "\n")
