@@ -45,7 +45,7 @@ def shapes() -> ml_collections.ConfigDict:
   # student's own pretraining temperature) fine-tuning collapses (seed 0: base AP50 ~30 against
   # ~80; benchmarks/temperature_comparison.py, docs/findings.md, "Classifier temperature")
   c.temperature_from_teacher = True
-  # half the preset's fine-tuning, to keep one seed within 30 minutes with the longer teacher
+  # half the preset's fine-tuning, to keep one seed near 30 minutes with the longer teacher
   c.finetune.train.num_steps = 500
   c.finetune.optimizer.decay_steps = (400,)
   return c
