@@ -12,8 +12,8 @@ Temperatures (tau of the cosine classifier, in training and at test time):
            temperature_from_teacher, the pipeline's own fine-tunes, reused)
   0.01     the official CLSS_TEMP for every init
 Each fine-tune is the pipeline's (same seed, RPN, steps, test scenes) into
-DIR/seed_<s>/temperature/<init>_tau<value>/, skipped when its metrics.json exists. Writes the table
-(AP50 novel / base with the pipeline's score ensemble, and the detector alone) to
+DIR/seed_<s>/temperature/<init>_tau<value>/, reused when done (`pipeline.fine_tuned`). Writes
+the table (AP50 novel / base with the pipeline's score ensemble, and the detector alone) to
 DIR/seed_<s>/temperature_comparison.md and .json.
 """
 
@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import pipeline as pipeline_configs  # noqa: E402
 from regionclip_jax import files, pipeline  # noqa: E402
-from regionclip_jax.detection import builders, finetune  # noqa: E402
+from regionclip_jax.detection import builders  # noqa: E402
 from regionclip_jax.models.clip_model import learned_temperature  # noqa: E402
 
 
@@ -71,12 +71,7 @@ def main() -> None:
           ft_dir = own_run  # the pipeline's fine-tune at the teacher's temperature
         else:
           ft_dir = os.path.join(seed_dir, "temperature", f"{init}_tau{tau:.4f}")
-        done = os.path.join(ft_dir, "metrics.json")
-        if os.path.exists(done):
-          with open(done) as f:
-            m = json.load(f)
-        else:
-          m = finetune.train_detector(ft, ft_dir)
+        m = pipeline.fine_tuned(ft, ft_dir)
         alone = m.get("without_ensemble", m)
         results[f"{init}/{label}"] = {"tau": tau, "ensemble": m, "alone": alone, "dir": ft_dir}
         rows.append(

@@ -13,8 +13,8 @@ Three measurements:
      the learning rate, 100 steps instead of 500;
   3. zero-shot region top-1 with GT boxes (the teacher's concept pool, the pretraining
      evaluation) of each init and of every fine-tuned detector's backbone.
-Each fine-tune goes to DIR/seed_<s>/transfer/<variant>_<init>/ and is skipped when its
-metrics.json exists. Writes DIR/seed_<s>/transfer_analysis.md and .json.
+Each fine-tune goes to DIR/seed_<s>/transfer/<variant>_<init>/ and is reused when done
+(`pipeline.fine_tuned`). Writes DIR/seed_<s>/transfer_analysis.md and .json.
 """
 
 from __future__ import annotations
@@ -129,12 +129,7 @@ def main() -> None:
         ft_dir = os.path.join(
             seed_dir, f"finetune_{init}" if variant == "preset" else f"transfer/{variant}_{init}"
         )
-        done = os.path.join(ft_dir, "metrics.json")
-        if os.path.exists(done):
-          with open(done) as f:
-            m = json.load(f)
-        else:
-          m = finetune.train_detector(ft, ft_dir)
+        m = pipeline.fine_tuned(ft, ft_dir)
         alone = m.get("without_ensemble", m)
         ft_dirs[(variant, init)] = ft_dir
         out["finetune"][f"{label}/{init}"] = {

@@ -77,6 +77,21 @@ def finetune_config(config, seed: int, init: str, rpn_dir: str, teacher: str):
   return ft
 
 
+def fine_tuned(ft, ft_dir: str) -> dict:
+  """`finetune.train_detector(ft, ft_dir)`'s metrics, read from its metrics.json when that run
+  was scored with the same score-ensemble weights; otherwise it trains (or, with a final
+  checkpoint there, only re-evaluates: train_detector resumes)."""
+  done = os.path.join(ft_dir, "metrics.json")
+  if os.path.exists(done):
+    with open(done) as f:
+      cached = json.load(f)
+    # as train_detector records them in metrics.json
+    weights = list(builders.inference_settings(ft).pretrained_score_weights or ())
+    if cached.get("pretrained_score_weights", []) == weights:
+      return cached
+  return finetune.train_detector(ft, ft_dir)
+
+
 def run_seed(config, seed: int, workdir: str) -> dict:
   """Stages 1-5 for one seed -> {"region": pretrain eval, "detection": {init: AP50s}, "seconds"}."""
   timings: dict = {}
@@ -104,18 +119,7 @@ def run_seed(config, seed: int, workdir: str) -> dict:
   for name in config.inits:
     t = time.time()
     ft = finetune_config(config, seed, inits[name], rpn_dir, teacher)
-    ft_dir = os.path.join(workdir, f"finetune_{name}")
-    done = os.path.join(ft_dir, "metrics.json")
-    cached = None
-    if os.path.exists(done):
-      with open(done) as f:
-        cached = json.load(f)
-    # as train_detector records them in metrics.json
-    weights = list(builders.inference_settings(ft).pretrained_score_weights or ())
-    if cached is not None and cached.get("pretrained_score_weights", []) == weights:
-      detection[name] = cached
-    else:  # new, or scored another way: resumes from the last checkpoint, so only re-evaluates
-      detection[name] = finetune.train_detector(ft, ft_dir)
+    detection[name] = fine_tuned(ft, os.path.join(workdir, f"finetune_{name}"))
     _stage_time(timings, f"finetune_{name}", t)
   t = time.time()
   zero_shot = {}
