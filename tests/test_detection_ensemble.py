@@ -188,3 +188,29 @@ def test_without_ensemble_shares_the_compiled_programs(two_detectors):
   want = DetectorPredictor(det, tuned, settings)(images, sizes, text, boxes=boxes)
   got = alone(images, sizes, text, boxes=boxes)
   np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-5)
+
+
+def test_also_alone_scores_the_detector_alone_in_the_same_pass(two_detectors):
+  """One call with also_alone gives the ensemble's detections and, under "alone", exactly what
+  the detector alone gives (the fine-tuning evaluation scores both from one pass)."""
+  det, tuned, init = two_detectors
+  images, sizes, boxes, text = _inputs()
+  seen = [True, True, False, False]
+  settings = InferenceSettings(score_thresh=0.0, topk=12, temperature=0.1, apply_deltas=False)
+  pred = DetectorPredictor(
+      det,
+      tuned,
+      dataclasses.replace(settings, pretrained_score_weights=(0.35, 0.65)),
+      pretrained_variables=init,
+  )
+  both = pred(images, sizes, text, boxes=boxes, seen=seen, also_alone=True)
+  ensemble = pred(images, sizes, text, boxes=boxes, seen=seen)
+  alone = DetectorPredictor(det, tuned, settings)(images, sizes, text, boxes=boxes)
+  for key in ("boxes", "scores", "classes", "valid"):
+    np.testing.assert_array_equal(both[key], ensemble[key])
+    np.testing.assert_array_equal(both["alone"][key], alone[key])
+  assert not np.array_equal(both["scores"], both["alone"]["scores"])  # two different scorings
+  # a predictor without the ensemble has nothing extra to give
+  assert "alone" not in DetectorPredictor(det, tuned, settings)(
+      images, sizes, text, boxes=boxes, also_alone=True
+  )

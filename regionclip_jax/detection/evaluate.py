@@ -161,12 +161,16 @@ def evaluate(
     batch_size: int = 8,
     use_gt_boxes: bool = False,
     max_images: Optional[int] = None,
+    also_alone: bool = False,
 ) -> dict:
   """Detect on every record of `source` with the whole vocabulary and score with pycocotools:
   the standard COCO stats plus AP50_novel / AP50_base / AP50_all. `use_gt_boxes`: classify the
-  ground-truth boxes instead of RPN proposals (zero-shot region recognition protocol)."""
+  ground-truth boxes instead of RPN proposals (zero-shot region recognition protocol).
+  `also_alone` (a predictor with the score ensemble): plus "without_ensemble", the same metrics
+  for the detector scored alone, from the same pass over `source`."""
   n = len(source) if max_images is None else min(len(source), max_images)
-  batches, dets = [], []
+  also_alone = also_alone and predictor.pretrained_variables is not None
+  batches, dets, dets_alone = [], [], []
   cats = [{"id": i + 1, "name": c} for i, c in enumerate(class_names)]
   seen = np.asarray([c in base_names for c in class_names])
   for b, pad in _padded_batches(source, transforms, n, batch_size):
@@ -178,19 +182,29 @@ def evaluate(
         boxes=boxes,
         box_valid=b["box_mask"] if use_gt_boxes else None,
         seen=seen,
+        also_alone=also_alone,
     )
     keep = slice(0, batch_size - pad)
     b = {k: v[keep] for k, v in b.items()}
     batches.append(b)
-    dets += detections_to_coco(
-        b["image_id"],
-        out["boxes"][keep],
-        out["scores"][keep],
-        out["classes"][keep],
-        out["valid"][keep],
-        cats,
+    for o, into in ((out, dets), (out.get("alone"), dets_alone)):
+      if o is not None:
+        into += detections_to_coco(
+            b["image_id"],
+            o["boxes"][keep],
+            o["scores"][keep],
+            o["classes"][keep],
+            o["valid"][keep],
+            cats,
+        )
+
+  def score(detections):  # a fresh ground-truth dict per call: pycocotools marks its entries
+    gt = records_to_coco_gt(batches, class_names)
+    return evaluate_coco(
+        gt, detections, split=None, base_names=list(base_names), novel_names=list(novel_names)
     )
-  gt = records_to_coco_gt(batches, class_names)
-  return evaluate_coco(
-      gt, dets, split=None, base_names=list(base_names), novel_names=list(novel_names)
-  )
+
+  metrics = score(dets)
+  if also_alone:
+    metrics["without_ensemble"] = score(dets_alone)
+  return metrics

@@ -310,20 +310,21 @@ def train_detector(cfg, workdir: str, extra_metrics=None) -> dict:
       builders.rpn_settings(cfg),
       pretrained_variables=pretrained,
   )
+  # with the score ensemble, the fine-tuned detector alone (the official recipe) side by side,
+  # scored from the same pass
   metrics = evaluate(
-      predictor, test_src, test_tf, names, all_emb, base, novel, batch_size=cfg.test.batch_size
+      predictor,
+      test_src,
+      test_tf,
+      names,
+      all_emb,
+      base,
+      novel,
+      batch_size=cfg.test.batch_size,
+      also_alone=True,
   )
-  if pretrained is not None:  # the fine-tuned detector alone (the official recipe), side by side
-    m = evaluate(
-        predictor.without_ensemble(),
-        test_src,
-        test_tf,
-        names,
-        all_emb,
-        base,
-        novel,
-        batch_size=cfg.test.batch_size,
-    )
+  if "without_ensemble" in metrics:
+    m = metrics["without_ensemble"]
     metrics["without_ensemble"] = {k: m[k] for k in ("AP50_novel", "AP50_base", "AP50_all")}
     print(
         f"[finetune] without the score ensemble: AP50 novel {m['AP50_novel']:.2f} base "
