@@ -171,9 +171,8 @@ def test_zero_shot_tool_scores_an_export_with_its_ensemble(tmp_path, two_detecto
     ZeroShotDetector(str(tmp_path / "lost"), test_size=64, max_size=64)
 
 
-def test_without_ensemble_shares_the_compiled_programs(two_detectors):
-  det, tuned, init = two_detectors
-  images, sizes, boxes, text = _inputs()
+def _ensemble_predictor(det, tuned, init):
+  """-> (the settings without the ensemble, a predictor with it over the frozen init)."""
   settings = InferenceSettings(score_thresh=0.0, topk=12, temperature=0.1, apply_deltas=False)
   pred = DetectorPredictor(
       det,
@@ -181,6 +180,13 @@ def test_without_ensemble_shares_the_compiled_programs(two_detectors):
       dataclasses.replace(settings, pretrained_score_weights=(0.35, 0.65)),
       pretrained_variables=init,
   )
+  return settings, pred
+
+
+def test_without_ensemble_shares_the_compiled_programs(two_detectors):
+  det, tuned, init = two_detectors
+  images, sizes, boxes, text = _inputs()
+  settings, pred = _ensemble_predictor(det, tuned, init)
   pred(images, sizes, text, boxes=boxes, seen=[True, True, False, False])
   alone = pred.without_ensemble()
   assert alone.pretrained_variables is None and alone.inference == settings
@@ -196,13 +202,7 @@ def test_also_alone_scores_the_detector_alone_in_the_same_pass(two_detectors):
   det, tuned, init = two_detectors
   images, sizes, boxes, text = _inputs()
   seen = [True, True, False, False]
-  settings = InferenceSettings(score_thresh=0.0, topk=12, temperature=0.1, apply_deltas=False)
-  pred = DetectorPredictor(
-      det,
-      tuned,
-      dataclasses.replace(settings, pretrained_score_weights=(0.35, 0.65)),
-      pretrained_variables=init,
-  )
+  settings, pred = _ensemble_predictor(det, tuned, init)
   both = pred(images, sizes, text, boxes=boxes, seen=seen, also_alone=True)
   ensemble = pred(images, sizes, text, boxes=boxes, seen=seen)
   alone = DetectorPredictor(det, tuned, settings)(images, sizes, text, boxes=boxes)
@@ -210,6 +210,7 @@ def test_also_alone_scores_the_detector_alone_in_the_same_pass(two_detectors):
     np.testing.assert_array_equal(both[key], ensemble[key])
     np.testing.assert_array_equal(both["alone"][key], alone[key])
   assert not np.array_equal(both["scores"], both["alone"]["scores"])  # two different scorings
+  assert pred.without_ensemble()._classify is pred._classify_alone  # one alone classifier
   # a predictor without the ensemble has nothing extra to give
   assert "alone" not in DetectorPredictor(det, tuned, settings)(
       images, sizes, text, boxes=boxes, also_alone=True

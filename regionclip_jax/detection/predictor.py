@@ -66,9 +66,12 @@ class DetectorPredictor:
         inference=dataclasses.replace(self.inference, pretrained_score_weights=None),
         pretrained_variables=None,
     )
-    for name in ("_regions", "_proposals"):  # functools.cached_property values live in __dict__
+    # functools.cached_property values live in __dict__; the alone classifier of `also_alone`
+    # is this predictor's classifier
+    shared = {"_regions": "_regions", "_proposals": "_proposals", "_classify_alone": "_classify"}
+    for name, as_name in shared.items():
       if name in self.__dict__:
-        alone.__dict__[name] = self.__dict__[name]
+        alone.__dict__[as_name] = self.__dict__[name]
     return alone
 
   def proposals(self, images, image_sizes):
