@@ -30,6 +30,7 @@ from configs import pipeline as pipeline_configs  # noqa: E402
 from regionclip_jax import files, pipeline  # noqa: E402
 from regionclip_jax.detection import builders  # noqa: E402
 from regionclip_jax.models.clip_model import learned_temperature  # noqa: E402
+from regionclip_jax.train.compile_cache import compilation_cache  # noqa: E402
 
 
 def _tau(path: str) -> float:
@@ -61,7 +62,7 @@ def main() -> None:
   taus = {init: {"own": own[init](), "teacher": tau_teacher, "0.01": 0.01} for init in inits}
 
   rows, results = [], {}
-  with pipeline.compilation_cache(os.path.join(args.workdir, "xla_cache")):
+  with compilation_cache(os.path.join(args.workdir, "xla_cache")):
     for init, by_label in taus.items():
       for label, tau in by_label.items():
         ft = pipeline.finetune_config(config, args.seed, paths[init], paths["rpn"], "")

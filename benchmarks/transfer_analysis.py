@@ -31,6 +31,7 @@ from regionclip_jax import files, pipeline  # noqa: E402
 from regionclip_jax.detection import export, finetune  # noqa: E402
 from regionclip_jax.pretrain import region_eval, sources  # noqa: E402
 from regionclip_jax.pretrain.common import load_clip  # noqa: E402
+from regionclip_jax.train.compile_cache import compilation_cache  # noqa: E402
 from regionclip_jax.pretrain.concept_pool import concept_pool  # noqa: E402
 from regionclip_jax.pretrain.tokens import make_tokenize  # noqa: E402
 
@@ -87,7 +88,7 @@ def main() -> None:
     sys.exit(f"transfer_analysis: {missing[0]} does not exist: run the pipeline first")
 
   lines, out = [], {"zero_shot": {}, "finetune": {}, "region_top1": {}}
-  with pipeline.compilation_cache(os.path.join(workdir, "xla_cache")):
+  with compilation_cache(os.path.join(workdir, "xla_cache")):
     # 1. recognition alone (GT boxes) against recognition + ranking (proposals)
     lines += [
         f"Seed {args.seed}. Zero-shot detection AP50 novel / base (%): ground-truth boxes "

@@ -22,20 +22,18 @@ fine-tunes, which share their programs, compile them once.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
 import time
 
-import jax
 import numpy as np
-from jax.experimental.compilation_cache import compilation_cache as cc
 
 from regionclip_jax import files, stages
 from regionclip_jax.detection import builders, finetune
 from regionclip_jax.evaluation import visualize
+from regionclip_jax.train.compile_cache import compilation_cache
 
 INITS = ("student", "teacher", "control")
 REGION_MODELS = ("teacher", "control", "student")
@@ -329,24 +327,6 @@ def _figures(workdir: str, summary: dict, seed_dirs: list[str]) -> None:
   ):
     if os.path.exists(os.path.join(first, src)):
       shutil.copyfile(os.path.join(first, src), os.path.join(workdir, dst))
-
-
-@contextlib.contextmanager
-def compilation_cache(directory: str):
-  """JAX's persistent compilation cache in `directory` for the block: the three detector
-  fine-tunes build identical XLA programs (train step, proposals, evaluation), which are then
-  compiled once. A cache the user configured (JAX_COMPILATION_CACHE_DIR) is left alone. The cache
-  is trusted code: it lives in the run's own workdir."""
-  if jax.config.jax_compilation_cache_dir:
-    yield
-    return
-  cc.set_cache_dir(directory)
-  cc.reset_cache()  # an earlier compile in this process may have settled on "no cache"
-  try:
-    yield
-  finally:
-    cc.set_cache_dir(None)
-    cc.reset_cache()
 
 
 def run(config, workdir: str | None = None) -> dict:

@@ -27,6 +27,7 @@ from regionclip_jax import files
 from regionclip_jax.detection import finetune
 from regionclip_jax.pretrain import clip_stage, region_eval, regionclip_stage
 from regionclip_jax.pretrain.common import log, resolve_workdir, validate
+from regionclip_jax.train.compile_cache import compilation_cache
 
 
 def teacher(config, workdir: str) -> str:
@@ -84,6 +85,11 @@ def run(config, workdir: str | None = None) -> dict:
   validate(config)
   workdir = resolve_workdir(config, workdir)
   log(f"[pretrain] workdir: {workdir}")
+  with compilation_cache(os.path.join(workdir, "xla_cache")):
+    return _run(config, workdir)
+
+
+def _run(config, workdir: str) -> dict:
   t0 = time.time()
   teacher_path = teacher(config, workdir)
   p = config.proposals

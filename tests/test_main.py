@@ -109,6 +109,7 @@ def test_default_job_end_to_end_small(tmp_path):
   assert (tmp_path / "teacher" / "final" / "params.safetensors").exists()
   assert (tmp_path / "rpn" / "export").is_dir()  # the proposal RPN, trained on the fly
   assert any(p.startswith("events.out.tfevents") for p in os.listdir(tmp_path / "tensorboard"))
+  assert any((tmp_path / "xla_cache").iterdir())  # JAX's persistent cache, for a rerun / resume
   # a second invocation resumes: the teacher is reused and the finished run is not redone
   again = _main(
       "--config=configs/pretrain.py",

@@ -15,7 +15,7 @@ from configs import pretrain as pretrain_config
 from regionclip_jax import stages
 from regionclip_jax.data.array_record import write_array_record
 from regionclip_jax.data.image_text import write_tsv_pairs
-from regionclip_jax.pipeline import compilation_cache
+from regionclip_jax.train.compile_cache import compilation_cache
 from regionclip_jax.pretrain import sources
 from regionclip_jax.tools.make_example_dataset import write_tiny_clip
 

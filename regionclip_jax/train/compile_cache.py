@@ -1,0 +1,27 @@
+"""JAX's persistent compilation cache for one job, kept in its workdir."""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+from jax.experimental.compilation_cache import compilation_cache as cc
+
+
+@contextlib.contextmanager
+def compilation_cache(directory: str):
+  """JAX's persistent compilation cache in `directory` for the block: a resumed or re-run job
+  (and the pipeline's three detector fine-tunes, which build identical programs) loads its XLA
+  programs instead of compiling them again. A cache the user configured
+  (JAX_COMPILATION_CACHE_DIR, shared across workdirs) is left alone, and so is one an enclosing
+  block set. The cache is trusted code: it lives in the job's own workdir."""
+  if jax.config.jax_compilation_cache_dir:
+    yield
+    return
+  cc.set_cache_dir(directory)
+  cc.reset_cache()  # an earlier compile in this process may have settled on "no cache"
+  try:
+    yield
+  finally:
+    cc.set_cache_dir(None)
+    cc.reset_cache()
