@@ -249,6 +249,7 @@ def test_custom_finetune_end_to_end_readme_command(tmp_path):
   assert m["num_categories_with_gt"] == {"base": 3, "novel": 1, "all": 4}
   assert (m["num_gt_base"], m["num_gt_novel"]) == (4, 2) and m["data_issues"] == []
   assert os.path.isfile(wd / "rpn" / "export" / "model.json")
+  assert any((wd / "xla_cache").iterdir())  # JAX's persistent cache: a resumed job loads it
   assert "AR@100 / 300 / 1000 base" in out.stdout and "novel  AP50" in out.stdout
 
   # again on a test json with bad records, data.on_error="skip": the RPN and the detector are

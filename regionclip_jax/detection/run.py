@@ -27,6 +27,7 @@ from regionclip_jax.detection.data import data_for, pad_size
 from regionclip_jax.detection.evaluate import evaluate_proposals
 from regionclip_jax.detection.inference import make_proposal_fn
 from regionclip_jax.models.clip import CLIPConfig, get_config as clip_preset
+from regionclip_jax.train.compile_cache import compilation_cache
 
 STAGES = ("rpn", "finetune")
 
@@ -46,9 +47,10 @@ def run(config, workdir: str | None = None):
     workdir = config.get("workdir") or tempfile.mkdtemp(prefix=f"regionclip_{stage}_")
     print(f"[detection] workdir {workdir}", flush=True)
   os.makedirs(workdir, exist_ok=True)
-  if stage == "rpn":
-    return finetune.train_rpn(config, workdir)
-  return _finetune(config, workdir)
+  with compilation_cache(os.path.join(workdir, "xla_cache")):  # a resumed job skips compiling
+    if stage == "rpn":
+      return finetune.train_rpn(config, workdir)
+    return _finetune(config, workdir)
 
 
 def rpn_stage_config(config):
