@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache as cc
@@ -14,14 +16,20 @@ def compilation_cache(directory: str):
   (and the pipeline's three detector fine-tunes, which build identical programs) loads its XLA
   programs instead of compiling them again. A cache the user configured
   (JAX_COMPILATION_CACHE_DIR, shared across workdirs) is left alone, and so is one an enclosing
-  block set. The cache is trusted code: it lives in the job's own workdir."""
+  block set. The cache is trusted code: it lives in the job's own workdir. A job that fails
+  leaves no new cache folder behind (bad input stops a job before it writes anything)."""
   if jax.config.jax_compilation_cache_dir:
     yield
     return
+  existed = os.path.isdir(directory)
   cc.set_cache_dir(directory)
   cc.reset_cache()  # an earlier compile in this process may have settled on "no cache"
+  failed = True
   try:
     yield
+    failed = False
   finally:
     cc.set_cache_dir(None)
     cc.reset_cache()
+    if failed and not existed:
+      shutil.rmtree(directory, ignore_errors=True)
