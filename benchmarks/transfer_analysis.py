@@ -31,9 +31,9 @@ from regionclip_jax import files, pipeline  # noqa: E402
 from regionclip_jax.detection import export, finetune  # noqa: E402
 from regionclip_jax.pretrain import region_eval, sources  # noqa: E402
 from regionclip_jax.pretrain.common import load_clip  # noqa: E402
-from regionclip_jax.train.compile_cache import compilation_cache  # noqa: E402
 from regionclip_jax.pretrain.concept_pool import concept_pool  # noqa: E402
 from regionclip_jax.pretrain.tokens import make_tokenize  # noqa: E402
+from regionclip_jax.train.compile_cache import compilation_cache  # noqa: E402
 
 
 def _lr(ft, factor):

@@ -185,7 +185,8 @@ def run(config, workdir: str) -> dict:
       "student": path,
       "num_concepts": int(concept_emb.shape[0]),
       "near_identical_concepts": [list(t) for t in twins],
-      # the twins list is sorted closest first: a second pass over the pool only without 3 of them
+      # twins is sorted closest first: the pool's cosines are computed again only when it holds
+      # fewer than 3 pairs
       "closest_concepts": [
           list(t)
           for t in (twins[:3] if len(twins) >= 3 else near_identical(concept_emb, names, -1.0, 3))

@@ -17,7 +17,8 @@ def compilation_cache(directory: str):
   programs instead of compiling them again. A cache the user configured
   (JAX_COMPILATION_CACHE_DIR, shared across workdirs) is left alone, and so is one an enclosing
   block set. The cache is trusted code: it lives in the job's own workdir. A job that fails
-  leaves no new cache folder behind (bad input stops a job before it writes anything)."""
+  before writing anything else to that workdir (bad input) takes its new cache folder with it, so
+  the workdir stays empty; one interrupted later keeps the cache for its resume."""
   if jax.config.jax_compilation_cache_dir:
     yield
     return
@@ -31,5 +32,11 @@ def compilation_cache(directory: str):
   finally:
     cc.set_cache_dir(None)
     cc.reset_cache()
-    if failed and not existed:
+    if failed and not existed and _only_entry(directory):
       shutil.rmtree(directory, ignore_errors=True)
+
+
+def _only_entry(directory: str) -> bool:
+  """Whether `directory` is all its parent folder holds."""
+  parent = os.path.dirname(os.path.abspath(directory))
+  return os.path.isdir(directory) and os.listdir(parent) == [os.path.basename(directory)]
