@@ -6,15 +6,14 @@ Dispatches on `config.task` to a module exposing `run(config, workdir)`.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from regionclip_jax.data.validation import DataError
-from regionclip_jax.train.loop import NonFiniteLossError
-from regionclip_jax.train.preflight import PreflightError, check_local_paths, check_writable
+# jax and the package are imported inside main(): the process may first re-execute itself
+# (_relaunch_with_huge_page_malloc) and should not pay those imports twice.
 
 # Imported by name when dispatched: each task pulls in its own stack (detection, pretraining...).
 TASKS = {
@@ -38,7 +37,50 @@ _DISTRIBUTED = flags.DEFINE_bool(
 )
 
 
+# glibc's malloc madvises the chunks it maps for transparent huge pages (glibc >= 2.35).
+MALLOC_TUNABLE = "glibc.malloc.hugetlb=1"
+NO_RELAUNCH_ENV = "REGIONCLIP_JAX_NO_RELAUNCH"
+
+
+def _glibc_version() -> tuple[int, ...] | None:
+  try:
+    name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+  except (AttributeError, OSError, TypeError, ValueError):  # not glibc, or no confstr
+    return None
+  return tuple(int(v) for v in version.split(".")[:2]) if name == "glibc" else None
+
+
+def _relaunch_with_huge_page_malloc() -> None:
+  """Re-executes this command once, with GLIBC_TUNABLES asking malloc for huge pages.
+
+  XLA CPU maps each step's temporary buffers afresh, and with 4 KiB pages the kernel then
+  faults them in page by page: the shapes-world teacher step took ~39,000 page faults, a third of
+  its CPU time in the kernel (156 -> 119 ms a step with the tunable, 2 cores; BENCHMARKS.md). Only
+  the allocator changes, so trained numbers stay bit-identical (tests/test_main_relaunch.py).
+  glibc reads tunables at process start only, hence the re-exec, before jax is imported.
+  Skipped off glibc (< 2.35), when GLIBC_TUNABLES is set (the user's choice stands; this also
+  ends the recursion) and with REGIONCLIP_JAX_NO_RELAUNCH=1.
+  """
+  if os.environ.get("GLIBC_TUNABLES") is not None or os.environ.get(NO_RELAUNCH_ENV) == "1":
+    return
+  version = _glibc_version()
+  if version is None or version < (2, 35):
+    return
+  argv = [sys.executable, *sys.orig_argv[1:]]
+  os.execve(sys.executable, argv, {**os.environ, "GLIBC_TUNABLES": MALLOC_TUNABLE})
+
+
 def main(argv):
+  import jax  # after the relaunch (see the imports above)
+
+  from regionclip_jax.data.validation import DataError
+  from regionclip_jax.train.loop import NonFiniteLossError
+  from regionclip_jax.train.preflight import (
+      PreflightError,
+      check_local_paths,
+      check_writable,
+  )
+
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
@@ -70,6 +112,7 @@ def main(argv):
 
 
 def run_main():
+  _relaunch_with_huge_page_malloc()
   app.run(main)
 
 

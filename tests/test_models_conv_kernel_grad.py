@@ -1,4 +1,4 @@
-"""`layers.conv2d` / `layers.Conv`: nn.Conv's outputs bit for bit, and the kernel-gradient modes."""
+"""`layers.conv2d`, `layers.Conv`, `layers.conv1x1`: nn.Conv's outputs and the kernel-gradient modes."""
 
 import flax.linen as nn
 import jax
@@ -82,3 +82,53 @@ def test_jit_remat_and_bad_mode():
   np.testing.assert_allclose(loss(k), ref, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="kernel_grad"):
     layers.conv2d(x, k, kernel_grad="fast")
+
+
+def _data_1x1(shape=(3, 6, 5, 8), cout=4, seed=2):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=shape).astype(np.float32))
+  k = jnp.asarray(rng.normal(size=(shape[-1], cout)).astype(np.float32))
+  g = jnp.asarray(rng.normal(size=(*shape[:-1], cout)).astype(np.float32))
+  return x, k, g
+
+
+def test_conv1x1_flat_kernel_grad():
+  x, k, g = _data_1x1()
+
+  def run(mode):
+    y, vjp = jax.vjp(lambda a, b: layers.conv1x1(a, b, mode), x, k)
+    return (y, *vjp(g))
+
+  y_xla, dx_xla, dk_xla = run("xla")
+  y_ps, dx_ps, dk_ps = run("per_sample")
+  np.testing.assert_array_equal(y_ps, y_xla)  # outputs and input gradient are autodiff's
+  np.testing.assert_array_equal(dx_ps, dx_xla)
+  # The kernel gradient is sum over positions of x^T g, in float64 numpy.
+  ref = np.einsum("nhwc,nhwd->cd", np.float64(x), np.float64(g))
+  np.testing.assert_allclose(dk_ps, ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dk_xla, ref, rtol=1e-5, atol=1e-5)
+  # Also under jit + remat, as in the rematerialised towers.
+  f = jax.jit(jax.grad(jax.checkpoint(lambda b: (layers.conv1x1(x, b, "per_sample") * g).sum())))
+  np.testing.assert_allclose(f(k), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_conv1x1_auto_and_bad_mode():
+  x, k, _ = _data_1x1()
+
+  def uses_custom_vjp(a, b):
+    return "custom_vjp" in str(jax.make_jaxpr(lambda a, b: layers.conv1x1(a, b, "auto"))(a, b))
+
+  assert uses_custom_vjp(x, k) == (jax.default_backend() == "cpu")
+  assert not uses_custom_vjp(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16))
+  assert "custom_vjp" not in str(jax.make_jaxpr(lambda a, b: layers.conv1x1(a, b, "xla"))(x, k))
+  with pytest.raises(ValueError, match="kernel_grad"):
+    layers.conv1x1(x, k, "fast")
+
+
+def test_conv1x1_module_matches_nn_conv_bitwise():
+  x, _, _ = _data_1x1()
+  ref = nn.Conv(4, (1, 1), use_bias=False)
+  params = ref.init(jax.random.PRNGKey(0), x)
+  for mode in ("xla", "per_sample", "auto"):
+    out = layers.Conv1x1(4, kernel_grad=mode).apply(params, x)
+    np.testing.assert_allclose(out, ref.apply(params, x), rtol=1e-6, atol=1e-6)

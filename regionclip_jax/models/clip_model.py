@@ -179,7 +179,8 @@ class CLIP(nn.Module):
   `dtype`: compute dtype (e.g. bfloat16); params are `param_dtype` (float32).
   `freeze_at`: ResNet only, stop gradients after the stem (1) or layer1 (2).
   `remat`: rematerialise blocks in the backward pass.
-  `conv_kernel_grad`: ResNet only, how 3x3 kernel gradients are computed (`layers.conv2d`).
+  `conv_kernel_grad`: ResNet only, how convolution kernel gradients are computed (`layers.conv2d`
+  for 3x3, `layers.conv1x1` for 1x1).
   """
 
   config: CLIPConfig

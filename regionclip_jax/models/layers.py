@@ -128,19 +128,65 @@ class Conv(nn.Module):
     return conv2d(x, kernel, self.strides, self.padding, self.kernel_grad)
 
 
+def _dense_last(x, kernel):
+  return jnp.einsum("...c,cd->...d", x, kernel)
+
+
+@jax.custom_vjp
+def _dense_last_flat_kernel_grad(x, kernel):
+  return _dense_last(x, kernel)
+
+
+def _dense_last_fwd(x, kernel):
+  return _dense_last(x, kernel), (x, kernel)
+
+
+def _dense_last_bwd(res, g):
+  x, kernel = res
+  dx = jax.vjp(lambda a: _dense_last(a, kernel), x)[1](g)[0]
+  # One [P, Cin]^T [P, Cout] matmul: autodiff's kernel gradient contracts the 4-D arrays over
+  # (N, H, W), for which XLA CPU first copies a transposed cotangent (fused with the recomputed
+  # BN / ReLU chain), ~30% of the RN50 trunk's backward.
+  dk = jnp.matmul(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]))
+  return dx, dk
+
+
+_dense_last_flat_kernel_grad.defvjp(_dense_last_fwd, _dense_last_bwd)
+
+
+def conv1x1(x, kernel, kernel_grad: str = "xla"):
+  """1x1 convolution (no bias) as a matmul over the last axis; `kernel_grad` as in `conv2d`.
+
+  Outputs and the input gradient are autodiff's bit for bit; the kernel gradient is
+    "xla": autodiff's (a dot_general contracting every leading axis);
+    "per_sample": one flat [P, Cin]^T [P, Cout] matmul (P = all leading positions), the same
+      sum in another order, so it moves by float rounding;
+    "auto": "per_sample" for float32 on the CPU backend, "xla" otherwise.
+  x: [..., Cin], kernel: [Cin, Cout] -> [..., Cout].
+  """
+  if kernel_grad not in CONV_KERNEL_GRADS:
+    raise ValueError(
+        f"conv1x1: kernel_grad must be one of {CONV_KERNEL_GRADS}, got {kernel_grad!r}"
+    )
+  if kernel_grad == "auto":
+    cpu_f32 = jax.default_backend() == "cpu" and x.dtype == jnp.float32
+    kernel_grad = "per_sample" if cpu_f32 else "xla"
+  if kernel_grad == "xla" or x.ndim == 2:
+    return _dense_last(x, kernel)
+  return _dense_last_flat_kernel_grad(x, kernel)
+
+
 class Conv1x1(nn.Module):
   """1x1 convolution (no bias) written as a matmul; kernel [1, 1, Cin, Cout] exactly as `nn.Conv`.
 
   On CPU XLA's convolution backward (kernel gradient) is far slower than a dot: this makes the
   RN50 res4 trunk forward + backward ~30% faster (docs/findings.md, "CPU speed against PyTorch").
-  (Flattening x to [P, Cin] first would spare XLA CPU a transposed copy of the cotangent in the
-  kernel gradient, ~30% of the trunk's backward, but inside the whole model it changes XLA's
-  fusions and so the rounding of the trained numbers; docs/findings.md, "CPU speed against
-  PyTorch".)
+  `kernel_grad` as in `conv1x1` ("per_sample" / "auto" on CPU: a flat kernel-gradient matmul).
   x: [..., Cin] -> [..., Cout].
   """
 
   features: int
+  kernel_grad: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: Any = conv_init
@@ -150,7 +196,7 @@ class Conv1x1(nn.Module):
     kernel = self.param(
         "kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype
     )
-    return jnp.einsum("...c,cd->...d", x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+    return conv1x1(x.astype(self.dtype), kernel[0, 0].astype(self.dtype), self.kernel_grad)
 
 
 class LayerNorm(nn.Module):

@@ -61,16 +61,17 @@ class Bottleneck(nn.Module):
         "kernel_init": conv_init,
     }
     bn = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+    c1 = {"kernel_grad": self.conv_kernel_grad, **bn}
     out_ch = self.planes * 4
-    out = nn.relu(FrozenBatchNorm(name="bn1", **bn)(Conv1x1(self.planes, name="conv1", **bn)(x)))
+    out = nn.relu(FrozenBatchNorm(name="bn1", **bn)(Conv1x1(self.planes, name="conv1", **c1)(x)))
     out = Conv(self.planes, (3, 3), padding=((1, 1), (1, 1)), name="conv2", **kw)(out)
     out = nn.relu(FrozenBatchNorm(name="bn2", **bn)(out))
     out = _avg_pool(out, self.stride)
-    out = FrozenBatchNorm(name="bn3", **bn)(Conv1x1(out_ch, name="conv3", **bn)(out))
+    out = FrozenBatchNorm(name="bn3", **bn)(Conv1x1(out_ch, name="conv3", **c1)(out))
     identity = x
     if self.stride > 1 or x.shape[-1] != out_ch:
       identity = _avg_pool(x, self.stride)
-      identity = Conv1x1(out_ch, name="downsample_conv", **bn)(identity)
+      identity = Conv1x1(out_ch, name="downsample_conv", **c1)(identity)
       identity = FrozenBatchNorm(name="downsample_bn", **bn)(identity)
     return nn.relu(out + identity)
 
@@ -146,8 +147,9 @@ class ModifiedResNet(nn.Module):
   `__call__(x) -> [N, output_dim]` = head(res4(x)).
   `freeze_at`: 0 none, 1 stem, 2 stem + layer1 get `stop_gradient` on their output (saves the
   backward pass through them; the official transfer freezes at 2). `remat`: per-block remat.
-  `conv_kernel_grad`: how the 3x3 convolutions' kernel gradients are computed (`layers.conv2d`;
-  "auto" is per sample on CPU float32, XLA's own elsewhere).
+  `conv_kernel_grad`: how the convolutions' kernel gradients are computed (`layers.conv2d`,
+  `layers.conv1x1`; "auto": on CPU float32 per sample for 3x3 and one flat matmul for 1x1, XLA's
+  own elsewhere).
   """
 
   layers: Sequence[int]
