@@ -63,6 +63,8 @@ def _relaunch_with_huge_page_malloc() -> None:
   """
   if os.environ.get("GLIBC_TUNABLES") is not None or os.environ.get(NO_RELAUNCH_ENV) == "1":
     return
+  if not sys.executable:  # an embedded interpreter: nothing to re-execute
+    return
   version = _glibc_version()
   if version is None or version < (2, 35):
     return

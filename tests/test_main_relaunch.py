@@ -60,6 +60,12 @@ def test_no_relaunch(execve, monkeypatch, env, glibc):
   assert execve == []
 
 
+def test_no_relaunch_without_an_executable(execve, monkeypatch):
+  monkeypatch.setattr(sys, "executable", "")
+  entry._relaunch_with_huge_page_malloc()
+  assert execve == []
+
+
 def test_glibc_version_parses_this_machine():
   version = entry._glibc_version()
   assert version is None or (len(version) == 2 and version >= (2, 0))
