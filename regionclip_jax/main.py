@@ -43,11 +43,11 @@ NO_RELAUNCH_ENV = "REGIONCLIP_JAX_NO_RELAUNCH"
 
 
 def _glibc_version() -> tuple[int, ...] | None:
-  try:
+  try:  # Windows: no confstr; macOS: unknown name; musl: EINVAL or None
     name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
-  except (AttributeError, OSError, TypeError, ValueError):  # not glibc, or no confstr
+    return tuple(int(v) for v in version.split(".")[:2]) if name == "glibc" else None
+  except (AttributeError, OSError, TypeError, ValueError):
     return None
-  return tuple(int(v) for v in version.split(".")[:2]) if name == "glibc" else None
 
 
 def _relaunch_with_huge_page_malloc() -> None:
@@ -55,11 +55,12 @@ def _relaunch_with_huge_page_malloc() -> None:
 
   XLA CPU maps each step's temporary buffers afresh, and with 4 KiB pages the kernel then
   faults them in page by page: the shapes-world teacher step took ~39,000 page faults, a third of
-  its CPU time in the kernel (156 -> 119 ms a step with the tunable, 2 cores; BENCHMARKS.md). Only
-  the allocator changes, so trained numbers stay bit-identical (tests/test_main_relaunch.py).
-  glibc reads tunables at process start only, hence the re-exec, before jax is imported.
-  Skipped off glibc (< 2.35), when GLIBC_TUNABLES is set (the user's choice stands; this also
-  ends the recursion) and with REGIONCLIP_JAX_NO_RELAUNCH=1.
+  its CPU time in the kernel (156 -> 119 ms a step with the tunable, 2 cores; docs/findings.md,
+  "Host memory"). Only the allocator changes, so trained numbers stay bit-identical
+  (tests/test_main_relaunch.py). glibc reads tunables at process start only, hence the re-exec,
+  before jax is imported. Skipped off glibc or on glibc < 2.35, when GLIBC_TUNABLES is set (the
+  user's choice stands; this also ends the recursion), with REGIONCLIP_JAX_NO_RELAUNCH=1, and
+  when the interpreter cannot be re-executed.
   """
   if os.environ.get("GLIBC_TUNABLES") is not None or os.environ.get(NO_RELAUNCH_ENV) == "1":
     return
@@ -69,7 +70,10 @@ def _relaunch_with_huge_page_malloc() -> None:
   if version is None or version < (2, 35):
     return
   argv = [sys.executable, *sys.orig_argv[1:]]
-  os.execve(sys.executable, argv, {**os.environ, "GLIBC_TUNABLES": MALLOC_TUNABLE})
+  try:
+    os.execve(sys.executable, argv, {**os.environ, "GLIBC_TUNABLES": MALLOC_TUNABLE})
+  except OSError:  # the interpreter cannot be re-executed: run on without huge pages
+    return
 
 
 def main(argv):

@@ -70,6 +70,7 @@ TENSOR_OPS = st.tuples(
 )
 @given(st.sampled_from(["plain", "archive"]), FILE_OPS | TENSOR_OPS)
 @example("plain", ("shape", "logit_scale"))
+@example("plain", ("shape", "visual.attnpool.positional_embedding"))  # read to infer the config
 def test_corrupt_checkpoint_is_one_line_and_writes_nothing(tmp_path_factory, good_bytes, kind, op):
   d = tmp_path_factory.mktemp("c")
   src, out = str(d / "in.pt"), str(d / "out")

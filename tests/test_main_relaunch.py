@@ -2,6 +2,7 @@
 training is bit-identical with and without it."""
 
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -66,13 +67,48 @@ def test_no_relaunch_without_an_executable(execve, monkeypatch):
   assert execve == []
 
 
-def test_glibc_version_parses_this_machine():
-  version = entry._glibc_version()
-  assert version is None or (len(version) == 2 and version >= (2, 0))
+def test_no_relaunch_when_exec_fails(execve, monkeypatch):
+  def failing(path, argv, env):
+    raise PermissionError(13, "not executable", path)
+
+  monkeypatch.setattr(entry.os, "execve", failing)
+  entry._relaunch_with_huge_page_malloc()  # returns: the job runs on without huge pages
+
+
+def test_glibc_version_matches_platform():
+  lib, version = platform.libc_ver()
+  if sys.platform == "linux" and lib == "glibc":
+    assert entry._glibc_version() == tuple(int(v) for v in version.split(".")[:2])
+  else:
+    assert entry._glibc_version() is None
+
+
+def test_real_exec_sets_the_tunable_once():
+  # The child prints what it sees, then relaunches: the re-executed child prints the tunable
+  # and returns (no third run), with its own command line intact.
+  code = (
+      "import os, sys; from regionclip_jax import main; "
+      "print('seen', os.environ.get('GLIBC_TUNABLES'), sys.argv[1:], flush=True); "
+      "main._relaunch_with_huge_page_malloc(); print('ran on', flush=True)"
+  )
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", entry.NO_RELAUNCH_ENV)}
+  out = subprocess.run(
+      [sys.executable, "-c", code, "--flag=1"], env=env, capture_output=True, text=True, timeout=120
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.splitlines()
+  if entry._glibc_version() is None or entry._glibc_version() < (2, 35):
+    assert lines == ["seen None ['--flag=1']", "ran on"]
+  else:
+    assert lines == [
+        "seen None ['--flag=1']",
+        f"seen {entry.MALLOC_TUNABLE} ['--flag=1']",
+        "ran on",
+    ]
 
 
 _TRAIN = textwrap.dedent("""
-    import hashlib, jax, jax.numpy as jnp, numpy as np
+    import hashlib, resource, jax, jax.numpy as jnp, numpy as np
     from regionclip_jax.models import clip as clip_lib
     from regionclip_jax.pretrain.clip_pretrain import make_clip_step
     from regionclip_jax.pretrain.clip_stage import BN_STATISTICS_REGEX
@@ -86,12 +122,17 @@ _TRAIN = textwrap.dedent("""
     state = create_train_state(params, tx, mask)
     step = jax.jit(make_clip_step(clip_lib.CLIP(cfg), tx, mask, batch_norm="train"))
     rng = np.random.default_rng(0)
-    for _ in range(3):
+    for i in range(4):
+      if i == 1:  # after the compile: the page faults of three steps
+        jax.block_until_ready(state)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       batch = {
           "image": jnp.asarray(rng.normal(size=(64, 64, 64, 3)).astype(np.float32)),
           "caption_tokens": jnp.asarray(rng.integers(1, 400, size=(64, 16)).astype(np.int32)),
       }
       state, _ = step(state, batch)
+    jax.block_until_ready(state)
+    print("faults", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(state.params):
       h.update(np.asarray(leaf).tobytes())
@@ -99,14 +140,31 @@ _TRAIN = textwrap.dedent("""
     """)
 
 
-def _trained_hash(tunables: str) -> str:
+def _train(tunables: str) -> tuple[str, int]:
   env = {**os.environ, "GLIBC_TUNABLES": tunables, "JAX_PLATFORMS": "cpu"}
   out = subprocess.run(
       [sys.executable, "-c", _TRAIN], env=env, capture_output=True, text=True, timeout=600
   )
   assert out.returncode == 0, out.stderr[-2000:]
-  return [line for line in out.stdout.splitlines() if line.startswith("params ")][-1]
+  lines = out.stdout.splitlines()
+  params = [line for line in lines if line.startswith("params ")][-1]
+  faults = int([line for line in lines if line.startswith("faults ")][-1].split()[1])
+  return params, faults
+
+
+def _huge_pages_possible() -> bool:
+  try:
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+      mode = f.read()
+  except OSError:
+    return False
+  version = entry._glibc_version()
+  return "[never]" not in mode and version is not None and version >= (2, 35)
 
 
 def test_training_is_bit_identical_with_the_tunable():
-  assert _trained_hash(entry.MALLOC_TUNABLE) == _trained_hash("")
+  with_tunable, faults_with = _train(entry.MALLOC_TUNABLE)
+  without, faults_without = _train("")
+  assert with_tunable == without
+  if _huge_pages_possible():  # and the tunable does what it is there for
+    assert faults_with < faults_without / 4, (faults_with, faults_without)

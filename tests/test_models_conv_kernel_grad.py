@@ -125,7 +125,7 @@ def test_conv1x1_auto_and_bad_mode():
     layers.conv1x1(x, k, "fast")
 
 
-def test_conv1x1_module_matches_nn_conv_bitwise():
+def test_conv1x1_module_matches_nn_conv():
   x, _, _ = _data_1x1()
   ref = nn.Conv(4, (1, 1), use_bias=False)
   params = ref.init(jax.random.PRNGKey(0), x)

@@ -164,7 +164,7 @@ def config_from_state_dict(sd) -> CLIPConfig:
     grid = round((n_pos - 1) ** 0.5)
     if grid * grid + 1 != n_pos:
       raise ValueError(
-          f"config_from_state_dict: visual.attnpool.positional_embedding has {n_pos} rows, "
+          f"config_from_state_dict: 'visual.attnpool.positional_embedding' has {n_pos} rows, "
           f"not a square grid + 1"
       )
     vision = ResNetConfig(layers=layers, width=width, heads=width * 32 // 64, image_size=grid * 32)

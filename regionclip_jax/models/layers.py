@@ -148,7 +148,7 @@ def _dense_last_bwd(res, g):
   # (N, H, W), for which XLA CPU first copies a transposed cotangent (fused with the recomputed
   # BN / ReLU chain), ~30% of the RN50 trunk's backward.
   dk = jnp.matmul(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]))
-  return dx, dk
+  return dx, dk.astype(kernel.dtype)
 
 
 _dense_last_flat_kernel_grad.defvjp(_dense_last_fwd, _dense_last_bwd)
