@@ -81,6 +81,19 @@ def _conv_bwd(strides, padding, res, g):
 _conv_per_sample_kernel_grad.defvjp(_conv_fwd, _conv_bwd)
 
 
+def _resolve_kernel_grad(where: str, kernel_grad: str, x) -> str:
+  """Checks `kernel_grad` and resolves "auto": "per_sample" for float32 on the CPU backend, "xla"
+  otherwise (GPU / TPU libraries do the whole-batch kernel gradient well, and bf16 partial sums
+  would round)."""
+  if kernel_grad not in CONV_KERNEL_GRADS:
+    raise ValueError(
+        f"{where}: kernel_grad must be one of {CONV_KERNEL_GRADS}, got {kernel_grad!r}"
+    )
+  if kernel_grad != "auto":
+    return kernel_grad
+  return "per_sample" if jax.default_backend() == "cpu" and x.dtype == jnp.float32 else "xla"
+
+
 def conv2d(x, kernel, strides=(1, 1), padding="SAME", kernel_grad: str = "xla"):
   """NHWC / HWIO convolution, the same `lax.conv_general_dilated` call as `nn.Conv` (no bias).
 
@@ -95,13 +108,9 @@ def conv2d(x, kernel, strides=(1, 1), padding="SAME", kernel_grad: str = "xla"):
       libraries do the whole-batch kernel gradient well, and bf16 partial sums would round).
   x: [N, H, W, Cin], kernel: [kh, kw, Cin, Cout] -> [N, H', W', Cout].
   """
-  if kernel_grad not in CONV_KERNEL_GRADS:
-    raise ValueError(f"conv2d: kernel_grad must be one of {CONV_KERNEL_GRADS}, got {kernel_grad!r}")
+  kernel_grad = _resolve_kernel_grad("conv2d", kernel_grad, x)
   strides = tuple(strides)
   padding = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
-  if kernel_grad == "auto":
-    cpu_f32 = jax.default_backend() == "cpu" and x.dtype == jnp.float32
-    kernel_grad = "per_sample" if cpu_f32 else "xla"
   if kernel_grad == "xla" or x.shape[0] == 1:
     return _conv_nhwc(x, kernel, strides, padding)
   return _conv_per_sample_kernel_grad(x, kernel, strides, padding)
@@ -164,14 +173,7 @@ def conv1x1(x, kernel, kernel_grad: str = "xla"):
     "auto": "per_sample" for float32 on the CPU backend, "xla" otherwise.
   x: [..., Cin], kernel: [Cin, Cout] -> [..., Cout].
   """
-  if kernel_grad not in CONV_KERNEL_GRADS:
-    raise ValueError(
-        f"conv1x1: kernel_grad must be one of {CONV_KERNEL_GRADS}, got {kernel_grad!r}"
-    )
-  if kernel_grad == "auto":
-    cpu_f32 = jax.default_backend() == "cpu" and x.dtype == jnp.float32
-    kernel_grad = "per_sample" if cpu_f32 else "xla"
-  if kernel_grad == "xla" or x.ndim == 2:
+  if _resolve_kernel_grad("conv1x1", kernel_grad, x) == "xla" or x.ndim == 2:
     return _dense_last(x, kernel)
   return _dense_last_flat_kernel_grad(x, kernel)
 
