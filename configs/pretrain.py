@@ -172,6 +172,10 @@ def shapes() -> ml_collections.ConfigDict:
   c.data.num_threads = 2
   c.data.normalize_on_host = True
   c.data.context_length = 16
+  # 2,048 held-out scenes (5,119 GT regions): a paired se of student - teacher of 0.4-0.5 points
+  # for a few seconds of evaluation (docs/findings.md, "Main command: wall time against the
+  # student's margin")
+  c.data.num_eval_scenes = 2048
   c.model.student = "tiny_rn"
   c.model.teacher = "tiny_rn"
   # Official proposals: a frozen class-agnostic RPN on base boxes, trained first into
@@ -189,7 +193,11 @@ def shapes() -> ml_collections.ConfigDict:
   c.optimizer.warmup_steps = 30
   c.optimizer.warmup_factor = 0.01
   c.optimizer.decay_steps = (240,)
-  c.teacher_stage.num_steps = 1500  # region top-1 0.26 / 0.32 at 500 / 1,000 steps in the probe
+  # 96,000 scene / caption pairs in contrastive batches of 128: the batch is what separates the
+  # concepts' text embeddings (docs/findings.md, "Why the text tower makes twins"); 1,500 steps of
+  # 64 (the same images) left 14 pairs at cosine >= 0.95 and a student within 1 se of its teacher
+  c.teacher_stage.batch_size = 128
+  c.teacher_stage.num_steps = 750
   c.teacher_stage.lr = 2e-3
   c.control_steps = 0
   c.eval.batch_size = 128
