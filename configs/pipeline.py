@@ -33,8 +33,8 @@ def shapes() -> ml_collections.ConfigDict:
   c.pretrain.control_steps = c.pretrain.num_steps  # matched compute: same images and steps
   c.pretrain.data.num_eval_scenes = 1200  # ~3,000 GT regions: se <= 1 point
   # the teacher on 256,000 scene / caption pairs in contrastive batches of 128: every concept pair
-  # ends below text cosine 0.9 (seeds 0 / 1: at most 0.84 / 0.82), where the main command's 1,500
-  # steps of 64 leave near-identical pairs (docs/findings.md, "Why the text tower makes twins")
+  # ends below text cosine 0.9 (seeds 0 / 1: at most 0.84 / 0.82), where the main command's 750
+  # steps leave near-identical pairs (docs/findings.md, "Why the text tower makes twins")
   c.pretrain.teacher_stage.batch_size = 128
   c.pretrain.teacher_stage.num_steps = 2000
   c.pretrain.teacher_stage.decay_steps = (1700,)
