@@ -3,7 +3,8 @@
   python benchmarks/clip_forward.py --preset RN50 --batch 8 --text_batch 32 --repeats 5
 
 Reports the median of `repeats` timed calls after one warm-up (compile) call, and ratios
-Flax / torch. Also the res4 trunk forward + backward (random cotangent) with freeze_at 0 vs 2.
+Flax / torch. Also the res4 trunk forward + backward (random cotangent) with freeze_at 0 vs 2,
+and with `--unfolded_pool` the image forward with the attention pool before its key / value fold.
 Variants are timed interleaved (one call of each per round), so load from other processes on
 a shared machine hits all of them alike and the ratios stay meaningful.
 """
@@ -11,6 +12,7 @@ a shared machine hits all of them alike and the ratios stay meaningful.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import os
 import statistics
@@ -70,6 +72,14 @@ def main():
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--no_torch", action="store_true")
   ap.add_argument(
+      "--unfolded_pool",
+      action="store_true",
+      help="add an image-forward row with the attention pool unfolded (fold_attention_pool="
+      "False: keys and values of every token, OpenAI's form), and region-head rows folded / "
+      "unfolded",
+  )
+  ap.add_argument("--region_crops", type=int, default=32, help="crops for the region-head rows")
+  ap.add_argument(
       "--conv_kernel_grad",
       default="auto",
       choices=("auto", "xla", "per_sample"),
@@ -98,6 +108,26 @@ def main():
       "txt32": flax_fn(clip.CLIP.encode_text, tokens, jnp.float32),
       "txt16": flax_fn(clip.CLIP.encode_text, tokens, jnp.bfloat16),
   }
+  if args.unfolded_pool and cfg.is_resnet:
+    # The attention pool as OpenAI computes it, beside the folded default: whole images, and the
+    # region head (layer4 + attnpool) on RoIAlign-sized crops [M, 2 g, 2 g, C4], g = pool grid.
+    ucfg = dataclasses.replace(
+        cfg, vision=dataclasses.replace(cfg.vision, fold_attention_pool=False)
+    )
+    side = 2 * cfg.vision.pool_grid
+    crops = rng.normal(size=(args.region_crops, side, side, cfg.vision.res4_channels))
+    crops = jnp.asarray(crops.astype(np.float32))
+    for tag, c in (("", cfg), ("_unfolded", ucfg)):
+      for name, method, x in (
+          ("img32", clip.CLIP.encode_image, jnp.asarray(images)),
+          ("head32", clip.CLIP.image_region_head, crops),
+      ):
+        if name + tag in fns:
+          continue
+        f = jax.jit(
+            lambda p, a, c=c, method=method: clip.CLIP(c).apply({"params": p}, a, method=method)
+        )
+        fns[name + tag] = lambda f=f, x=x: jax.block_until_ready(f(params, x))
   if not args.no_torch:
     import torch
 
@@ -162,6 +192,18 @@ def main():
   rows.append(
       (f"image forward, batch {args.batch}, {s} px", t.get("timg", nan), t["img32"], t["img16"])
   )
+  if "img32_unfolded" in t:
+    rows.append(
+        ("image forward, attention pool unfolded", t.get("timg", nan), t["img32_unfolded"], nan)
+    )
+    rows.append(
+        (
+            f"region head, {args.region_crops} crops: folded / unfolded attention pool (fp32)",
+            nan,
+            t["head32"],
+            t["head32_unfolded"],
+        )
+    )
   rows.append(
       (f"text forward, batch {args.text_batch}", t.get("ttxt", nan), t["txt32"], t["txt16"])
   )

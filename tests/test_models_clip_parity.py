@@ -181,3 +181,52 @@ def test_vit_b32_full_size_parity():
   img_err, _, _, _ = _compare(cfg, batch=2, text=False)
   print(f"\n[parity ViT-B/32] image max|diff| {img_err:.2e}")
   assert img_err < 1e-4
+
+
+@pytest.mark.parametrize("fold_kv", [True, False])
+@pytest.mark.parametrize("grid", [3, 7])
+def test_attention_pool_forward_and_gradients_match_openai(grid, fold_kv):
+  """`resnet.AttentionPool2d(fold_kv=True)` folds keys and values into the one query; OpenAI's
+  AttentionPool2d projects every token. Outputs and every gradient (input, projections,
+  positional embedding) must agree; the key bias gets none in either (it shifts all logits of a
+  head alike)."""
+  from regionclip_jax.models import resnet
+
+  m = _openai_model_py()
+  c, heads, out_dim = 64, 4, 32
+  torch.manual_seed(0)
+  ref = m.AttentionPool2d(grid, c, heads, out_dim)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(5, grid, grid, c)).astype(np.float32)
+  cot = rng.normal(size=(5, out_dim)).astype(np.float32)
+  xt = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+  (ref(xt) * torch.from_numpy(cot)).sum().backward()
+  y_ref = ref(xt).detach().numpy()
+
+  def lin(name):
+    mod = getattr(ref, name)
+    return {"kernel": mod.weight.detach().numpy().T, "bias": mod.bias.detach().numpy()}
+
+  params = {n: lin(n) for n in ("q_proj", "k_proj", "v_proj", "c_proj")}
+  params["positional_embedding"] = ref.positional_embedding.detach().numpy()
+  pool = resnet.AttentionPool2d(grid, heads, out_dim, fold_kv=fold_kv)
+  y, vjp = jax.vjp(lambda p, a: pool.apply({"params": p}, a), params, x)
+  g_params, g_x = vjp(cot)
+  np.testing.assert_allclose(np.asarray(y), y_ref, rtol=0, atol=2e-5)
+  np.testing.assert_allclose(
+      np.asarray(g_x), xt.grad.numpy().transpose(0, 2, 3, 1), rtol=0, atol=2e-5
+  )
+  for name in ("q_proj", "k_proj", "v_proj", "c_proj"):
+    mod = getattr(ref, name)
+    np.testing.assert_allclose(
+        np.asarray(g_params[name]["kernel"]), mod.weight.grad.numpy().T, rtol=0, atol=2e-5
+    )
+    np.testing.assert_allclose(
+        np.asarray(g_params[name]["bias"]), mod.bias.grad.numpy(), rtol=0, atol=2e-5
+    )
+  np.testing.assert_allclose(
+      np.asarray(g_params["positional_embedding"]),
+      ref.positional_embedding.grad.numpy(),
+      rtol=0,
+      atol=2e-5,
+  )

@@ -54,10 +54,10 @@ if ((DRY)); then
   [[ -x $ROOT/.venv/bin/python ]] && PY=$ROOT/.venv/bin/python
   export JAX_PLATFORMS=cpu
   TINY=(--tiny)
-  VARIANTS=${VARIANTS:-base,attnpool_folded,roi_bf16,teacher_bf16,combo_b24}
+  VARIANTS=${VARIANTS:-base,attnpool_unfolded,roi_bf16,teacher_bf16,combo_b24}
   log "dry run: no installs, CPU, --tiny, variants $VARIANTS"
 else
-  VARIANTS=${VARIANTS:-base,combo,combo_b24,attnpool_folded,roi_bf16,teacher_bf16,batch24,chunk256,gather,remat}
+  VARIANTS=${VARIANTS:-base,combo,combo_b24,attnpool_unfolded,roi_bf16,teacher_bf16,batch24,chunk256,gather,remat}
 fi
 if ((DRY || ${NO_INSTALL:-0})); then
   log "no installs: $PY as it is"
