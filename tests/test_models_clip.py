@@ -52,6 +52,23 @@ def test_config_from_state_dict_recovers_presets(name):
   assert clip.CLIPConfig.from_dict(cfg.to_dict()) == cfg
 
 
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        ("tiny_vit", "visual.positional_embedding"),
+        ("tiny_rn", "visual.attnpool.positional_embedding"),
+    ],
+)
+def test_config_from_state_dict_rejects_a_non_square_position_grid(name, key):
+  sd = _shape_sd(clip.PRESETS[name])
+  rows, width = sd[key].shape
+  sd[key] = jax.ShapeDtypeStruct((rows + 1, width), sd[key].dtype)
+  with pytest.raises(
+      ValueError, match=re.escape(f"{key!r} has {rows + 1} rows, not a square grid")
+  ):
+    clip.config_from_state_dict(sd)
+
+
 def test_rn50_sizes():
   cfg = clip.PRESETS["RN50"]
   shapes = traverse_util.flatten_dict(clip.param_shapes(cfg))

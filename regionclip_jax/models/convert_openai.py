@@ -139,6 +139,15 @@ def _count(sd, prefix: str, index: int) -> int:
   return len({k.split(".")[index] for k in sd if k.startswith(prefix)})
 
 
+def _grid_side(sd, key: str) -> int:
+  """Side g of the g x g grid of a positional embedding with g^2 + 1 rows (class / mean token)."""
+  n_pos = _need(sd, key)[0]
+  grid = round((n_pos - 1) ** 0.5)
+  if grid < 1 or grid * grid + 1 != n_pos:
+    raise ValueError(f"config_from_state_dict: {key!r} has {n_pos} rows, not a square grid + 1")
+  return grid
+
+
 def config_from_state_dict(sd) -> CLIPConfig:
   """Infer the CLIPConfig from OpenAI-named keys and shapes (heads by OpenAI's rule)."""
   embed_dim = _need(sd, "text_projection")[1]
@@ -152,7 +161,7 @@ def config_from_state_dict(sd) -> CLIPConfig:
   )
   if "visual.proj" in sd:
     width, _, patch, _ = _need(sd, "visual.conv1.weight")
-    grid = round((_need(sd, "visual.positional_embedding")[0] - 1) ** 0.5)
+    grid = _grid_side(sd, "visual.positional_embedding")
     layers = len([k for k in sd if k.startswith("visual.") and k.endswith(".attn.in_proj_weight")])
     vision = ViTConfig(
         image_size=patch * grid, patch_size=patch, width=width, layers=layers, heads=width // 64
@@ -160,13 +169,7 @@ def config_from_state_dict(sd) -> CLIPConfig:
   else:
     layers = tuple(_count(sd, f"visual.layer{b}.", 2) for b in (1, 2, 3, 4))
     width = _need(sd, "visual.layer1.0.conv1.weight")[0]
-    n_pos = _need(sd, "visual.attnpool.positional_embedding")[0]
-    grid = round((n_pos - 1) ** 0.5)
-    if grid * grid + 1 != n_pos:
-      raise ValueError(
-          f"config_from_state_dict: 'visual.attnpool.positional_embedding' has {n_pos} rows, "
-          f"not a square grid + 1"
-      )
+    grid = _grid_side(sd, "visual.attnpool.positional_embedding")
     vision = ResNetConfig(layers=layers, width=width, heads=width * 32 // 64, image_size=grid * 32)
   return CLIPConfig(embed_dim=embed_dim, vision=vision, text=text)
 
