@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import statistics
 import tempfile
-import time
 
 import numpy as np
 import safetensors.numpy
 import torch
+from interleaved import interleaved_medians
 
 from regionclip_jax.models import checkpoints as ck
 
@@ -102,15 +101,7 @@ def main():
         "converted dir: read_converted": lambda: ck.read_converted(conv),
         "checkpoints.load(archive), no jit": lambda: ck.load(archive),
     }
-    for fn in fns.values():
-      fn()
-    times = {k: [] for k in fns}
-    for _ in range(args.repeats):
-      for k, fn in fns.items():
-        t = time.perf_counter()
-        fn()
-        times[k].append(time.perf_counter() - t)
-  med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(fns, args.repeats)
   base = med["torchscript: torch.jit.load().state_dict()"]
   print(f"{args.arch}: {size_mb:.0f} MiB of fp32 weights, median of {args.repeats}")
   print("| reader | seconds | / torch.jit.load |")

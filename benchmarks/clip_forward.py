@@ -15,26 +15,13 @@ import argparse
 import dataclasses
 import importlib.util
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from interleaved import interleaved_medians
 from regionclip_jax.models import clip
-
-
-def _interleaved_medians(fns: dict, repeats: int) -> dict:
-  for fn in fns.values():
-    fn()  # warm-up / compile
-  times = {k: [] for k in fns}
-  for _ in range(repeats):
-    for k, fn in fns.items():
-      t0 = time.perf_counter()
-      fn()
-      times[k].append(time.perf_counter() - t0)
-  return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _torch_model(cfg):
@@ -88,6 +75,8 @@ def main():
   )
   args = ap.parse_args()
   cfg = clip.get_config(args.preset)
+  if args.unfolded_pool and not (cfg.is_resnet and cfg.vision.fold_attention_pool):
+    ap.error(f"--unfolded_pool: preset {args.preset} has no folded attention pool to compare")
   params = clip.init_params(cfg)
   s = cfg.image_size
   rng = np.random.default_rng(0)
@@ -108,7 +97,7 @@ def main():
       "txt32": flax_fn(clip.CLIP.encode_text, tokens, jnp.float32),
       "txt16": flax_fn(clip.CLIP.encode_text, tokens, jnp.bfloat16),
   }
-  if args.unfolded_pool and cfg.is_resnet:
+  if args.unfolded_pool:
     # The attention pool as OpenAI computes it, beside the folded default: whole images, and the
     # region head (layer4 + attnpool) on RoIAlign-sized crops [M, 2 g, 2 g, C4], g = pool grid.
     ucfg = dataclasses.replace(
@@ -187,7 +176,7 @@ def main():
 
       f = jax.jit(fwd_bwd)
       fns[f"trunk{freeze_at}"] = lambda f=f: jax.block_until_ready(f(params, trunk_images))
-  t = _interleaved_medians(fns, args.repeats)
+  t = interleaved_medians(fns, args.repeats)
   nan = float("nan")
   rows.append(
       (f"image forward, batch {args.batch}, {s} px", t.get("timg", nan), t["img32"], t["img16"])

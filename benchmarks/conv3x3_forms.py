@@ -17,12 +17,11 @@ Forms:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from interleaved import interleaved_medians
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 # (H = W, Cin, Cout, how many times RN50 runs it)
@@ -118,15 +117,7 @@ def main():
     for name, f in jitted.items():
       err[name] = float(np.abs(np.asarray(f(xj, kj)) - ref).max() / np.abs(ref).max())
       calls[name] = lambda f=f: jax.block_until_ready(f(xj, kj))
-    times = {name: [] for name in calls}
-    for name, call in calls.items():
-      call()  # compile / warm-up
-    for _ in range(args.repeats):
-      for name, call in calls.items():
-        t0 = time.perf_counter()
-        call()
-        times[name].append(time.perf_counter() - t0)
-    med = {name: statistics.median(t) for name, t in times.items()}
+    med = interleaved_medians(calls, args.repeats)
     for name in names:
       totals[name] += uses * med[name]
     cells = [f"{med['torch'] * 1e3:.1f}"] + [
