@@ -241,3 +241,37 @@ def test_remat_same_gradients():
 
   for a, b in zip(jax.tree.leaves(grads(False)), jax.tree.leaves(grads(True))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_trim_to_eot_widths():
+  from regionclip_jax.models.text import trim_to_eot
+
+  eot = 49407
+  t = np.zeros((3, 77), np.int32)
+  t[:, 0] = 49406
+  t[0, 5], t[1, 11], t[2, 3] = eot, eot, eot
+  assert trim_to_eot(t).shape == (3, 16)  # the last EOT at column 11
+  t[2, 3], t[2, 40] = 7, eot
+  assert trim_to_eot(t).shape == (3, 48)
+  t[2, 40], t[2, 76] = 7, eot
+  assert trim_to_eot(t).shape == (3, 77)  # never wider than the input
+  hf = np.full((2, 77), eot, np.int32)  # HF pads with EOT: the first one counts
+  hf[:, 0], hf[:, 1:4] = 49406, 320
+  assert trim_to_eot(hf).shape == (2, 16)
+  np.testing.assert_array_equal(trim_to_eot(t[:, :12]), t[:, :12])
+
+
+def test_loaded_encode_text_cut_columns_change_nothing(tiny_params):
+  """LoadedCLIP.encode_text cuts the columns after the last EOT; the full 77-column forward
+  (the module's own method on untouched tokens) gives the same embeddings up to rounding."""
+  loaded = clip.LoadedCLIP(TINY, tiny_params)
+  texts = ["a photo of a star", "a ring", " ".join(["a big red circle"] * 9)]  # ~38 tokens
+  toks = loaded.tokenize(texts)
+  assert int(toks.argmax(1).max()) > 16
+  full = _apply(TINY, tiny_params, jnp.asarray(toks), method=clip.CLIP.encode_text)
+  cut = loaded.encode_text(toks)
+  np.testing.assert_allclose(np.asarray(cut), np.asarray(full), rtol=0, atol=1e-5)
+  # the same rows without the long one: a 16-column program, the same two embeddings
+  np.testing.assert_allclose(
+      np.asarray(loaded.encode_text(toks[:2])), np.asarray(full[:2]), rtol=0, atol=1e-5
+  )
