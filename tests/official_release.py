@@ -144,7 +144,8 @@ def tiny_clip_params(seed: int = 0):
 
 
 def _tensors(sd: dict) -> dict:
-  return {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in sd.items()}
+  # a copy: torch warns on (and must not write into) read-only arrays such as np.load's
+  return {k: torch.from_numpy(np.array(v, np.float32, order="C")) for k, v in sd.items()}
 
 
 def pretrained_state(params) -> dict:
