@@ -259,6 +259,11 @@ def test_trim_to_eot_widths():
   hf[:, 0], hf[:, 1:4] = 49406, 320
   assert trim_to_eot(hf).shape == (2, 16)
   np.testing.assert_array_equal(trim_to_eot(t[:, :12]), t[:, :12])
+  t[2, 76], t[2, 15] = 7, eot  # the last column of a width keeps it; one more needs the next
+  assert trim_to_eot(t).shape == (3, 16)
+  t[2, 15], t[2, 16] = 7, eot
+  assert trim_to_eot(t).shape == (3, 32)
+  assert trim_to_eot(t[:0]).shape == (0, 77)
 
 
 def test_loaded_encode_text_cut_columns_change_nothing(tiny_params):
@@ -268,6 +273,9 @@ def test_loaded_encode_text_cut_columns_change_nothing(tiny_params):
   texts = ["a photo of a star", "a ring", " ".join(["a big red circle"] * 9)]  # ~38 tokens
   toks = loaded.tokenize(texts)
   assert int(toks.argmax(1).max()) > 16
+  from regionclip_jax.models.text import trim_to_eot
+
+  assert trim_to_eot(toks).shape[1] == 48 and trim_to_eot(toks[:2]).shape[1] == 16
   full = _apply(TINY, tiny_params, jnp.asarray(toks), method=clip.CLIP.encode_text)
   cut = loaded.encode_text(toks)
   np.testing.assert_allclose(np.asarray(cut), np.asarray(full), rtol=0, atol=1e-5)
@@ -275,3 +283,6 @@ def test_loaded_encode_text_cut_columns_change_nothing(tiny_params):
   np.testing.assert_allclose(
       np.asarray(loaded.encode_text(toks[:2])), np.asarray(full[:2]), rtol=0, atol=1e-5
   )
+  # traced tokens (the encoder inside a caller's jit) pass through uncut
+  traced = jax.jit(loaded.encode_text)(jnp.asarray(toks))
+  np.testing.assert_allclose(np.asarray(traced), np.asarray(full), rtol=0, atol=1e-5)

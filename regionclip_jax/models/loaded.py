@@ -47,8 +47,13 @@ class LoadedCLIP:
 
   def encode_text(self, tokens):
     """tokens: [B, L] int -> [B, D]. Columns after the batch's last EOT are cut first
-    (`text.trim_to_eot`): the same embeddings up to rounding, at a fraction of the cost."""
-    return self._encode_text(self.params, jnp.asarray(text.trim_to_eot(tokens)))
+    (`text.trim_to_eot`): the same embeddings up to rounding, at a fraction of the cost. Traced
+    tokens (a caller's jit) and tokens wider than the context (the model names the error) are
+    passed on uncut."""
+    if not isinstance(tokens, jax.core.Tracer):
+      if np.shape(tokens)[-1:] <= (self.config.text.context_length,):
+        tokens = text.trim_to_eot(tokens)
+    return self._encode_text(self.params, jnp.asarray(tokens))
 
   def tokenize(self, texts, context_length: int | None = None) -> np.ndarray:
     """B strings -> [B, context_length] int32 OpenAI ids (default: the model's context)."""

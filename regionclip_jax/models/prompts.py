@@ -137,7 +137,8 @@ def concept_embeddings(
     names: C concepts (a name, or a list of synonyms pooled over all their prompts).
     tokenize_fn: list of B strings -> tokens [B, L] int32.
     batch_size: prompts per call; the last batch is padded to this size so that a jitted
-      `encode_text_fn` compiles once.
+      `encode_text_fn` compiles once per token width (`LoadedCLIP.encode_text` cuts each batch
+      to a multiple of 16 columns: a few widths at most).
     progress: log one line per batch.
   Returns:
     [C, D] float32.

@@ -32,11 +32,12 @@ def trim_to_eot(tokens, multiple: int = 16) -> np.ndarray:
 
   Under the causal mask no column after a row's EOT reaches the EOT's output, so the cut leaves
   every embedding as it was up to float rounding, and OpenAI's 77 columns shrink to 16 for
-  prompts of up to 15 tokens: the text tower's work drops ~5x. Widths come in steps of
-  `multiple`, so a jitted encoder compiles a handful of variants at most.
+  prompts of up to 14 tokens between the start and end tokens: the text tower's work drops ~5x.
+  Widths come in steps of `multiple`, so a jitted encoder compiles a handful of variants at most.
+  Anything but a non-empty [B, L] array comes back as it was, for the model's own shape errors.
   """
   tokens = np.asarray(tokens)
-  if tokens.ndim != 2 or tokens.shape[-1] == 0:
+  if tokens.ndim != 2 or tokens.size == 0:
     return tokens
   need = int(np.argmax(tokens, axis=-1).max()) + 1  # the EOT positions of `eot_positions`
   return tokens[:, : min(tokens.shape[-1], -(-need // multiple) * multiple)]
