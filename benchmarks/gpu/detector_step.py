@@ -110,20 +110,22 @@ def main():
   for dt, ts in times.items():
     med = statistics.median(ts)
     md.append(f"| {dt} | {first[dt]:.1f} | {med:.4f} | {a.batch / med:.1f} |")
+  # the timings are written before profiling, so that a profiler failure loses only the profile
+  with open(os.path.join(a.out, "detector_step.md"), "w") as f:
+    f.write("\n".join(md) + "\n")
+  with open(os.path.join(a.out, "detector_step.json"), "w") as f:
+    json.dump({"device": dev.device_kind, "first_s": first, "times": times}, f, indent=1)
+  print("\n".join(md), flush=True)
   sections = []
   for dt in built:
     d = os.path.join(a.out, "traces", f"detector_{dt}")
-    with profile_summary.trace(d):
-      for _ in range(a.profile_steps):
-        jax.block_until_ready(run(dt))
-    sections.append(profile_summary.summarize(d, f"detector train step {dt}", a.profile_steps))
-  with open(os.path.join(a.out, "detector_step.md"), "w") as f:
-    f.write("\n".join(md) + "\n")
+    sections.append(
+        profile_summary.profile(
+            d, f"detector train step {dt}", a.profile_steps, lambda: jax.block_until_ready(run(dt))
+        )
+    )
   with open(os.path.join(a.out, "profile_detector.md"), "w") as f:
     f.write("\n".join(sections))
-  with open(os.path.join(a.out, "detector_step.json"), "w") as f:
-    json.dump({"device": dev.device_kind, "first_s": first, "times": times}, f, indent=1)
-  print("\n".join(md))
 
 
 if __name__ == "__main__":

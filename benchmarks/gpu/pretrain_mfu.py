@@ -327,10 +327,11 @@ def main():
   sections = []
   for n in dict.fromkeys(x for x in prof if x in names):
     d = os.path.join(a.out, "traces", f"pretrain_{n}")
-    with profile_summary.trace(d):
-      for _ in range(a.profile_steps):
-        jax.block_until_ready(run(n))
-    sections.append(profile_summary.summarize(d, f"pretrain step `{n}`", a.profile_steps))
+    sections.append(
+        profile_summary.profile(
+            d, f"pretrain step `{n}`", a.profile_steps, lambda: jax.block_until_ready(run(n))
+        )
+    )
   with open(os.path.join(a.out, "profile_pretrain.md"), "w") as f:
     f.write("\n".join(sections))
   print(f"done in {time.perf_counter() - t_start:.0f}s", flush=True)

@@ -51,6 +51,19 @@ def trace(log_dir: str):
   return jax.profiler.trace(log_dir, profiler_options=opts)
 
 
+def profile(trace_dir: str, title: str, steps: int, step_fn) -> str:
+  """Traces `steps` calls of `step_fn` into `trace_dir` -> the summary; a failure -> one line."""
+  try:
+    with trace(trace_dir):
+      for _ in range(steps):
+        step_fn()
+    return summarize(trace_dir, title, steps)
+  except Exception as e:  # the profile is an extra: the timings are already written
+    msg = f"### Profile: {title}\n\nProfiling failed: {e!r}"[:1000]
+    print(msg, flush=True)
+    return msg + "\n"
+
+
 def find_trace(trace_dir: str) -> str | None:
   files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True))
   files = files or sorted(glob.glob(os.path.join(trace_dir, "**", "*.json.gz"), recursive=True))

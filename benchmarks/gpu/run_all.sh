@@ -11,6 +11,8 @@
 #   pretrain pretrain_mfu.py: variants interleaved in one process, MFU, 2 profiles
 #   detector detector_step.py: train step time + profile
 #   torch    torch_pretrain.py: the same pretraining step in PyTorch, ratio JAX / torch
+# Caps (seconds, env): PRETRAIN_S=300 COMPILE_BUDGET_S=200 DETECTOR_S=130 TORCH_S=120;
+# OFFLINE=1 skips probing for a package index (the device image has none).
 # OUT gets at most 5 files (the device returns 8): results.md, profile_summary.md,
 # results.json, run_log.txt, traces.tgz (trace events json of the profiles, if under 15 MB).
 set -u -o pipefail
@@ -66,7 +68,7 @@ else
     part wheels 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$WORK/whl" \
       "$ROOT"/.whl/*.whl && export PYTHONPATH=$WORK/whl:$PYTHONPATH
   fi
-  if timeout 15 "$PY" -m pip download -q --no-deps --retries 0 --timeout 5 -d "$WORK/probe" six \
+  if ((!${OFFLINE:-0})) && timeout 15 "$PY" -m pip download -q --no-deps --retries 0 --timeout 5 -d "$WORK/probe" six \
     >/dev/null 2>&1; then
     log "a package index answers: installing jax[cuda13]==0.10.2 and the project"
     PINS=$(grep -E '^(flax|optax|grain|ml_collections|absl-py|etils|numpy)==' "$ROOT/requirements.txt")
@@ -101,14 +103,14 @@ fi
 tee -a "$LOG" <"$WORK/env.md"
 
 # (b, c) pretraining variants, MFU, profiles of the baseline and the fastest
-part pretrain 300 "$PY" "$HERE/pretrain_mfu.py" --out="$WORK" --variants="$VARIANTS" \
-  --budget_s=200 "${TINY[@]}"
+part pretrain "${PRETRAIN_S:-300}" "$PY" "$HERE/pretrain_mfu.py" --out="$WORK" \
+  --variants="$VARIANTS" --budget_s="${COMPILE_BUDGET_S:-200}" "${TINY[@]}"
 # (d) detector train step + profile
-part detector 130 "$PY" "$HERE/detector_step.py" --out="$WORK" --batch=2 "${TINY[@]}"
+part detector "${DETECTOR_S:-130}" "$PY" "$HERE/detector_step.py" --out="$WORK" --batch=2 "${TINY[@]}"
 # (e) the same pretraining step in PyTorch (the machine's torch, else the one installed above)
 TORCH_PATH=$ROOT
 [[ -d $WORK/torch ]] && TORCH_PATH=$WORK/torch:$ROOT
-PYTHONPATH=$TORCH_PATH part torch 120 "$PY" "$HERE/torch_pretrain.py" --out="$WORK" \
+PYTHONPATH=$TORCH_PATH part torch "${TORCH_S:-120}" "$PY" "$HERE/torch_pretrain.py" --out="$WORK" \
   --jax_json="$WORK/pretrain_mfu.json" --wheels="$ROOT/.whl,$WORK/wheels" "${TINY[@]}"
 if ((!DRY)) && (($(left) > 150)); then  # torch.compile, if time is left
   PYTHONPATH=$TORCH_PATH part torch_compile 120 "$PY" "$HERE/torch_pretrain.py" --out="$WORK" \
