@@ -203,6 +203,41 @@ def test_bfloat16_features():
   np.testing.assert_allclose(np.asarray(out.astype(jnp.float32)), ref, rtol=2**-8, atol=1e-6)
 
 
+def _rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def test_bfloat16_matrix_unit_path(monkeypatch):
+  """The accelerator branch (16-bit matmul operands, float32 accumulation), forced on the CPU:
+  forward and feature gradient within 1% (relative norm) of the exact kernel / the float32 path,
+  and every element within 4 bf16 ulps of the output scale of the reference. One chunk: XLA CPU
+  cannot run this branch inside `lax.map` (no BF16 x BF16 = F32 dot kernel), the reason the CPU
+  branch promotes to float32."""
+  chunk = 64
+  rng = np.random.default_rng(5)
+  feats = jnp.asarray(rng.normal(size=(2, 25, 34, 8)), jnp.bfloat16)  # crop tiers at 16 cells
+  boxes = _boxes(rng, 2, 25 * 16, 34 * 16)
+  exact = np.asarray(feats.astype(jnp.float32))
+  ref = ref_roi_align(exact, boxes, (7, 7), 1 / 16, 0, True)
+  cpu_out = _jitted((7, 7), 1 / 16, 0, True, "separable", chunk)(feats, boxes)
+  # the CPU branch promotes: only the final rounding to bfloat16 separates it from the kernel
+  np.testing.assert_allclose(np.asarray(cpu_out, F32), ref, rtol=2**-8, atol=1e-6)
+  monkeypatch.setattr(jax.lax, "platform_dependent", lambda *a, cpu, default: default(*a))
+  f = lambda x: roi_align(x, boxes, (7, 7), 1 / 16, 0, True, chunk_size=chunk)
+  out = jax.jit(f)(feats)
+  assert out.dtype == jnp.bfloat16
+  out = np.asarray(out, F32)
+  assert not np.array_equal(out, np.asarray(cpu_out, F32))  # the other branch did run
+  assert _rel(out, ref) < 1e-2
+  assert np.abs(out - ref).max() <= 4 * 2**-8 * np.abs(ref).max()
+  cot = jnp.asarray(rng.normal(size=ref.shape), jnp.float32)
+  loss = lambda fn, x: jnp.sum(fn(x).astype(jnp.float32) * cot)
+  g16 = jax.jit(jax.grad(lambda x: loss(f, x)))(feats)
+  g32 = jax.jit(jax.grad(lambda x: loss(f, x)))(feats.astype(jnp.float32))
+  assert g16.dtype == jnp.bfloat16 and _rel(g16, g32) < 1e-2
+
+
 @pytest.mark.parametrize("method", ["separable", "gather"])
 def test_gradients_wrt_features(method):
   rng = np.random.default_rng(11)

@@ -11,7 +11,8 @@
 #   pretrain pretrain_mfu.py: variants interleaved in one process, MFU, 2 profiles
 #   detector detector_step.py: train step time + profile
 #   torch    torch_pretrain.py: the same pretraining step in PyTorch, ratio JAX / torch
-# Caps (seconds, env): PRETRAIN_S=300 COMPILE_BUDGET_S=200 DETECTOR_S=130 TORCH_S=120;
+# Caps (seconds, env; 0 skips the part): PRETRAIN_S=300 COMPILE_BUDGET_S=200 ROI_CHECK_S=45
+# DETECTOR_S=130 TORCH_S=120;
 # OFFLINE=1 skips probing for a package index (the device image has none).
 # OUT gets at most 5 files (the device returns 8): results.md, profile_summary.md,
 # results.json, run_log.txt, traces.tgz (trace events json of the profiles, if under 15 MB).
@@ -35,6 +36,11 @@ left() { echo $((TOTAL - ($(date +%s) - START))); }
 part() {
   local name=$1 max=$2 t
   shift 2
+  if ((max == 0)); then
+    log "SKIP $name: cap 0"
+    echo "| $name | skipped: cap 0 |" >>"$WORK/status.md"
+    return 0
+  fi
   t=$(($(left) - 20))
   ((t > max)) && t=$max
   if ((t < 15)); then
@@ -105,6 +111,8 @@ tee -a "$LOG" <"$WORK/env.md"
 # (b, c) pretraining variants, MFU, profiles of the baseline and the fastest
 part pretrain "${PRETRAIN_S:-300}" "$PY" "$HERE/pretrain_mfu.py" --out="$WORK" \
   --variants="$VARIANTS" --budget_s="${COMPILE_BUDGET_S:-200}" "${TINY[@]}"
+# (c') RoIAlign's 16-bit branch against float32 at the pretraining shapes: errors and times
+part roi_check "${ROI_CHECK_S:-45}" "$PY" "$HERE/roi_align_check.py" --out="$WORK" "${TINY[@]}"
 # (d) detector train step + profile
 part detector "${DETECTOR_S:-130}" "$PY" "$HERE/detector_step.py" --out="$WORK" --batch=2 "${TINY[@]}"
 # (e) the same pretraining step in PyTorch (the machine's torch, else the one installed above)
@@ -131,6 +139,8 @@ cat_or() { if [[ -s $1 ]]; then cat "$1"; else echo "($2: no result, see run_log
   cat "$WORK/env.md"
   echo
   cat_or "$WORK/pretrain_mfu.md" pretrain
+  echo
+  cat_or "$WORK/roi_align_check.md" roi_check
   echo
   cat_or "$WORK/detector_step.md" detector
   echo
