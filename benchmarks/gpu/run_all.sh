@@ -11,7 +11,8 @@
 #   pretrain pretrain_mfu.py: variants interleaved in one process, MFU, 2 profiles
 #   detector detector_step.py: train step time + profile
 #   torch    torch_pretrain.py: the same pretraining step in PyTorch, ratio JAX / torch
-# Caps (seconds, env; 0 skips the part): PRETRAIN_S=300 COMPILE_BUDGET_S=200 ROI_CHECK_S=45
+# Caps (seconds, env; 0 skips the part): PRETRAIN_S=300 COMPILE_BUDGET_S=200 (then up to
+# COMPILE_GRACE_S=60 more for compiles already running) ROI_CHECK_S=45
 # DETECTOR_S=130 TORCH_S=120;
 # OFFLINE=1 skips probing for a package index (the device image has none).
 # OUT gets at most 5 files (the device returns 8): results.md, profile_summary.md,
@@ -110,7 +111,8 @@ tee -a "$LOG" <"$WORK/env.md"
 
 # (b, c) pretraining variants, MFU, profiles of the baseline and the fastest
 part pretrain "${PRETRAIN_S:-300}" "$PY" "$HERE/pretrain_mfu.py" --out="$WORK" \
-  --variants="$VARIANTS" --budget_s="${COMPILE_BUDGET_S:-200}" "${TINY[@]}"
+  --variants="$VARIANTS" --budget_s="${COMPILE_BUDGET_S:-200}" --grace_s="${COMPILE_GRACE_S:-60}" \
+  "${TINY[@]}"
 # (c') RoIAlign's 16-bit branch against float32 at the pretraining shapes: errors and times
 part roi_check "${ROI_CHECK_S:-45}" "$PY" "$HERE/roi_align_check.py" --out="$WORK" "${TINY[@]}"
 # (d) detector train step + profile
