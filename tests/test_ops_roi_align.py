@@ -211,31 +211,56 @@ def _rel(a, b):
 def test_bfloat16_matrix_unit_path(monkeypatch):
   """The accelerator branch (16-bit matmul operands, float32 accumulation), forced on the CPU:
   forward and feature gradient within 1% (relative norm) of the exact kernel / the float32 path,
-  and every element within 4 bf16 ulps of the output scale of the reference. One chunk: XLA CPU
-  cannot run this branch inside `lax.map` (no BF16 x BF16 = F32 dot kernel), the reason the CPU
-  branch promotes to float32."""
-  chunk = 64
+  every element within 4 bf16 ulps of the output scale of the reference. One chunk taking the
+  full-map branch: XLA CPU cannot run the batched per-RoI (crop) dots of this branch (no BF16 x
+  BF16 = F32 dot kernel for them), the reason the CPU branch stays float32."""
   rng = np.random.default_rng(5)
   feats = jnp.asarray(rng.normal(size=(2, 25, 34, 8)), jnp.bfloat16)  # crop tiers at 16 cells
-  boxes = _boxes(rng, 2, 25 * 16, 34 * 16)
+  boxes = _boxes(rng, 2, 25 * 16, 34 * 16)  # with the whole image: the full-map branch
   exact = np.asarray(feats.astype(jnp.float32))
   ref = ref_roi_align(exact, boxes, (7, 7), 1 / 16, 0, True)
-  cpu_out = _jitted((7, 7), 1 / 16, 0, True, "separable", chunk)(feats, boxes)
-  # the CPU branch promotes: only the final rounding to bfloat16 separates it from the kernel
-  np.testing.assert_allclose(np.asarray(cpu_out, F32), ref, rtol=2**-8, atol=1e-6)
+  # a fresh function per trace: jit's cache would otherwise hand back the program traced
+  # before the patch
+  f = lambda: lambda x: roi_align(x, boxes, (7, 7), 1 / 16, 0, True, chunk_size=64)
+  cpu_out = jax.jit(f())(feats)
+  # the CPU branch is float32: only the final rounding to bfloat16 separates it from the kernel
+  # (atol: float32 summation order against the kernel's, at an output scale of ~1)
+  np.testing.assert_allclose(np.asarray(cpu_out, F32), ref, rtol=2**-8, atol=1e-5)
+  cot = jnp.asarray(rng.normal(size=ref.shape), jnp.float32)
+  loss = lambda: (lambda g: lambda x: jnp.sum(g(x).astype(jnp.float32) * cot))(f())
+  g32 = jax.jit(jax.grad(loss()))(feats.astype(jnp.float32))
   monkeypatch.setattr(jax.lax, "platform_dependent", lambda *a, cpu, default: default(*a))
-  f = lambda x: roi_align(x, boxes, (7, 7), 1 / 16, 0, True, chunk_size=chunk)
-  out = jax.jit(f)(feats)
+  out = jax.jit(f())(feats)
   assert out.dtype == jnp.bfloat16
   out = np.asarray(out, F32)
   assert not np.array_equal(out, np.asarray(cpu_out, F32))  # the other branch did run
   assert _rel(out, ref) < 1e-2
   assert np.abs(out - ref).max() <= 4 * 2**-8 * np.abs(ref).max()
-  cot = jnp.asarray(rng.normal(size=ref.shape), jnp.float32)
-  loss = lambda fn, x: jnp.sum(fn(x).astype(jnp.float32) * cot)
-  g16 = jax.jit(jax.grad(lambda x: loss(f, x)))(feats)
-  g32 = jax.jit(jax.grad(lambda x: loss(f, x)))(feats.astype(jnp.float32))
+  g16 = jax.jit(jax.grad(loss()))(feats)
   assert g16.dtype == jnp.bfloat16 and _rel(g16, g32) < 1e-2
+
+
+def test_bfloat16_gradients_summed_in_float32():
+  """Crop branches and chunks (gathers whose gradients are scatter-adds, `lax.map` carries) work on
+  float32 copies of 16-bit features: the bf16 result and feature gradient are exactly the float32
+  ones rounded once (on CPU, where the matmuls are float32 too)."""
+  rng = np.random.default_rng(6)
+  feats = jnp.asarray(rng.normal(size=(2, 25, 34, 8)), jnp.bfloat16)
+  wh = rng.uniform(8, 90, (2, 40, 2))  # overlapping boxes under 1/4 of the map: crop tiers
+  xy = rng.uniform(0, 1, (2, 40, 2)) * ([34 * 16, 25 * 16] - wh)
+  boxes = jnp.asarray(np.concatenate([xy, xy + wh], -1), jnp.float32)
+  # bf16-representable, so that the bf16 output's (bf16) cotangent is the same as float32's
+  cot = jnp.asarray(rng.normal(size=(2, 40, 7, 7, 8)), jnp.bfloat16).astype(jnp.float32)
+
+  def loss(x):
+    out = roi_align(x, boxes, (7, 7), 1 / 16, 0, True, chunk_size=8)
+    return jnp.sum(out.astype(jnp.float32) * cot), out
+
+  (_, o16), g16 = jax.jit(jax.value_and_grad(loss, has_aux=True))(feats)
+  (_, o32), g32 = jax.jit(jax.value_and_grad(loss, has_aux=True))(feats.astype(jnp.float32))
+  assert o16.dtype == g16.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(o16, F32), np.asarray(o32.astype(jnp.bfloat16), F32))
+  np.testing.assert_array_equal(np.asarray(g16, F32), np.asarray(g32.astype(jnp.bfloat16), F32))
 
 
 @pytest.mark.parametrize("method", ["separable", "gather"])

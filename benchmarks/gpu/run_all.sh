@@ -63,10 +63,10 @@ if ((DRY)); then
   [[ -x $ROOT/.venv/bin/python ]] && PY=$ROOT/.venv/bin/python
   export JAX_PLATFORMS=cpu
   TINY=(--tiny)
-  VARIANTS=${VARIANTS:-base,attnpool_unfolded,roi_bf16,teacher_bf16,combo_b24}
+  VARIANTS=${VARIANTS:-before,base,teacher_bf16_b24}
   log "dry run: no installs, CPU, --tiny, variants $VARIANTS"
 else
-  VARIANTS=${VARIANTS:-base,combo,combo_b24,attnpool_unfolded,roi_bf16,teacher_bf16,batch24,chunk256,gather,remat}
+  VARIANTS=${VARIANTS:-before,base,batch24,teacher_bf16,chunk64,roi_f32,attnpool_unfolded,remat}
 fi
 if ((DRY || ${NO_INSTALL:-0})); then
   log "no installs: $PY as it is"

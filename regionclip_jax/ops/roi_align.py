@@ -157,24 +157,21 @@ def _tiers(len_a: int, len_b: int) -> list[tuple[int, int]]:
   return tiers + [(len_a, len_b)]
 
 
-def _contract(wa, wb, f):
+def _contract(wa, wb, f, lo=None):
   """wa [N, c, oa, A], wb [N, c, ob, B], f [N, A, B, C] or per RoI [N, c, A, B, C] -> [N, c, oa, ob, C].
 
   Both contractions are plain matmuls on row-major operands (t = Wa @ F[A, (B C)], then per
   (RoI, bin row) Wb @ t[B, C]); neither they nor their transposes (the backward) need a
   transposed copy of a large intermediate, which on CPU cost as much as the matmuls.
-  Weights are float32 (float64); the result float32 (float64). 16-bit features (bfloat16) run on
-  an accelerator's matrix units as 16-bit operands with float32 accumulation; on CPU (whose XLA
-  dot has no bf16 x bf16 -> f32 kernel for every shape) they are promoted to float32 first.
+  Operands and result are float32 (float64). `lo` (bfloat16 / float16: the features' own dtype)
+  runs both matmuls on an accelerator's matrix units with `lo` operands and float32 accumulation;
+  on CPU, whose XLA dot has no BF16 x BF16 = F32 kernel for every shape, they stay float32. The
+  gathers and their gradients (scatter-adds) stay in float32 either way.
   """
-  if not _low_precision(f.dtype):
+  if lo is None:
     return _contract_exact(wa, wb, f)
-  promoted = lambda wa, wb, f: _contract_exact(wa, wb, f.astype(wa.dtype))
-  return lax.platform_dependent(wa, wb, f, cpu=promoted, default=_contract_16bit)
-
-
-def _low_precision(dtype) -> bool:
-  return jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32
+  low = functools.partial(_contract_16bit, lo=lo)
+  return lax.platform_dependent(wa, wb, f, cpu=_contract_exact, default=low)
 
 
 def _broadcast_wb(wa, wb):  # [N, c, ob, B] -> [N, c, oa, ob, B]: one matmul per (RoI, bin row)
@@ -190,14 +187,14 @@ def _contract_exact(wa, wb, f):
   return jnp.einsum("nrpqb,nrpbc->nrpqc", _broadcast_wb(wa, wb), t, precision=_HIGHEST)
 
 
-def _contract_16bit(wa, wb, f):
-  acc, lo = wa.dtype, f.dtype
-  t = jnp.einsum(_spec(f), wa.astype(lo), f, preferred_element_type=acc)
+def _contract_16bit(wa, wb, f, lo):
+  acc = f.dtype
+  t = jnp.einsum(_spec(f), wa.astype(lo), f.astype(lo), preferred_element_type=acc)
   wb = _broadcast_wb(wa, wb).astype(lo)
   return jnp.einsum("nrpqb,nrpbc->nrpqc", wb, t.astype(lo), preferred_element_type=acc)
 
 
-def _separable_chunk(feats, wa, wb, first_a, first_b, tier, tiers):
+def _separable_chunk(feats, wa, wb, first_a, first_b, tier, tiers, lo=None):
   """feats [N, A, B, C]; wa [N, c, oa, A], wb [N, c, ob, B]; first_*, tier [N, c] -> [N, c, oa, ob, C].
 
   RoIs whose weights fit a smaller window are computed on a per-RoI crop of the map (exact: the
@@ -214,13 +211,13 @@ def _separable_chunk(feats, wa, wb, first_a, first_b, tier, tiers):
       wb_c = jnp.take_along_axis(wb, ib[:, :, None, :], axis=-1)
       nidx = jnp.arange(n_img)[:, None, None, None]
       f = feats[nidx, ia[..., :, None], ib[..., None, :]]  # [N, c, Ka, Kb, C]
-      return _contract(wa_c, wb_c, f)
+      return _contract(wa_c, wb_c, f, lo)
 
     return branch
 
-  full = lambda wa, wb, first_a, first_b: _contract(wa, wb, feats)
+  full = lambda wa, wb, first_a, first_b: _contract(wa, wb, feats, lo)
   zeros = lambda wa, wb, first_a, first_b: jnp.zeros(
-      wa.shape[:3] + wb.shape[2:3] + feats.shape[3:], wa.dtype
+      wa.shape[:3] + wb.shape[2:3] + feats.shape[3:], feats.dtype
   )
   branches = [zeros] + [crop(ka, kb) for ka, kb in tiers[:-1]] + [full]
   return lax.switch(jnp.max(tier), branches, wa, wb, first_a, first_b)
@@ -298,9 +295,9 @@ def roi_align(
     method: "separable" (default, exact for every box), "gather" (exact for every box when
       sampling_ratio > 0, otherwise only for boxes inside the image; see module doc) or "auto"
       (separable for adaptive sampling, else whichever needs fewer multiply-adds).
-  Returns features.dtype; accumulation in float32 (float64 for float64 features). On the
-  separable path bfloat16 / float16 features and the sampling weights enter the matmuls as 16-bit
-  operands; the gather path computes in float32.
+  Returns features.dtype; accumulation in float32 (float64 for float64 features). On an
+  accelerator's separable path, bfloat16 / float16 features and the sampling weights enter the
+  matmuls as 16-bit operands; otherwise the computation is float32.
   """
   features = jnp.asarray(features)
   boxes = jnp.asarray(boxes)
@@ -341,12 +338,12 @@ def roi_align(
     ww = jnp.maximum(ww, 1.0)
     hh = jnp.maximum(hh, 1.0)
 
-  # bfloat16 / float16 features stay 16-bit on the separable path (matmuls on the matrix units,
-  # float32 accumulation; within a few bf16 ulps of the float32 result, tests/test_ops_roi_align.py),
-  # which made the bf16 RN50 pretraining step 1.19x faster on an H200 (BENCHMARKS.md).
-  keep16 = method == "separable" and _low_precision(features.dtype)
-  acc = jnp.promote_types(features.dtype, jnp.float32)
-  feats = features if keep16 else features.astype(acc)
+  feats = features.astype(jnp.promote_types(features.dtype, jnp.float32))
+  # bfloat16 / float16 features: the separable matmuls take 16-bit operands on accelerators
+  # (float32 accumulation; within 1% of the exact kernel, tests/test_ops_roi_align.py), which made
+  # the bf16 RN50 pretraining step 1.19x faster on an H200 (BENCHMARKS.md, "Pretraining step").
+  # The map and its crop gathers stay float32, so their gradients are summed in float32.
+  lo = features.dtype if features.dtype in (jnp.bfloat16, jnp.float16) else None
   out_hw = (oh, ow)
   swap = method == "separable" and width > height
   if swap:
@@ -367,9 +364,9 @@ def roi_align(
     order = jnp.argsort(tier, axis=1, stable=True)  # group RoIs of one tier into the same chunks
     per_roi = [
         jnp.take_along_axis(a, order.reshape(order.shape + (1,) * (a.ndim - 2)), axis=1)
-        for a in (wa.astype(acc), wb.astype(acc), first_a, first_b, tier)
+        for a in (wa.astype(feats.dtype), wb.astype(feats.dtype), first_a, first_b, tier)
     ]
-    chunk = functools.partial(_separable_chunk, tiers=tiers)
+    chunk = functools.partial(_separable_chunk, tiers=tiers, lo=lo)
   else:
     per_roi = [y0, hh, x0, ww, ok]
     chunk = functools.partial(_gather_chunk, out_hw=out_hw, sampling_ratio=int(sampling_ratio))
