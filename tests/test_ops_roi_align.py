@@ -219,24 +219,28 @@ def test_bfloat16_matrix_unit_path(monkeypatch):
   boxes = _boxes(rng, 2, 25 * 16, 34 * 16)  # with the whole image: the full-map branch
   exact = np.asarray(feats.astype(jnp.float32))
   ref = ref_roi_align(exact, boxes, (7, 7), 1 / 16, 0, True)
-  # a fresh function per trace: jit's cache would otherwise hand back the program traced
-  # before the patch
-  f = lambda: lambda x: roi_align(x, boxes, (7, 7), 1 / 16, 0, True, chunk_size=64)
-  cpu_out = jax.jit(f())(feats)
+
+  def fresh():  # a new function per trace: jit's cache would hand back the one traced unpatched
+    return lambda x: roi_align(x, boxes, (7, 7), 1 / 16, 0, True, chunk_size=64)
+
+  def fresh_loss():
+    fn = fresh()
+    return lambda x: jnp.sum(fn(x).astype(jnp.float32) * cot)
+
+  cpu_out = jax.jit(fresh())(feats)
   # the CPU branch is float32: only the final rounding to bfloat16 separates it from the kernel
   # (atol: float32 summation order against the kernel's, at an output scale of ~1)
   np.testing.assert_allclose(np.asarray(cpu_out, F32), ref, rtol=2**-8, atol=1e-5)
   cot = jnp.asarray(rng.normal(size=ref.shape), jnp.float32)
-  loss = lambda: (lambda g: lambda x: jnp.sum(g(x).astype(jnp.float32) * cot))(f())
-  g32 = jax.jit(jax.grad(loss()))(feats.astype(jnp.float32))
+  g32 = jax.jit(jax.grad(fresh_loss()))(feats.astype(jnp.float32))
   monkeypatch.setattr(jax.lax, "platform_dependent", lambda *a, cpu, default: default(*a))
-  out = jax.jit(f())(feats)
+  out = jax.jit(fresh())(feats)
   assert out.dtype == jnp.bfloat16
   out = np.asarray(out, F32)
   assert not np.array_equal(out, np.asarray(cpu_out, F32))  # the other branch did run
   assert _rel(out, ref) < 1e-2
   assert np.abs(out - ref).max() <= 4 * 2**-8 * np.abs(ref).max()
-  g16 = jax.jit(jax.grad(loss()))(feats)
+  g16 = jax.jit(jax.grad(fresh_loss()))(feats)
   assert g16.dtype == jnp.bfloat16 and _rel(g16, g32) < 1e-2
 
 
